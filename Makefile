@@ -1,0 +1,51 @@
+# onair — the two commands: `make run` and `make test`. See README.md.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= /var/tmp/onair-target
+export ONAIR_TOOLS_DIR ?= /var/tmp/onair-tools
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+NEXTEST_PROFILE ?= $(if $(CI),ci,default)
+
+.PHONY: run release deps build test unit lint fmt fmt-check deploy-check bench clean
+
+## run: the all-in-one server (embedded store, in-process bus, recordings in ./data)
+run:
+	cargo run --release -p onair --
+
+## release: the optimized binary the Dockerfile ships ($(CARGO_TARGET_DIR)/release/onair)
+release:
+	cargo build --release --locked -p onair
+
+## deps: install every system/Python/npm tool the tests need (idempotent, no prompts)
+deps:
+	@scripts/install-deps.sh
+
+build:
+	cargo build --workspace --bins --tests --locked
+
+## test: install what is missing, then run every test (unit, black-box cluster, browser, deploy checks)
+test: deps build
+	cargo nextest run --workspace --locked --profile $(NEXTEST_PROFILE) --no-tests=fail
+	@if [[ -x deploy/check.sh ]]; then deploy/check.sh; fi
+
+unit:
+	cargo nextest run --workspace --lib --locked
+
+lint:
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+fmt-check:
+	cargo fmt --all -- --check
+
+deploy-check: deps build
+	deploy/check.sh
+
+## bench: load probes (not tests); figures go to BENCHMARKS.md
+bench: deps
+	cargo build --release --locked -p onair -p onair-tests --bins
+	ONAIR_BIN=$(CARGO_TARGET_DIR)/release/onair $(CARGO_TARGET_DIR)/release/registry-probe
+
+clean:
+	cargo clean

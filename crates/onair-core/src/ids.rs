@@ -1,0 +1,133 @@
+//! Typed identifiers. An id that exists has passed validation: 1..=64 characters
+//! from `[A-Za-z0-9_.:-]`, so it is safe in Redis keys, file names and URLs.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Why a string is not a valid id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// The string was empty.
+    #[error("id must not be empty")]
+    Empty,
+    /// The string was longer than 64 characters.
+    #[error("id is longer than 64 characters")]
+    TooLong,
+    /// The string had a character outside `[A-Za-z0-9_.:-]`.
+    #[error("id has an invalid character {0:?}")]
+    BadChar(char),
+}
+
+fn validate(s: &str) -> Result<(), IdError> {
+    if s.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if s.len() > 64 {
+        return Err(IdError::TooLong);
+    }
+    match s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))) {
+        Some(c) => Err(IdError::BadChar(c)),
+        None => Ok(()),
+    }
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// A fresh, time-ordered random id (UUID v7, simple form).
+            pub fn generate() -> Self {
+                Self(uuid::Uuid::now_v7().simple().to_string())
+            }
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                validate(s)?;
+                Ok(Self(s.to_owned()))
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                validate(&s)?;
+                Ok(Self(s))
+            }
+        }
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A stream (one broadcast).
+    StreamId
+);
+id_type!(
+    /// A connected peer (browser socket or recorder session), chosen by the server.
+    PeerId
+);
+id_type!(
+    /// A process that owns sockets: a gateway or recorder replica.
+    NodeId
+);
+id_type!(
+    /// A recording (one WebM file).
+    RecordingId
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_valid_and_unique() {
+        let a = StreamId::generate();
+        let b = StreamId::generate();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().parse::<StreamId>().as_ref(), Ok(&a));
+    }
+
+    #[test]
+    fn rejects_bad_ids() {
+        assert_eq!("".parse::<PeerId>(), Err(IdError::Empty));
+        assert_eq!("a".repeat(65).parse::<PeerId>(), Err(IdError::TooLong));
+        assert_eq!("../etc".parse::<RecordingId>(), Err(IdError::BadChar('/')));
+        assert_eq!("a b".parse::<NodeId>(), Err(IdError::BadChar(' ')));
+        assert!("gw-1:abc_DEF.9".parse::<NodeId>().is_ok());
+    }
+
+    #[test]
+    fn serde_validates() {
+        let ok: Result<StreamId, _> = serde_json::from_str("\"abc\"");
+        assert!(ok.is_ok());
+        let bad: Result<StreamId, _> = serde_json::from_str("\"a/b\"");
+        assert!(bad.is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! Domain types that more than one onair service needs. No I/O lives here
+//! except the in-process [`bus::LocalBus`].
+
+pub mod bus;
+pub mod ids;
+pub mod model;
+pub mod time;
+
+pub use bus::{Bus, BusError, BusItem, LocalBus, Subscription};
+pub use ids::{IdError, NodeId, PeerId, RecordingId, StreamId};
+pub use model::{Recording, RecordingState, Stream, StreamEvent, StreamState, TITLE_MAX_CHARS};

@@ -1,0 +1,126 @@
+//! [`Bus`] over Redis pub/sub: one pipelined client for `PUBLISH`, one
+//! subscriber connection per process whose messages fan out to local
+//! subscribers. After a reconnect the subscriber re-subscribes and every local
+//! subscription receives [`BusItem::Gap`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::prelude::{Builder, Config, ReconnectPolicy};
+use fred::types::Value;
+use onair_core::bus::FanOut;
+use onair_core::{Bus, BusError, BusItem, Subscription};
+
+/// Deadline of one Redis command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Redis-backed bus.
+#[derive(Clone)]
+pub struct RedisBus {
+    client: Client,
+    subscriber: SubscriberClient,
+    fan: FanOut,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus").finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+impl RedisBus {
+    /// Connects to `url` (e.g. `redis://127.0.0.1:6379`). Keeps reconnecting forever in the background
+    /// if Redis goes away; does not fail when Redis is down at start-up.
+    pub async fn connect(url: &str) -> Result<Self, BusError> {
+        let config = Config::from_url(url).map_err(unavailable)?;
+        let policy = ReconnectPolicy::new_exponential(0, 50, 2_000, 2);
+        let build = || {
+            Builder::from_config(config.clone())
+                .with_connection_config(|c| {
+                    c.connection_timeout = Duration::from_secs(1);
+                    c.internal_command_timeout = Duration::from_secs(1);
+                })
+                .with_performance_config(|p| {
+                    p.default_command_timeout = COMMAND_TIMEOUT;
+                })
+                .set_policy(policy.clone())
+                .clone()
+        };
+        let client = build().build().map_err(unavailable)?;
+        let subscriber = build().build_subscriber_client().map_err(unavailable)?;
+        let fan = FanOut::default();
+
+        // Dispatch every message to local subscribers.
+        let mut messages = subscriber.message_rx();
+        let dispatch = fan.clone();
+        tokio::spawn(async move {
+            loop {
+                match messages.recv().await {
+                    Ok(msg) => {
+                        let payload = match msg.value {
+                            Value::Bytes(b) => b,
+                            Value::String(s) => s.into_inner(),
+                            other => match other.as_bytes() {
+                                Some(b) => Bytes::copy_from_slice(b),
+                                None => continue,
+                            },
+                        };
+                        dispatch.deliver(&msg.channel, BusItem::Message(payload));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(lost = n, "redis subscriber lagged");
+                        dispatch.gap_all();
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        // After a reconnect, messages published meanwhile are lost: tell subscribers.
+        let mut reconnects = subscriber.reconnect_rx();
+        let gaps = fan.clone();
+        tokio::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                tracing::info!("redis subscriber reconnected");
+                gaps.gap_all();
+            }
+        });
+        subscriber.manage_subscriptions();
+        client.init().await.map_err(unavailable)?;
+        subscriber.init().await.map_err(unavailable)?;
+        Ok(Self { client, subscriber, fan })
+    }
+
+    /// Closes both connections.
+    pub async fn quit(&self) {
+        let _ = self.subscriber.quit().await;
+        let _ = self.client.quit().await;
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), BusError> {
+        let _: i64 = self.client.publish(channel, payload).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {
+        let (sub, new) = self.fan.subscribe(channel);
+        if new {
+            self.subscriber.subscribe(channel).await.map_err(unavailable)?;
+        }
+        Ok(sub)
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        let _: String = self.client.ping(None).await.map_err(unavailable)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,5 @@
+//! Redis implementations of onair's cluster traits, on the `fred` client.
+
+mod bus;
+
+pub use bus::RedisBus;

@@ -1,0 +1,122 @@
+//! Command-line flags. Every flag has an `ONAIR_*` environment variable; this is
+//! the only place that reads the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Which service(s) this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// Every service in one process with embedded defaults (no Redis or MongoDB needed).
+    All,
+    /// Only the stream registry (gRPC).
+    Registry,
+}
+
+/// Where the registry keeps its catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// A journal file under --data-dir (survives restarts; single process).
+    Embedded,
+    /// Memory only (lost on exit; for tests and demos).
+    Memory,
+    /// MongoDB at --mongodb-uri (cluster).
+    Mongodb,
+}
+
+/// onair: live video broadcasting from the browser, recorded on the server.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// Service to run: `all` runs every service in one process.
+    #[arg(long, env = "ONAIR_TARGET", value_enum, default_value = "all")]
+    pub target: Target,
+
+    /// Gateway HTTP listen address: pages, WebSocket (/ws), JSON API, recording downloads.
+    #[arg(long, env = "ONAIR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// gRPC listen address (registry, signaling, recorder APIs).
+    #[arg(long, env = "ONAIR_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// Admin HTTP listen address: /healthz, /readyz, /metrics.
+    #[arg(long, env = "ONAIR_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: SocketAddr,
+
+    /// This process's node id (its Redis channel is onair:node:<id>). Default: a random id.
+    /// In Kubernetes, set it to the pod name.
+    #[arg(long, env = "ONAIR_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Registry gRPC endpoint used by gateways and recorders (cluster targets).
+    #[arg(long, env = "ONAIR_REGISTRY_URL", default_value = "http://127.0.0.1:50051")]
+    pub registry_url: String,
+
+    /// Signaling gRPC endpoint used by gateways and recorders (cluster targets).
+    #[arg(long, env = "ONAIR_SIGNALING_URL", default_value = "http://127.0.0.1:50051")]
+    pub signaling_url: String,
+
+    /// Secret that signs resume tokens; gateways of one cluster must share it. Default: random per process.
+    #[arg(long, env = "ONAIR_RESUME_SECRET", hide_env_values = true)]
+    pub resume_secret: Option<String>,
+
+    /// Registry store backend. Default: embedded for `all`, mongodb for `registry`.
+    #[arg(long, env = "ONAIR_STORE", value_enum)]
+    pub store: Option<StoreKind>,
+
+    /// Directory for the embedded store and recordings.
+    #[arg(long, env = "ONAIR_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// MongoDB connection string (store=mongodb).
+    #[arg(long, env = "ONAIR_MONGODB_URI", default_value = "mongodb://127.0.0.1:27017")]
+    pub mongodb_uri: String,
+
+    /// MongoDB database name.
+    #[arg(long, env = "ONAIR_MONGODB_DATABASE", default_value = "onair")]
+    pub mongodb_database: String,
+
+    /// Redis URL for the cluster bus (e.g. redis://redis:6379). Without it, an in-process bus is used,
+    /// which only works when every service runs in this one process.
+    #[arg(long, env = "ONAIR_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// How long ended streams stay listed before they are purged (e.g. 7d, 12h, 30s).
+    #[arg(long, env = "ONAIR_ENDED_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub ended_retention: Duration,
+
+    /// Longest a graceful shutdown may take before the process exits anyway.
+    #[arg(long, env = "ONAIR_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "ONAIR_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// OTLP/gRPC endpoint for trace export (e.g. http://otel-collector:4317); off when unset.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Cli {
+    /// The store backend in effect.
+    pub fn store_kind(&self) -> StoreKind {
+        self.store.unwrap_or(match self.target {
+            Target::All => StoreKind::Embedded,
+            Target::Registry => StoreKind::Mongodb,
+        })
+    }
+}

