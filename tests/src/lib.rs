@@ -3,7 +3,9 @@
 //! or restarts them on demand, and cleans everything up on drop.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod cluster;
 pub mod procs;
 pub mod registry;
+pub mod ws;
 
 pub use procs::{Mongo, Onair, Proc, Redis, free_port, tools_dir, wait_until};

@@ -31,7 +31,8 @@ where
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
-fn port_open(port: u16) -> bool {
+/// Whether something accepts connections on `port`.
+pub fn port_open(port: u16) -> bool {
     TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(100)).is_ok()
 }
 
@@ -226,6 +227,7 @@ pub struct Onair {
     pub admin: u16,
     /// Gateway HTTP port (targets that serve it).
     pub http: u16,
+    gateway_only: bool,
 }
 
 impl Onair {
@@ -243,15 +245,17 @@ impl Onair {
         ]);
         let envs = vec![("RUST_LOG".to_owned(), "info,onair=debug".to_owned())];
         let proc = Proc::spawn(name, onair_bin(), all, envs);
-        let mut o = Self { proc, grpc, admin, http };
+        let gateway_only = args.windows(2).any(|w| w == ["--target", "gateway"]);
+        let mut o = Self { proc, grpc, admin, http, gateway_only };
         o.wait_healthy().await;
         o
     }
 
-    /// Waits for the admin and gRPC ports; fails at once if the process exits.
+    /// Waits for the admin port and the service port; fails at once if the process exits.
     pub async fn wait_healthy(&mut self) {
         let start = Instant::now();
-        while !(port_open(self.admin) && port_open(self.grpc)) {
+        let service = if self.gateway_only { self.http } else { self.grpc };
+        while !(port_open(self.admin) && port_open(service)) {
             assert!(!self.proc.exited(), "onair exited at start-up:\n{}", self.proc.output());
             assert!(start.elapsed() < Duration::from_secs(20), "onair did not listen within 20 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -266,6 +270,17 @@ impl Onair {
     /// GET on the admin port; returns (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         http_get(self.admin, path).await
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        wait_until(Duration::from_secs(20), "/readyz to pass", || async { self.admin_get("/readyz").await.0 == 200 })
+            .await;
+    }
+
+    /// GET on the gateway HTTP port; returns (status, body).
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.http, path).await
     }
 
     /// Starts it again with the same ports.

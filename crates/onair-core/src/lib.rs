@@ -2,10 +2,12 @@
 //! except the in-process [`bus::LocalBus`].
 
 pub mod bus;
+pub mod directory;
 pub mod ids;
 pub mod model;
 pub mod time;
 
 pub use bus::{Bus, BusError, BusItem, LocalBus, Subscription};
+pub use directory::{Directory, DirectoryError, MemoryDirectory, PeerRecord};
 pub use ids::{IdError, NodeId, PeerId, RecordingId, StreamId};
 pub use model::{Recording, RecordingState, Stream, StreamEvent, StreamState, TITLE_MAX_CHARS};

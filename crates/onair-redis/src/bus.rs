@@ -3,19 +3,15 @@
 //! subscribers. After a reconnect the subscriber re-subscribes and every local
 //! subscription receives [`BusItem::Gap`].
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
-use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::Value;
 use onair_core::bus::FanOut;
 use onair_core::{Bus, BusError, BusItem, Subscription};
 
-/// Deadline of one Redis command.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::connect::{build_client, builder, unavailable};
 
 /// Redis-backed bus.
 #[derive(Clone)]
@@ -31,30 +27,12 @@ impl std::fmt::Debug for RedisBus {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(e.to_string())
-}
-
 impl RedisBus {
     /// Connects to `url` (e.g. `redis://127.0.0.1:6379`). Keeps reconnecting forever in the background
     /// if Redis goes away; does not fail when Redis is down at start-up.
     pub async fn connect(url: &str) -> Result<Self, BusError> {
-        let config = Config::from_url(url).map_err(unavailable)?;
-        let policy = ReconnectPolicy::new_exponential(0, 50, 2_000, 2);
-        let build = || {
-            Builder::from_config(config.clone())
-                .with_connection_config(|c| {
-                    c.connection_timeout = Duration::from_secs(1);
-                    c.internal_command_timeout = Duration::from_secs(1);
-                })
-                .with_performance_config(|p| {
-                    p.default_command_timeout = COMMAND_TIMEOUT;
-                })
-                .set_policy(policy.clone())
-                .clone()
-        };
-        let client = build().build().map_err(unavailable)?;
-        let subscriber = build().build_subscriber_client().map_err(unavailable)?;
+        let client = build_client(url)?;
+        let subscriber = builder(url)?.build_subscriber_client().map_err(unavailable)?;
         let fan = FanOut::default();
 
         // Dispatch every message to local subscribers.

@@ -12,6 +12,10 @@ use clap::{Parser, ValueEnum};
 pub enum Target {
     /// Every service in one process with embedded defaults (no Redis or MongoDB needed).
     All,
+    /// Only the browser gateway (HTTP, WebSocket, pages).
+    Gateway,
+    /// Only the signaling service (gRPC).
+    Signaling,
     /// Only the stream registry (gRPC).
     Registry,
 }
@@ -93,6 +97,14 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// How long a browser that lost its connection keeps its peer id and stream (resume grace).
+    #[arg(long, env = "ONAIR_RESUME_GRACE", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub resume_grace: Duration,
+
+    /// A gateway silent for this long is presumed dead: its peers are dropped and their streams end.
+    #[arg(long, env = "ONAIR_PRESENCE_TTL", default_value = "6s", value_parser = humantime::parse_duration)]
+    pub presence_ttl: Duration,
+
     /// Log format.
     #[arg(long, env = "ONAIR_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -116,7 +128,7 @@ impl Cli {
     pub fn store_kind(&self) -> StoreKind {
         self.store.unwrap_or(match self.target {
             Target::All => StoreKind::Embedded,
-            Target::Registry => StoreKind::Mongodb,
+            _ => StoreKind::Mongodb,
         })
     }
 }

@@ -1,8 +1,9 @@
 //! Wiring: which implementations each target gets, listeners, ordered shutdown.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use onair_core::{Bus, LocalBus};
+use onair_core::{Bus, Directory, LocalBus, MemoryDirectory, NodeId};
 use onair_ops::{Admin, Metrics, ReadyCheck, ServeError};
 use onair_registry::{LocalStore, MongoStore, RegistryConfig, StoreCheck, StreamStore};
 use tokio::net::TcpListener;
@@ -18,7 +19,7 @@ pub enum RunError {
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The address.
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         /// The OS error.
         source: std::io::Error,
     },
@@ -30,8 +31,10 @@ pub enum RunError {
     Serve(#[from] ServeError),
 }
 
-async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, RunError> {
-    TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RunError> {
+    let l = TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
+    let local = l.local_addr().map_err(|source| RunError::Bind { addr, source })?;
+    Ok((l, local))
 }
 
 /// Readiness check on the bus.
@@ -40,23 +43,38 @@ struct BusCheck(Arc<dyn Bus>);
 #[async_trait::async_trait]
 impl ReadyCheck for BusCheck {
     fn name(&self) -> &str {
-        "bus"
+        "redis"
     }
     async fn check(&self) -> Result<(), String> {
         self.0.ping().await.map_err(|e| e.to_string())
     }
 }
 
+fn needs_redis(cli: &Cli) -> Result<&str, RunError> {
+    cli.redis_url.as_deref().ok_or_else(|| {
+        RunError::Config(format!(
+            "--redis-url is required for --target {:?} (the in-process bus only works with --target all)",
+            cli.target
+        ))
+    })
+}
+
 async fn make_bus(cli: &Cli) -> Result<Arc<dyn Bus>, RunError> {
     match &cli.redis_url {
-        Some(url) => {
-            let bus = onair_redis::RedisBus::connect(url).await.map_err(|e| RunError::Config(format!("redis: {e}")))?;
-            Ok(Arc::new(bus))
-        }
-        None if cli.target == Target::All => Ok(Arc::new(LocalBus::new())),
-        None => Err(RunError::Config(
-            "--redis-url is required for a cluster target (the in-process bus only works with --target all)".into(),
+        Some(url) => Ok(Arc::new(
+            onair_redis::RedisBus::connect(url).await.map_err(|e| RunError::Config(format!("redis: {e}")))?,
         )),
+        None if cli.target == Target::All => Ok(Arc::new(LocalBus::new())),
+        None => Err(RunError::Config(needs_redis(cli).err().map(|e| e.to_string()).unwrap_or_default())),
+    }
+}
+
+async fn make_directory(cli: &Cli) -> Result<Arc<dyn Directory>, RunError> {
+    match &cli.redis_url {
+        Some(url) => Ok(Arc::new(
+            onair_redis::RedisDirectory::connect(url).await.map_err(|e| RunError::Config(format!("redis: {e}")))?,
+        )),
+        None => Ok(Arc::new(MemoryDirectory::new())),
     }
 }
 
@@ -78,40 +96,97 @@ async fn make_store(cli: &Cli, shutdown: &CancellationToken) -> Result<(Arc<dyn 
     }
 }
 
+fn node_id(cli: &Cli) -> Result<NodeId, RunError> {
+    match &cli.node_id {
+        Some(n) => n.parse().map_err(|e| RunError::Config(format!("--node-id: {e}"))),
+        None => Ok(NodeId::generate()),
+    }
+}
+
+type Tasks = JoinSet<Result<(), ServeError>>;
+/// A service start deferred until the admin state (with every readiness check) exists.
+type Start = Box<dyn FnOnce(&Admin, &mut Tasks) + Send>;
+
 /// Runs `cli.target` until SIGTERM/ctrl-c, then shuts down in order within the grace period.
 pub async fn run(cli: Cli) -> Result<(), RunError> {
     let shutdown = CancellationToken::new();
-    let metrics = Metrics::new();
+    let target = cli.target;
+    let runs = |t: Target| target == Target::All || target == t;
+    if target != Target::All && target != Target::Registry {
+        needs_redis(&cli)?;
+    }
     let bus = make_bus(&cli).await?;
-    let (store, store_name) = make_store(&cli, &shutdown).await?;
-    let mut checks: Vec<Arc<dyn ReadyCheck>> = vec![Arc::new(StoreCheck(Arc::clone(&store), store_name))];
+    let mut checks: Vec<Arc<dyn ReadyCheck>> = Vec::new();
     if cli.redis_url.is_some() {
         checks.push(Arc::new(BusCheck(Arc::clone(&bus))));
     }
-    let admin = Admin::new(metrics, checks);
+    let mut tasks: Tasks = JoinSet::new();
+    let mut deferred: Vec<Start> = Vec::new();
 
-    let grpc = bind(cli.grpc_addr).await?;
-    let admin_listener = bind(cli.admin_addr).await?;
-    let grpc_addr = grpc.local_addr().map_err(|source| RunError::Bind { addr: cli.grpc_addr, source })?;
-    let admin_addr = admin_listener.local_addr().map_err(|source| RunError::Bind { addr: cli.admin_addr, source })?;
-    // Machine-readable lines tests and scripts wait for.
-    println!("onair: grpc listening on {grpc_addr}");
-    println!("onair: admin listening on http://{admin_addr}");
-    if cli.target == Target::All {
-        println!("onair: registry API: grpcurl -plaintext {grpc_addr} list");
+    // Registry: on --grpc-addr (the public developer API).
+    let mut registry_url = cli.registry_url.clone();
+    if runs(Target::Registry) {
+        let (store, store_name) = make_store(&cli, &shutdown).await?;
+        checks.push(Arc::new(StoreCheck(Arc::clone(&store), store_name)));
+        let (grpc, addr) = bind(cli.grpc_addr).await?;
+        println!("onair: registry gRPC listening on {addr}");
+        registry_url = format!("http://{}", loopback(addr));
+        let config = RegistryConfig { ended_retention: cli.ended_retention };
+        let (bus, shutdown) = (Arc::clone(&bus), shutdown.clone());
+        deferred.push(Box::new(move |admin, tasks| {
+            tasks.spawn(onair_registry::serve(config, store, bus, admin.clone(), grpc, shutdown));
+        }));
     }
 
-    let mut tasks: JoinSet<Result<(), ServeError>> = JoinSet::new();
+    // Signaling: on --grpc-addr alone, or on a private loopback port inside `all`.
+    let mut signaling_url = cli.signaling_url.clone();
+    if runs(Target::Signaling) {
+        let dir = make_directory(&cli).await?;
+        checks.push(Arc::new(onair_signaling::DirectoryCheck(Arc::clone(&dir))));
+        let addr = if target == Target::All { SocketAddr::from(([127, 0, 0, 1], 0)) } else { cli.grpc_addr };
+        let (grpc, addr) = bind(addr).await?;
+        println!("onair: signaling gRPC listening on {addr}");
+        signaling_url = format!("http://{}", loopback(addr));
+        let config = onair_signaling::SignalingConfig { presence_ttl: cli.presence_ttl };
+        let (bus, shutdown, registry_url) = (Arc::clone(&bus), shutdown.clone(), registry_url.clone());
+        deferred.push(Box::new(move |admin, tasks| {
+            tasks.spawn(onair_signaling::serve(config, dir, bus, registry_url, admin.clone(), grpc, shutdown));
+        }));
+    }
+
+    // Gateway: on --http-addr.
+    if runs(Target::Gateway) {
+        let config = onair_gateway::GatewayConfig {
+            node: node_id(&cli)?,
+            registry_url: registry_url.clone(),
+            signaling_url: signaling_url.clone(),
+            resume_grace: cli.resume_grace,
+        };
+        let (hub, to_signaling) = onair_gateway::hub(&config)?;
+        checks.push(Arc::new(onair_gateway::UpstreamCheck(Arc::clone(&hub))));
+        let (http, addr) = bind(cli.http_addr).await?;
+        println!("onair: gateway listening on http://{addr} (node {})", config.node);
+        println!("onair:   go live:  http://{}/broadcast", loopback(addr));
+        println!("onair:   watch:    http://{}/watcher", loopback(addr));
+        let (bus, shutdown) = (Arc::clone(&bus), shutdown.clone());
+        deferred.push(Box::new(move |admin, tasks| {
+            tasks.spawn(onair_gateway::serve(hub, to_signaling, bus, admin.clone(), http, shutdown));
+        }));
+    }
+
+    let admin = Admin::new(Metrics::new(), checks);
+    let (admin_listener, admin_addr) = bind(cli.admin_addr).await?;
+    println!("onair: admin listening on http://{admin_addr} (/healthz /readyz /metrics)");
     {
-        let shutdown = shutdown.clone();
-        let admin = admin.clone();
+        let (admin, shutdown) = (admin.clone(), shutdown.clone());
         tasks.spawn(async move {
             onair_ops::admin::serve(admin, admin_listener, shutdown.cancelled_owned()).await?;
             Ok(())
         });
     }
-    let config = RegistryConfig { ended_retention: cli.ended_retention };
-    tasks.spawn(onair_registry::serve(config, store, bus, admin.clone(), grpc, shutdown.clone()));
+    for start in deferred {
+        start(&admin, &mut tasks);
+    }
 
     let result = tokio::select! {
         () = terminated() => Ok(()),
@@ -131,25 +206,23 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     result
 }
 
+/// `0.0.0.0:P` → `127.0.0.1:P` (for in-process clients of our own listeners).
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr }
+}
+
 /// Resolves on SIGTERM or ctrl-c.
 async fn terminated() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -1,0 +1,216 @@
+//! Presence and membership for signaling: which node holds each peer, who
+//! broadcasts and who watches which stream, and which nodes are alive. In the
+//! cluster it lives in Redis (`onair-redis`), in one process in [`MemoryDirectory`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::ids::{NodeId, PeerId, StreamId};
+
+/// A directory failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    /// The backend (Redis) cannot be reached.
+    #[error("directory unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What the directory knows about one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRecord {
+    /// The node holding its socket.
+    pub node: NodeId,
+    /// The secret it must show to resume.
+    pub token: String,
+    /// The stream it broadcasts.
+    pub broadcasting: Option<StreamId>,
+    /// The stream it watches.
+    pub watching: Option<StreamId>,
+}
+
+/// Presence and membership store. Every method is a small atomic step; the
+/// signaling service composes them.
+#[async_trait]
+pub trait Directory: Send + Sync + 'static {
+    /// Registers a new peer on `node`.
+    async fn attach(&self, peer: &PeerId, node: &NodeId, token: &str) -> Result<(), DirectoryError>;
+    /// One peer.
+    async fn peer(&self, peer: &PeerId) -> Result<Option<PeerRecord>, DirectoryError>;
+    /// Moves a peer to another node (resume).
+    async fn move_peer(&self, peer: &PeerId, from: &NodeId, to: &NodeId) -> Result<(), DirectoryError>;
+    /// Forgets a peer.
+    async fn remove_peer(&self, peer: &PeerId, node: &NodeId) -> Result<(), DirectoryError>;
+    /// Sets or clears the stream a peer broadcasts (and the stream → broadcaster link).
+    async fn set_broadcasting(
+        &self,
+        peer: &PeerId,
+        stream: Option<&StreamId>,
+        previous: Option<&StreamId>,
+    ) -> Result<(), DirectoryError>;
+    /// The broadcaster of a live stream.
+    async fn broadcaster(&self, stream: &StreamId) -> Result<Option<PeerId>, DirectoryError>;
+    /// Sets or clears the stream a peer watches.
+    async fn set_watching(&self, peer: &PeerId, stream: Option<&StreamId>) -> Result<(), DirectoryError>;
+    /// Adds a watcher; returns the watcher count.
+    async fn add_watcher(&self, stream: &StreamId, peer: &PeerId) -> Result<u32, DirectoryError>;
+    /// Removes a watcher; returns the watcher count.
+    async fn remove_watcher(&self, stream: &StreamId, peer: &PeerId) -> Result<u32, DirectoryError>;
+    /// Removes a stream's membership; returns its watchers.
+    async fn clear_stream(&self, stream: &StreamId) -> Result<Vec<PeerId>, DirectoryError>;
+    /// Records that `node` is alive at `now_ms`.
+    async fn heartbeat(&self, node: &NodeId, now_ms: i64) -> Result<(), DirectoryError>;
+    /// Nodes whose last heartbeat is older than `before_ms`.
+    async fn stale_nodes(&self, before_ms: i64) -> Result<Vec<NodeId>, DirectoryError>;
+    /// Removes a node from the live set; `true` for exactly one caller (the one that cleans up).
+    async fn claim_node(&self, node: &NodeId) -> Result<bool, DirectoryError>;
+    /// Peers registered on `node`.
+    async fn node_peers(&self, node: &NodeId) -> Result<Vec<PeerId>, DirectoryError>;
+    /// Whether the backend answers.
+    async fn ping(&self) -> Result<(), DirectoryError>;
+}
+
+#[derive(Default)]
+struct State {
+    peers: HashMap<PeerId, PeerRecord>,
+    node_peers: HashMap<NodeId, HashSet<PeerId>>,
+    nodes: HashMap<NodeId, i64>,
+    watchers: HashMap<StreamId, HashSet<PeerId>>,
+    broadcasters: HashMap<StreamId, PeerId>,
+}
+
+/// The in-process directory of the all-in-one binary.
+#[derive(Default)]
+pub struct MemoryDirectory {
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for MemoryDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryDirectory").finish_non_exhaustive()
+    }
+}
+
+impl MemoryDirectory {
+    /// An empty directory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn count(set: Option<&HashSet<PeerId>>) -> u32 {
+    set.map_or(0, |s| u32::try_from(s.len()).unwrap_or(u32::MAX))
+}
+
+#[async_trait]
+impl Directory for MemoryDirectory {
+    async fn attach(&self, peer: &PeerId, node: &NodeId, token: &str) -> Result<(), DirectoryError> {
+        let mut s = self.lock();
+        let rec = PeerRecord { node: node.clone(), token: token.to_owned(), broadcasting: None, watching: None };
+        s.peers.insert(peer.clone(), rec);
+        s.node_peers.entry(node.clone()).or_default().insert(peer.clone());
+        Ok(())
+    }
+
+    async fn peer(&self, peer: &PeerId) -> Result<Option<PeerRecord>, DirectoryError> {
+        Ok(self.lock().peers.get(peer).cloned())
+    }
+
+    async fn move_peer(&self, peer: &PeerId, from: &NodeId, to: &NodeId) -> Result<(), DirectoryError> {
+        let mut s = self.lock();
+        if let Some(set) = s.node_peers.get_mut(from) {
+            set.remove(peer);
+        }
+        s.node_peers.entry(to.clone()).or_default().insert(peer.clone());
+        if let Some(rec) = s.peers.get_mut(peer) {
+            rec.node = to.clone();
+        }
+        Ok(())
+    }
+
+    async fn remove_peer(&self, peer: &PeerId, node: &NodeId) -> Result<(), DirectoryError> {
+        let mut s = self.lock();
+        s.peers.remove(peer);
+        if let Some(set) = s.node_peers.get_mut(node) {
+            set.remove(peer);
+        }
+        Ok(())
+    }
+
+    async fn set_broadcasting(
+        &self,
+        peer: &PeerId,
+        stream: Option<&StreamId>,
+        previous: Option<&StreamId>,
+    ) -> Result<(), DirectoryError> {
+        let mut s = self.lock();
+        if let Some(p) = previous {
+            s.broadcasters.remove(p);
+        }
+        if let Some(st) = stream {
+            s.broadcasters.insert(st.clone(), peer.clone());
+        }
+        if let Some(rec) = s.peers.get_mut(peer) {
+            rec.broadcasting = stream.cloned();
+        }
+        Ok(())
+    }
+
+    async fn broadcaster(&self, stream: &StreamId) -> Result<Option<PeerId>, DirectoryError> {
+        Ok(self.lock().broadcasters.get(stream).cloned())
+    }
+
+    async fn set_watching(&self, peer: &PeerId, stream: Option<&StreamId>) -> Result<(), DirectoryError> {
+        if let Some(rec) = self.lock().peers.get_mut(peer) {
+            rec.watching = stream.cloned();
+        }
+        Ok(())
+    }
+
+    async fn add_watcher(&self, stream: &StreamId, peer: &PeerId) -> Result<u32, DirectoryError> {
+        let mut s = self.lock();
+        let set = s.watchers.entry(stream.clone()).or_default();
+        set.insert(peer.clone());
+        Ok(count(Some(set)))
+    }
+
+    async fn remove_watcher(&self, stream: &StreamId, peer: &PeerId) -> Result<u32, DirectoryError> {
+        let mut s = self.lock();
+        if let Some(set) = s.watchers.get_mut(stream) {
+            set.remove(peer);
+        }
+        Ok(count(s.watchers.get(stream)))
+    }
+
+    async fn clear_stream(&self, stream: &StreamId) -> Result<Vec<PeerId>, DirectoryError> {
+        let mut s = self.lock();
+        s.broadcasters.remove(stream);
+        Ok(s.watchers.remove(stream).map(|w| w.into_iter().collect()).unwrap_or_default())
+    }
+
+    async fn heartbeat(&self, node: &NodeId, now_ms: i64) -> Result<(), DirectoryError> {
+        self.lock().nodes.insert(node.clone(), now_ms);
+        Ok(())
+    }
+
+    async fn stale_nodes(&self, before_ms: i64) -> Result<Vec<NodeId>, DirectoryError> {
+        Ok(self.lock().nodes.iter().filter(|(_, t)| **t < before_ms).map(|(n, _)| n.clone()).collect())
+    }
+
+    async fn claim_node(&self, node: &NodeId) -> Result<bool, DirectoryError> {
+        Ok(self.lock().nodes.remove(node).is_some())
+    }
+
+    async fn node_peers(&self, node: &NodeId) -> Result<Vec<PeerId>, DirectoryError> {
+        Ok(self.lock().node_peers.get(node).map(|s| s.iter().cloned().collect()).unwrap_or_default())
+    }
+
+    async fn ping(&self) -> Result<(), DirectoryError> {
+        Ok(())
+    }
+}

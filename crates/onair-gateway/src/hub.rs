@@ -1,0 +1,328 @@
+//! The gateway's local state: its sockets by peer id, the cached live list, and
+//! the fan-out of list changes to every socket. Nothing here must survive the
+//! process: peers reconnect elsewhere with their resume token.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use onair_core::{NodeId, PeerId};
+use onair_proto::v1 as pb;
+use onair_proto::v1::signaling_client::SignalingClient;
+use onair_proto::v1::stream_registry_client::StreamRegistryClient;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc};
+use tonic::transport::Channel;
+
+use crate::protocol::{ErrorCode, ServerFrame, SignalKind, StreamJson};
+
+/// What a socket task is asked to do.
+#[derive(Debug, Clone)]
+pub enum Out {
+    /// Send this JSON text.
+    Text(String),
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+struct Slot {
+    tx: Option<mpsc::Sender<Out>>,
+    conn: u64,
+}
+
+/// Gateway metrics.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayMetrics {
+    /// Open WebSockets.
+    pub sockets: Gauge,
+    /// Frames received from browsers.
+    pub frames_in: Counter,
+    /// Frames sent to browsers.
+    pub frames_out: Counter,
+    /// Frames rejected (bad input, rate limit).
+    pub frames_rejected: Counter,
+}
+
+impl GatewayMetrics {
+    /// Registers into `m`.
+    pub fn register(&self, m: &onair_ops::Metrics) {
+        m.register("gateway_sockets", "Open browser WebSockets", self.sockets.clone());
+        m.register("gateway_frames_in", "Frames received from browsers", self.frames_in.clone());
+        m.register("gateway_frames_out", "Frames sent to browsers", self.frames_out.clone());
+        m.register("gateway_frames_rejected", "Frames rejected with an error frame", self.frames_rejected.clone());
+    }
+}
+
+/// Shared gateway state.
+pub struct Hub {
+    /// This gateway's node id.
+    pub node: NodeId,
+    peers: Mutex<HashMap<PeerId, Slot>>,
+    streams: RwLock<Vec<StreamJson>>,
+    fanout: broadcast::Sender<Arc<str>>,
+    to_signaling: mpsc::Sender<pb::NodeMessage>,
+    /// Registry client.
+    pub registry: StreamRegistryClient<Channel>,
+    /// Signaling client (unary calls).
+    pub signaling: SignalingClient<Channel>,
+    /// How long a dropped peer keeps its id and stream.
+    pub resume_grace: Duration,
+    /// ICE servers sent in `welcome`.
+    pub ice_servers: Vec<Value>,
+    next_conn: AtomicU64,
+    /// Whether the signaling link is up.
+    pub signaling_up: AtomicBool,
+    /// Whether the registry feed is up.
+    pub feed_up: AtomicBool,
+    /// Metrics.
+    pub metrics: GatewayMetrics,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+/// Parts needed to build a hub.
+#[derive(Debug)]
+pub struct HubParts {
+    /// Node id.
+    pub node: NodeId,
+    /// Registry client.
+    pub registry: StreamRegistryClient<Channel>,
+    /// Signaling client.
+    pub signaling: SignalingClient<Channel>,
+    /// Resume grace.
+    pub resume_grace: Duration,
+    /// ICE servers.
+    pub ice_servers: Vec<Value>,
+}
+
+impl Hub {
+    /// A hub and the receiver of messages bound for signaling.
+    pub fn new(parts: HubParts) -> (Arc<Self>, mpsc::Receiver<pb::NodeMessage>) {
+        let (to_signaling, rx) = mpsc::channel(8192);
+        let (fanout, _) = broadcast::channel(1024);
+        let hub = Arc::new(Self {
+            node: parts.node,
+            peers: Mutex::new(HashMap::new()),
+            streams: RwLock::new(Vec::new()),
+            fanout,
+            to_signaling,
+            registry: parts.registry,
+            signaling: parts.signaling,
+            resume_grace: parts.resume_grace,
+            ice_servers: parts.ice_servers,
+            next_conn: AtomicU64::new(1),
+            signaling_up: AtomicBool::new(false),
+            feed_up: AtomicBool::new(false),
+            metrics: GatewayMetrics::default(),
+        });
+        (hub, rx)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Slot>> {
+        self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Subscribes a socket to list changes.
+    pub fn subscribe_list(&self) -> broadcast::Receiver<Arc<str>> {
+        self.fanout.subscribe()
+    }
+
+    /// The live list, newest first.
+    pub fn streams(&self) -> Vec<StreamJson> {
+        self.streams.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The `streams` frame for the current list.
+    pub fn streams_frame(&self) -> String {
+        ServerFrame::Streams { streams: &self.streams() }.to_json()
+    }
+
+    /// Queues a message for signaling (in order).
+    pub fn to_signaling(&self, msg: pb::node_message::Msg) {
+        let m = pb::NodeMessage { node: self.node.to_string(), msg: Some(msg) };
+        if self.to_signaling.try_send(m).is_err() {
+            tracing::warn!("signaling queue full; message dropped");
+        }
+    }
+
+    /// Registers a new socket's peer; returns its connection number.
+    pub fn attach(&self, peer: &PeerId, token: &str, tx: mpsc::Sender<Out>) -> u64 {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(peer.clone(), Slot { tx: Some(tx), conn });
+        self.to_signaling(pb::node_message::Msg::Attach(pb::Attach {
+            peer: peer.to_string(),
+            resume_token: token.to_owned(),
+        }));
+        conn
+    }
+
+    /// Binds a resumed peer id to a socket; returns its new connection number.
+    pub fn adopt(&self, peer: &PeerId, tx: mpsc::Sender<Out>) -> u64 {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let old = self.lock().insert(peer.clone(), Slot { tx: Some(tx), conn });
+        if let Some(Slot { tx: Some(old_tx), .. }) = old {
+            let _ = old_tx.try_send(Out::Close(4009, "session resumed on another connection"));
+        }
+        conn
+    }
+
+    /// Forgets a peer now and tells signaling it is gone.
+    pub fn detach_now(&self, peer: &PeerId) {
+        self.lock().remove(peer);
+        self.to_signaling(pb::node_message::Msg::Detach(pb::Detach { peer: peer.to_string() }));
+    }
+
+    /// The client closed connection `conn` deliberately: detach its peer now (if still bound to it).
+    pub fn detach_if_current(&self, peer: &PeerId, conn: u64) {
+        let current = {
+            let mut peers = self.lock();
+            let is = peers.get(peer).is_some_and(|s| s.conn == conn);
+            if is {
+                peers.remove(peer);
+            }
+            is
+        };
+        if current {
+            self.to_signaling(pb::node_message::Msg::Detach(pb::Detach { peer: peer.to_string() }));
+        }
+    }
+
+    /// The socket of connection `conn` closed: keep the peer for the resume grace, then detach it.
+    pub fn disconnected(self: &Arc<Self>, peer: &PeerId, conn: u64) {
+        {
+            let mut peers = self.lock();
+            match peers.get_mut(peer) {
+                Some(slot) if slot.conn == conn => slot.tx = None,
+                _ => return,
+            }
+        }
+        let hub = Arc::clone(self);
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(hub.resume_grace).await;
+            let expired = {
+                let mut peers = hub.lock();
+                let gone = peers.get(&peer).is_some_and(|s| s.conn == conn && s.tx.is_none());
+                if gone {
+                    peers.remove(&peer);
+                }
+                gone
+            };
+            if expired {
+                tracing::debug!(%peer, "resume grace over; detaching");
+                hub.to_signaling(pb::node_message::Msg::Detach(pb::Detach { peer: peer.to_string() }));
+            }
+        });
+    }
+
+    /// Sends to a local peer; a full queue (a client that does not read) closes it.
+    pub fn send_to(&self, peer: &PeerId, out: Out) {
+        let peers = self.lock();
+        let Some(tx) = peers.get(peer).and_then(|s| s.tx.as_ref()) else { return };
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(out) {
+            let _ = tx.try_send(Out::Close(4008, "too slow: outgoing queue full"));
+        }
+    }
+
+    /// Sends an error frame to a local peer.
+    pub fn send_error(&self, peer: &PeerId, code: ErrorCode, message: &str) {
+        self.send_to(peer, Out::Text(ServerFrame::Error { code, message }.to_json()));
+    }
+
+    /// Closes every socket (shutdown: clients reconnect elsewhere).
+    pub fn close_all(&self, code: u16, reason: &'static str) {
+        for slot in self.lock().values() {
+            if let Some(tx) = &slot.tx {
+                let _ = tx.try_send(Out::Close(code, reason));
+            }
+        }
+    }
+
+    /// Applies one delivery from signaling to a local peer.
+    pub fn deliver(&self, d: pb::Delivery) {
+        use pb::delivery::Event;
+        let Ok(to) = d.to.parse::<PeerId>() else { return };
+        let Some(event) = d.event else { return };
+        let text = match event {
+            Event::Signal(s) => {
+                let kind = match pb::SignalKind::try_from(s.kind) {
+                    Ok(pb::SignalKind::Offer) => SignalKind::Offer,
+                    Ok(pb::SignalKind::Answer) => SignalKind::Answer,
+                    Ok(pb::SignalKind::Candidate) => SignalKind::Candidate,
+                    _ => return,
+                };
+                let payload: Value = serde_json::from_str(&s.payload).unwrap_or(Value::Null);
+                ServerFrame::Signal { from: &s.from, kind, payload: &payload }.to_json()
+            }
+            Event::WatcherJoined(p) => ServerFrame::WatcherJoined { peer: &p }.to_json(),
+            Event::WatcherLeft(p) => ServerFrame::WatcherLeft { peer: &p }.to_json(),
+            Event::Viewers(v) => ServerFrame::Viewers { stream_id: &v.stream_id, count: v.count }.to_json(),
+            Event::Error(e) => {
+                ServerFrame::Error { code: ErrorCode::from_signaling(&e.code), message: &e.message }.to_json()
+            }
+            Event::Evicted(_) => {
+                let slot = self.lock().remove(&to);
+                if let Some(Slot { tx: Some(tx), .. }) = slot {
+                    let _ = tx.try_send(Out::Close(4009, "session resumed on another connection"));
+                }
+                return;
+            }
+        };
+        self.send_to(&to, Out::Text(text));
+    }
+
+    fn broadcast(&self, text: String) {
+        let _ = self.fanout.send(Arc::from(text));
+    }
+
+    fn with_streams<R>(&self, f: impl FnOnce(&mut Vec<StreamJson>) -> R) -> R {
+        f(&mut self.streams.write().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Applies one registry change to the cached list and tells every socket.
+    pub fn apply(&self, event: pb::stream_event::Event) {
+        use pb::stream_event::Event;
+        match event {
+            Event::Snapshot(snap) => {
+                let fresh: Vec<StreamJson> = snap.streams.iter().map(stream_json).collect();
+                self.with_streams(|list| *list = fresh);
+                self.broadcast(self.streams_frame());
+            }
+            Event::Started(s) | Event::Updated(s) => {
+                let sj = stream_json(&s);
+                self.with_streams(|list| match list.iter_mut().find(|x| x.id == sj.id) {
+                    Some(x) => *x = sj.clone(),
+                    None => {
+                        list.push(sj.clone());
+                        list.sort_by(|a, b| (b.started_at, &b.id).cmp(&(a.started_at, &a.id)));
+                    }
+                });
+                self.broadcast(ServerFrame::StreamOn { stream: &sj }.to_json());
+            }
+            Event::Ended(s) => {
+                self.with_streams(|list| list.retain(|x| x.id != s.id));
+                self.broadcast(ServerFrame::StreamOff { stream_id: &s.id }.to_json());
+            }
+        }
+    }
+}
+
+/// Registry stream → page JSON.
+pub fn stream_json(s: &pb::Stream) -> StreamJson {
+    let started_at = s.started_at.as_ref().map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
+    StreamJson {
+        id: s.id.clone(),
+        title: s.title.clone(),
+        broadcaster: s.broadcaster.clone(),
+        started_at,
+        viewers: s.viewers,
+        state: "live",
+    }
+}

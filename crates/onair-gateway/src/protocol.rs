@@ -1,0 +1,250 @@
+//! The browser WebSocket protocol (`onair.v1`, JSON text frames). See DESIGN.md.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Stable error codes sent in `error.code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or not a JSON object.
+    BadJson,
+    /// `type` missing or unknown.
+    UnknownType,
+    /// A known type with missing or invalid fields.
+    BadRequest,
+    /// Frame over the size limit.
+    TooLarge,
+    /// Too many frames; slow down.
+    RateLimited,
+    /// Unknown stream or peer.
+    NotFound,
+    /// Not allowed (e.g. signaling an unrelated peer).
+    Forbidden,
+    /// Conflicts with current state (e.g. already live).
+    Conflict,
+    /// A backend is unavailable; retry.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// Maps a signaling `NodeEvent.code` to ours.
+    pub fn from_signaling(code: &str) -> Self {
+        match code {
+            "not_found" => Self::NotFound,
+            "forbidden" => Self::Forbidden,
+            "bad_request" => Self::BadRequest,
+            _ => Self::Unavailable,
+        }
+    }
+}
+
+/// Signal kinds in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalKind {
+    /// SDP offer.
+    Offer,
+    /// SDP answer.
+    Answer,
+    /// ICE candidate.
+    Candidate,
+}
+
+/// A frame from the browser.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Go live.
+    Publish {
+        /// 1..=200 characters.
+        title: String,
+    },
+    /// Stop broadcasting.
+    Unpublish,
+    /// Watch a stream.
+    Watch {
+        /// The stream.
+        stream_id: String,
+    },
+    /// Stop watching.
+    Unwatch,
+    /// Signaling to a paired peer.
+    Signal {
+        /// Recipient peer id.
+        to: String,
+        /// Offer, answer or candidate.
+        kind: SignalKind,
+        /// SDP or candidate, passed through.
+        payload: Value,
+    },
+    /// Keep-alive.
+    Ping,
+    /// First frame after a reconnect.
+    Resume {
+        /// The token from the previous `welcome`.
+        token: String,
+    },
+}
+
+/// Client frame types, to tell "unknown type" from "bad fields".
+pub const CLIENT_TYPES: &[&str] = &["publish", "unpublish", "watch", "unwatch", "signal", "ping", "resume"];
+
+/// A stream as pages see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamJson {
+    /// Stream id.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Broadcaster peer id.
+    pub broadcaster: String,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    /// Watchers now.
+    pub viewers: u32,
+    /// Always "live" in lists.
+    pub state: &'static str,
+}
+
+/// A frame to the browser.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    /// Reply to ping.
+    Pong,
+    /// First frame: who you are.
+    Welcome {
+        /// Your peer id.
+        peer_id: &'a str,
+        /// ICE servers for RTCPeerConnection.
+        ice_servers: &'a [Value],
+        /// Present it in `resume` after a reconnect.
+        resume_token: &'a str,
+    },
+    /// The full live list.
+    Streams {
+        /// Live streams, newest first.
+        streams: &'a [StreamJson],
+    },
+    /// A stream went live (or changed).
+    StreamOn {
+        /// The stream.
+        stream: &'a StreamJson,
+    },
+    /// A stream ended.
+    StreamOff {
+        /// Its id.
+        stream_id: &'a str,
+    },
+    /// Your publish succeeded.
+    Published {
+        /// Your stream.
+        stream: &'a StreamJson,
+    },
+    /// A watcher joined your stream.
+    WatcherJoined {
+        /// Its peer id.
+        peer: &'a str,
+    },
+    /// A watcher left your stream.
+    WatcherLeft {
+        /// Its peer id.
+        peer: &'a str,
+    },
+    /// Signaling from a paired peer.
+    Signal {
+        /// Sender (stamped by its gateway).
+        from: &'a str,
+        /// Offer, answer or candidate.
+        kind: SignalKind,
+        /// Passed through.
+        payload: &'a Value,
+    },
+    /// Watcher count of a stream.
+    Viewers {
+        /// The stream.
+        stream_id: &'a str,
+        /// Watchers now.
+        count: u32,
+    },
+    /// Your last frame failed.
+    Error {
+        /// Stable code.
+        code: ErrorCode,
+        /// Explanation.
+        message: &'a str,
+    },
+}
+
+impl ServerFrame<'_> {
+    /// JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| r#"{"type":"error","code":"unavailable","message":"encoding"}"#.into())
+    }
+}
+
+/// Why a text frame could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// Code to send.
+    pub code: ErrorCode,
+    /// Explanation.
+    pub message: String,
+}
+
+/// Parses one text frame, classifying failures.
+pub fn parse(text: &str) -> Result<ClientFrame, ParseError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ParseError { code: ErrorCode::BadJson, message: format!("frame is not valid JSON: {e}") })?;
+    let Some(obj) = value.as_object() else {
+        return Err(ParseError { code: ErrorCode::BadJson, message: "frame must be a JSON object".into() });
+    };
+    let ty = obj.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+    if !CLIENT_TYPES.contains(&ty.as_str()) {
+        return Err(ParseError {
+            code: ErrorCode::UnknownType,
+            message: format!("unknown type {ty:?}; expected one of {}", CLIENT_TYPES.join(", ")),
+        });
+    }
+    serde_json::from_value(value)
+        .map_err(|e| ParseError { code: ErrorCode::BadRequest, message: format!("bad {ty} frame: {e}") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_bad_frames() {
+        assert_eq!(parse("nope").unwrap_err().code, ErrorCode::BadJson);
+        assert_eq!(parse("[1]").unwrap_err().code, ErrorCode::BadJson);
+        assert_eq!(parse(r#"{"type":"dance"}"#).unwrap_err().code, ErrorCode::UnknownType);
+        assert_eq!(parse(r#"{"x":1}"#).unwrap_err().code, ErrorCode::UnknownType);
+        assert_eq!(parse(r#"{"type":"watch"}"#).unwrap_err().code, ErrorCode::BadRequest);
+        assert_eq!(
+            parse(r#"{"type":"signal","to":"a","kind":"hug","payload":{}}"#).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+    }
+
+    #[test]
+    fn parses_good_frames() {
+        assert_eq!(parse(r#"{"type":"ping"}"#).unwrap(), ClientFrame::Ping);
+        assert_eq!(
+            parse(r#"{"type":"watch","stream_id":"s1"}"#).unwrap(),
+            ClientFrame::Watch { stream_id: "s1".into() }
+        );
+        let f = parse(r#"{"type":"signal","to":"p","kind":"offer","payload":{"sdp":"v=0"},"from":"spoofed"}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Signal { kind: SignalKind::Offer, .. }));
+    }
+
+    #[test]
+    fn frames_serialize_with_type_tags() {
+        let j = ServerFrame::Viewers { stream_id: "s", count: 2 }.to_json();
+        assert_eq!(j, r#"{"type":"viewers","stream_id":"s","count":2}"#);
+        let e = ServerFrame::Error { code: ErrorCode::RateLimited, message: "slow down" }.to_json();
+        assert_eq!(e, r#"{"type":"error","code":"rate_limited","message":"slow down"}"#);
+    }
+}

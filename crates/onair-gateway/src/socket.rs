@@ -1,0 +1,266 @@
+//! One browser WebSocket: the protocol state machine of a peer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use onair_core::{PeerId, StreamId};
+use onair_proto::v1 as pb;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Hub, Out, stream_json};
+use crate::protocol::{ClientFrame, ErrorCode, ServerFrame, SignalKind, parse};
+use crate::ratelimit::{RateLimiter, Verdict};
+
+/// Largest text frame a client may send.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Frames larger than this are not even read: the connection is closed (1009).
+pub const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+/// A socket silent for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Sustained frames per second a client may send, and its burst.
+pub const RATE_PER_SEC: u32 = 50;
+/// Burst allowance.
+pub const RATE_BURST: u32 = 100;
+/// Rejected frames within [`STRIKE_WINDOW`] before the socket is closed with 4029.
+pub const MAX_STRIKES: u32 = 200;
+/// Window for counting strikes.
+pub const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+
+fn new_token(peer: &PeerId) -> String {
+    format!("{peer}.{}", uuid::Uuid::new_v4().simple())
+}
+
+struct Conn {
+    hub: Arc<Hub>,
+    peer: PeerId,
+    token: String,
+    conn: u64,
+    tx: mpsc::Sender<Out>,
+}
+
+impl Conn {
+    fn error(&self, code: ErrorCode, message: &str) -> Option<String> {
+        self.hub.metrics.frames_rejected.inc();
+        Some(ServerFrame::Error { code, message }.to_json())
+    }
+
+    fn welcome(&self) -> String {
+        ServerFrame::Welcome {
+            peer_id: self.peer.as_str(),
+            ice_servers: &self.hub.ice_servers,
+            resume_token: &self.token,
+        }
+        .to_json()
+    }
+
+    /// Handles one parsed frame; returns frames to send back right away.
+    async fn handle(&mut self, frame: ClientFrame) -> Vec<String> {
+        use pb::node_message::Msg;
+        let peer = self.peer.to_string();
+        match frame {
+            ClientFrame::Ping => vec![ServerFrame::Pong.to_json()],
+            ClientFrame::Publish { title } => self.publish(title).await.into_iter().collect(),
+            ClientFrame::Unpublish => {
+                self.hub.to_signaling(Msg::Unpublished(pb::Unpublished { peer }));
+                vec![]
+            }
+            ClientFrame::Watch { stream_id } => match stream_id.parse::<StreamId>() {
+                Ok(_) => {
+                    self.hub.to_signaling(Msg::Watch(pb::Watch { peer, stream_id }));
+                    vec![]
+                }
+                Err(e) => self.error(ErrorCode::BadRequest, &format!("stream_id: {e}")).into_iter().collect(),
+            },
+            ClientFrame::Unwatch => {
+                self.hub.to_signaling(Msg::Unwatch(pb::Unwatch { peer }));
+                vec![]
+            }
+            ClientFrame::Signal { to, kind, payload } => {
+                if let Err(e) = to.parse::<PeerId>() {
+                    return self.error(ErrorCode::BadRequest, &format!("to: {e}")).into_iter().collect();
+                }
+                let kind = match kind {
+                    SignalKind::Offer => pb::SignalKind::Offer,
+                    SignalKind::Answer => pb::SignalKind::Answer,
+                    SignalKind::Candidate => pb::SignalKind::Candidate,
+                };
+                // `from` is always this socket's peer id, whatever the client wrote.
+                let s = pb::Signal { from: peer, to, kind: kind.into(), payload: payload.to_string() };
+                self.hub.to_signaling(Msg::Signal(s));
+                vec![]
+            }
+            ClientFrame::Resume { token } => self.resume(token).await,
+        }
+    }
+
+    async fn publish(&self, title: String) -> Option<String> {
+        let mut registry = self.hub.registry.clone();
+        let req =
+            pb::CreateStreamRequest { title, broadcaster: self.peer.to_string(), node: self.hub.node.to_string() };
+        let stream = match registry.create_stream(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                let (code, msg) = match s.code() {
+                    tonic::Code::InvalidArgument => (ErrorCode::BadRequest, s.message().to_owned()),
+                    tonic::Code::AlreadyExists => (ErrorCode::Conflict, "you are already live".to_owned()),
+                    _ => (ErrorCode::Unavailable, "could not go live right now; retry".to_owned()),
+                };
+                return self.error(code, &msg);
+            }
+        };
+        let msg = pb::node_message::Msg::Published(pb::Published {
+            peer: self.peer.to_string(),
+            stream_id: stream.id.clone(),
+        });
+        let mut signaling = self.hub.signaling.clone();
+        let relay = pb::NodeMessage { node: self.hub.node.to_string(), msg: Some(msg) };
+        if let Err(e) = signaling.relay(relay).await {
+            tracing::warn!(error = %e, "signaling did not take the new stream; watchers fall back to the registry");
+        }
+        tracing::info!(peer = %self.peer, stream_id = %stream.id, "published");
+        Some(ServerFrame::Published { stream: &stream_json(&stream) }.to_json())
+    }
+
+    async fn resume(&mut self, token: String) -> Vec<String> {
+        let Some(old) = token.split('.').next().and_then(|p| p.parse::<PeerId>().ok()) else {
+            return self
+                .error(ErrorCode::NotFound, "unknown resume token; continuing as a new peer")
+                .into_iter()
+                .collect();
+        };
+        if old == self.peer {
+            return vec![];
+        }
+        let mut signaling = self.hub.signaling.clone();
+        let req =
+            pb::ResumeRequest { peer: old.to_string(), resume_token: token.clone(), node: self.hub.node.to_string() };
+        match signaling.resume(req).await {
+            Ok(_) => {
+                self.hub.detach_now(&self.peer);
+                self.peer = old;
+                self.token = token;
+                self.conn = self.hub.adopt(&self.peer, self.tx.clone());
+                tracing::info!(peer = %self.peer, "resumed");
+                vec![self.welcome(), self.hub.streams_frame()]
+            }
+            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::PermissionDenied) => self
+                .error(ErrorCode::NotFound, "that session has expired; continuing as a new peer")
+                .into_iter()
+                .collect(),
+            Err(_) => self.error(ErrorCode::Unavailable, "could not resume right now").into_iter().collect(),
+        }
+    }
+}
+
+async fn send(socket: &mut WebSocket, hub: &Hub, text: String) -> bool {
+    hub.metrics.frames_out.inc();
+    socket.send(Message::Text(text.into())).await.is_ok()
+}
+
+/// Runs one socket until it closes, the client is evicted, or `shutdown` fires (close 1012).
+pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, shutdown: CancellationToken) {
+    hub.metrics.sockets.inc();
+    let peer = PeerId::generate();
+    let token = new_token(&peer);
+    let (tx, mut rx) = mpsc::channel::<Out>(512);
+    let conn = hub.attach(&peer, &token, tx.clone());
+    let mut c = Conn { hub: Arc::clone(&hub), peer, token, conn, tx };
+    let mut list = hub.subscribe_list();
+    let mut limiter = RateLimiter::new(RATE_PER_SEC, RATE_BURST, MAX_STRIKES, STRIKE_WINDOW, std::time::Instant::now());
+    let mut deadline = Instant::now() + IDLE_TIMEOUT;
+    let mut clean_close = false;
+    tracing::debug!(peer = %c.peer, "socket open");
+
+    let ok = send(&mut socket, &hub, c.welcome()).await && send(&mut socket, &hub, hub.streams_frame()).await;
+    let close: Option<(u16, &'static str)> = if ok {
+        loop {
+            let replies: Vec<String> = tokio::select! {
+                () = shutdown.cancelled() => break Some((1012, "server restarting; reconnect")),
+                () = tokio::time::sleep_until(deadline) => break Some((1001, "idle timeout")),
+                msg = socket.recv() => {
+                    let Some(Ok(msg)) = msg else { break None };
+                    deadline = Instant::now() + IDLE_TIMEOUT;
+                    match msg {
+                        Message::Text(text) => {
+                            hub.metrics.frames_in.inc();
+                            match limiter.check(std::time::Instant::now()) {
+                                Verdict::Allow => handle_text(&mut c, &text).await,
+                                Verdict::Reject => {
+                                    c.error(ErrorCode::RateLimited, "too many messages; slow down").into_iter().collect()
+                                }
+                                Verdict::Abuse => break Some((4029, "flooding")),
+                            }
+                        }
+                        Message::Binary(_) => c.error(ErrorCode::BadJson, "binary frames are not supported; send JSON text").into_iter().collect(),
+                        Message::Close(_) => {
+                            // A deliberate close (tab closed, Stop): no resume grace.
+                            clean_close = true;
+                            break None;
+                        }
+                        Message::Ping(_) | Message::Pong(_) => vec![],
+                    }
+                }
+                out = rx.recv() => match out {
+                    Some(Out::Text(t)) => vec![t],
+                    Some(Out::Close(code, reason)) => break Some((code, reason)),
+                    None => break None,
+                },
+                ev = list.recv() => match ev {
+                    Ok(t) => vec![t.to_string()],
+                    Err(broadcast::error::RecvError::Lagged(_)) => vec![hub.streams_frame()],
+                    Err(broadcast::error::RecvError::Closed) => vec![],
+                },
+            };
+            let mut alive = true;
+            for r in replies {
+                if !send(&mut socket, &hub, r).await {
+                    alive = false;
+                    break;
+                }
+            }
+            if !alive {
+                break None;
+            }
+        }
+    } else {
+        None
+    };
+    if let Some((code, reason)) = close
+        && socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await.is_ok()
+    {
+        // Finish the closing handshake: read (and drop) what the client still sends until its
+        // close frame, so the client sees our close code instead of a connection reset.
+        let drain = async {
+            while let Some(Ok(m)) = socket.recv().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    }
+    tracing::debug!(peer = %c.peer, ?close, clean_close, "socket closed");
+    if clean_close {
+        hub.detach_if_current(&c.peer, c.conn);
+    } else {
+        // Dropped without a close frame (network loss, crash): keep the peer for the resume grace.
+        hub.disconnected(&c.peer, c.conn);
+    }
+    hub.metrics.sockets.dec();
+}
+
+async fn handle_text(c: &mut Conn, text: &str) -> Vec<String> {
+    if text.len() > MAX_FRAME_BYTES {
+        return c
+            .error(ErrorCode::TooLarge, &format!("frame is {} bytes; the limit is {MAX_FRAME_BYTES}", text.len()))
+            .into_iter()
+            .collect();
+    }
+    match parse(text) {
+        Ok(frame) => c.handle(frame).await,
+        Err(e) => c.error(e.code, &e.message).into_iter().collect(),
+    }
+}

@@ -1,0 +1,200 @@
+//! [`Directory`] in Redis. Keys (all prefixed `onair:`):
+//! - `peer:{peer}` hash: `node`, `token`, `broadcasting`, `watching`
+//! - `nodepeers:{node}` set of peers on a node
+//! - `nodes` sorted set: node → last heartbeat (Unix ms)
+//! - `watchers:{stream}` set of watchers
+//! - `bcast:{stream}` string: the broadcaster
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface};
+use fred::types::Expiration;
+use onair_core::{Directory, DirectoryError, NodeId, PeerId, PeerRecord, StreamId};
+
+use crate::connect::{build_client, unavailable};
+
+/// Peers whose node never cleaned up (every signaling replica gone at once) expire after a day.
+const PEER_KEY_TTL_SECS: i64 = 86_400;
+
+fn peer_key(p: &PeerId) -> String {
+    format!("onair:peer:{p}")
+}
+fn node_peers_key(n: &NodeId) -> String {
+    format!("onair:nodepeers:{n}")
+}
+fn watchers_key(s: &StreamId) -> String {
+    format!("onair:watchers:{s}")
+}
+fn bcast_key(s: &StreamId) -> String {
+    format!("onair:bcast:{s}")
+}
+const NODES: &str = "onair:nodes";
+
+fn err(e: fred::error::Error) -> DirectoryError {
+    DirectoryError::Unavailable(e.to_string())
+}
+
+fn ids<T: std::str::FromStr>(raw: Vec<String>) -> Vec<T> {
+    raw.into_iter().filter_map(|s| s.parse().ok()).collect()
+}
+
+/// Redis-backed directory.
+#[derive(Clone)]
+pub struct RedisDirectory {
+    client: Client,
+}
+
+impl std::fmt::Debug for RedisDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisDirectory").finish_non_exhaustive()
+    }
+}
+
+impl RedisDirectory {
+    /// Connects to `url`; reconnects in the background if Redis goes away.
+    pub async fn connect(url: &str) -> Result<Self, DirectoryError> {
+        let client = build_client(url).map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
+        client.init().await.map_err(|e| DirectoryError::Unavailable(unavailable(e).to_string()))?;
+        Ok(Self { client })
+    }
+}
+
+#[async_trait]
+impl Directory for RedisDirectory {
+    async fn attach(&self, peer: &PeerId, node: &NodeId, token: &str) -> Result<(), DirectoryError> {
+        let key = peer_key(peer);
+        let pipe = self.client.pipeline();
+        let _: () = pipe.del(&key).await.map_err(err)?;
+        let _: () = pipe.hset(&key, [("node", node.as_str()), ("token", token)]).await.map_err(err)?;
+        let _: () = pipe.expire(&key, PEER_KEY_TTL_SECS, None).await.map_err(err)?;
+        let _: () = pipe.sadd(node_peers_key(node), peer.as_str()).await.map_err(err)?;
+        let _: Vec<fred::types::Value> = pipe.all().await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn peer(&self, peer: &PeerId) -> Result<Option<PeerRecord>, DirectoryError> {
+        let h: HashMap<String, String> = self.client.hgetall(peer_key(peer)).await.map_err(err)?;
+        let Some(node) = h.get("node").and_then(|n| n.parse().ok()) else {
+            return Ok(None);
+        };
+        let opt = |f: &str| h.get(f).filter(|v| !v.is_empty()).and_then(|v| v.parse().ok());
+        Ok(Some(PeerRecord {
+            node,
+            token: h.get("token").cloned().unwrap_or_default(),
+            broadcasting: opt("broadcasting"),
+            watching: opt("watching"),
+        }))
+    }
+
+    async fn move_peer(&self, peer: &PeerId, from: &NodeId, to: &NodeId) -> Result<(), DirectoryError> {
+        let pipe = self.client.pipeline();
+        let _: () = pipe.srem(node_peers_key(from), peer.as_str()).await.map_err(err)?;
+        let _: () = pipe.sadd(node_peers_key(to), peer.as_str()).await.map_err(err)?;
+        let _: () = pipe.hset(peer_key(peer), ("node", to.as_str())).await.map_err(err)?;
+        let _: Vec<fred::types::Value> = pipe.all().await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn remove_peer(&self, peer: &PeerId, node: &NodeId) -> Result<(), DirectoryError> {
+        let pipe = self.client.pipeline();
+        let _: () = pipe.del(peer_key(peer)).await.map_err(err)?;
+        let _: () = pipe.srem(node_peers_key(node), peer.as_str()).await.map_err(err)?;
+        let _: Vec<fred::types::Value> = pipe.all().await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn set_broadcasting(
+        &self,
+        peer: &PeerId,
+        stream: Option<&StreamId>,
+        previous: Option<&StreamId>,
+    ) -> Result<(), DirectoryError> {
+        let pipe = self.client.pipeline();
+        if let Some(p) = previous {
+            let _: () = pipe.del(bcast_key(p)).await.map_err(err)?;
+        }
+        match stream {
+            Some(s) => {
+                let _: () = pipe
+                    .set(bcast_key(s), peer.as_str(), Some(Expiration::EX(PEER_KEY_TTL_SECS)), None, false)
+                    .await
+                    .map_err(err)?;
+                let _: () = pipe.hset(peer_key(peer), ("broadcasting", s.as_str())).await.map_err(err)?;
+            }
+            None => {
+                let _: () = pipe.hdel(peer_key(peer), "broadcasting").await.map_err(err)?;
+            }
+        }
+        let _: Vec<fred::types::Value> = pipe.all().await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn broadcaster(&self, stream: &StreamId) -> Result<Option<PeerId>, DirectoryError> {
+        let v: Option<String> = self.client.get(bcast_key(stream)).await.map_err(err)?;
+        Ok(v.and_then(|s| s.parse().ok()))
+    }
+
+    async fn set_watching(&self, peer: &PeerId, stream: Option<&StreamId>) -> Result<(), DirectoryError> {
+        match stream {
+            Some(s) => self.client.hset::<(), _, _>(peer_key(peer), ("watching", s.as_str())).await.map_err(err),
+            None => self.client.hdel::<(), _, _>(peer_key(peer), "watching").await.map_err(err),
+        }
+    }
+
+    async fn add_watcher(&self, stream: &StreamId, peer: &PeerId) -> Result<u32, DirectoryError> {
+        let key = watchers_key(stream);
+        let pipe = self.client.pipeline();
+        let _: () = pipe.sadd(&key, peer.as_str()).await.map_err(err)?;
+        let _: () = pipe.expire(&key, PEER_KEY_TTL_SECS, None).await.map_err(err)?;
+        let _: () = pipe.scard(&key).await.map_err(err)?;
+        let (_, _, n): (i64, i64, u32) = pipe.all().await.map_err(err)?;
+        Ok(n)
+    }
+
+    async fn remove_watcher(&self, stream: &StreamId, peer: &PeerId) -> Result<u32, DirectoryError> {
+        let key = watchers_key(stream);
+        let pipe = self.client.pipeline();
+        let _: () = pipe.srem(&key, peer.as_str()).await.map_err(err)?;
+        let _: () = pipe.scard(&key).await.map_err(err)?;
+        let (_, n): (i64, u32) = pipe.all().await.map_err(err)?;
+        Ok(n)
+    }
+
+    async fn clear_stream(&self, stream: &StreamId) -> Result<Vec<PeerId>, DirectoryError> {
+        let key = watchers_key(stream);
+        let members: Vec<String> = self.client.smembers(&key).await.map_err(err)?;
+        let _: i64 = self.client.del((key, bcast_key(stream))).await.map_err(err)?;
+        Ok(ids(members))
+    }
+
+    async fn heartbeat(&self, node: &NodeId, now_ms: i64) -> Result<(), DirectoryError> {
+        #[allow(clippy::cast_precision_loss)]
+        let score = now_ms as f64;
+        self.client.zadd::<(), _, _>(NODES, None, None, false, false, (score, node.as_str())).await.map_err(err)
+    }
+
+    async fn stale_nodes(&self, before_ms: i64) -> Result<Vec<NodeId>, DirectoryError> {
+        #[allow(clippy::cast_precision_loss)]
+        let max = before_ms as f64;
+        let raw: Vec<String> =
+            self.client.zrangebyscore(NODES, f64::NEG_INFINITY, max, false, None).await.map_err(err)?;
+        Ok(ids(raw))
+    }
+
+    async fn claim_node(&self, node: &NodeId) -> Result<bool, DirectoryError> {
+        let n: i64 = self.client.zrem(NODES, node.as_str()).await.map_err(err)?;
+        Ok(n == 1)
+    }
+
+    async fn node_peers(&self, node: &NodeId) -> Result<Vec<PeerId>, DirectoryError> {
+        let raw: Vec<String> = self.client.smembers(node_peers_key(node)).await.map_err(err)?;
+        Ok(ids(raw))
+    }
+
+    async fn ping(&self) -> Result<(), DirectoryError> {
+        let _: String = self.client.ping(None).await.map_err(err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,53 @@
+//! Routing errors: each has a stable code that gateways forward to the browser
+//! as the WebSocket `error.code`, and one gRPC status mapping.
+
+use onair_core::DirectoryError;
+
+/// Why a peer's request was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// Malformed input.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The target does not exist (peer not connected, stream not live).
+    #[error("{0}")]
+    NotFound(String),
+    /// The sender may not do this (e.g. signal a peer it is not paired with).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Presence state is unreachable.
+    #[error("signaling state unavailable")]
+    Unavailable(#[source] DirectoryError),
+}
+
+impl From<DirectoryError> for RouteError {
+    fn from(e: DirectoryError) -> Self {
+        Self::Unavailable(e)
+    }
+}
+
+impl RouteError {
+    /// The WebSocket error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::NotFound(_) => "not_found",
+            Self::Forbidden(_) => "forbidden",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl From<RouteError> for tonic::Status {
+    fn from(e: RouteError) -> Self {
+        match &e {
+            RouteError::BadRequest(m) => tonic::Status::invalid_argument(m.clone()),
+            RouteError::NotFound(m) => tonic::Status::not_found(m.clone()),
+            RouteError::Forbidden(m) => tonic::Status::permission_denied(m.clone()),
+            RouteError::Unavailable(source) => {
+                tracing::warn!(error = %source, "directory unavailable");
+                tonic::Status::unavailable("signaling state is unavailable; retry later")
+            }
+        }
+    }
+}

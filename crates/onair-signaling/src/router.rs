@@ -1,0 +1,236 @@
+//! The routing rules. Every method is one peer action; state lives in the
+//! [`Directory`], deliveries go out as one `PUBLISH` to the recipient node's
+//! channel, and stream lifecycle changes go to the registry.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use onair_core::{Bus, Directory, NodeId, PeerId, PeerRecord, StreamId};
+use onair_proto::v1 as pb;
+use onair_proto::v1::stream_registry_client::StreamRegistryClient;
+use prost::Message;
+use tonic::transport::Channel;
+
+use crate::error::RouteError;
+
+/// The bus channel of a node: every delivery for its peers.
+pub fn node_channel(node: &NodeId) -> String {
+    format!("onair:node:{node}")
+}
+
+fn parse<T: std::str::FromStr<Err = onair_core::IdError>>(field: &str, v: &str) -> Result<T, RouteError> {
+    v.parse().map_err(|e| RouteError::BadRequest(format!("{field}: {e}")))
+}
+
+/// Applies the routing rules.
+#[derive(Clone)]
+pub struct Router {
+    dir: Arc<dyn Directory>,
+    bus: Arc<dyn Bus>,
+    registry: StreamRegistryClient<Channel>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// A router over the given state, bus and registry.
+    pub fn new(dir: Arc<dyn Directory>, bus: Arc<dyn Bus>, registry: StreamRegistryClient<Channel>) -> Self {
+        Self { dir, bus, registry }
+    }
+
+    /// The directory (for the reaper and readiness).
+    pub fn directory(&self) -> &Arc<dyn Directory> {
+        &self.dir
+    }
+
+    /// Publishes one delivery to `node`'s channel.
+    pub async fn deliver(&self, node: &NodeId, to: &PeerId, event: pb::delivery::Event) {
+        let d = pb::Delivery { to: to.to_string(), event: Some(event) };
+        if let Err(e) = self.bus.publish(&node_channel(node), Bytes::from(d.encode_to_vec())).await {
+            tracing::warn!(error = %e, peer = %to, "delivery failed");
+        }
+    }
+
+    async fn deliver_to_peer(&self, to: &PeerId, event: pb::delivery::Event) -> Result<(), RouteError> {
+        if let Some(rec) = self.dir.peer(to).await? {
+            self.deliver(&rec.node, to, event).await;
+        }
+        Ok(())
+    }
+
+    /// Handles one node message.
+    pub async fn handle(&self, node: &NodeId, msg: pb::node_message::Msg) -> Result<(), RouteError> {
+        use pb::node_message::Msg;
+        match msg {
+            Msg::Hello(_) => {
+                self.dir.heartbeat(node, onair_core::time::now_ms()).await?;
+                Ok(())
+            }
+            Msg::Attach(a) => {
+                let peer: PeerId = parse("peer", &a.peer)?;
+                self.dir.attach(&peer, node, &a.resume_token).await?;
+                Ok(())
+            }
+            Msg::Detach(d) => self.detach(node, &parse("peer", &d.peer)?).await,
+            Msg::Published(p) => {
+                let peer: PeerId = parse("peer", &p.peer)?;
+                let stream: StreamId = parse("stream_id", &p.stream_id)?;
+                let rec = self.dir.peer(&peer).await?.ok_or_else(|| not_connected(&peer))?;
+                self.dir.set_broadcasting(&peer, Some(&stream), rec.broadcasting.as_ref()).await?;
+                Ok(())
+            }
+            Msg::Unpublished(u) => {
+                let peer: PeerId = parse("peer", &u.peer)?;
+                if let Some(rec) = self.dir.peer(&peer).await? {
+                    self.stop_broadcast(&peer, &rec).await?;
+                }
+                Ok(())
+            }
+            Msg::Watch(w) => self.watch(&parse("peer", &w.peer)?, &parse("stream_id", &w.stream_id)?).await,
+            Msg::Unwatch(u) => {
+                let peer: PeerId = parse("peer", &u.peer)?;
+                if let Some(rec) = self.dir.peer(&peer).await? {
+                    self.leave(&peer, &rec).await?;
+                }
+                Ok(())
+            }
+            Msg::Signal(s) => self.signal(s).await,
+        }
+    }
+
+    /// The hot path: checks the pairing and forwards one signaling message.
+    async fn signal(&self, s: pb::Signal) -> Result<(), RouteError> {
+        if pb::SignalKind::try_from(s.kind).unwrap_or(pb::SignalKind::Unspecified) == pb::SignalKind::Unspecified {
+            return Err(RouteError::BadRequest("kind must be offer, answer or candidate".into()));
+        }
+        let from: PeerId = parse("from", &s.from)?;
+        let to: PeerId = parse("to", &s.to)?;
+        let (from_rec, to_rec) = tokio::try_join!(self.dir.peer(&from), self.dir.peer(&to))?;
+        let to_rec = to_rec.ok_or_else(|| not_connected(&to))?;
+        let from_rec = from_rec.ok_or_else(|| not_connected(&from))?;
+        let paired = |a: &PeerRecord, b: &PeerRecord| a.watching.is_some() && a.watching == b.broadcasting;
+        if !(paired(&from_rec, &to_rec) || paired(&to_rec, &from_rec)) {
+            return Err(RouteError::Forbidden(format!(
+                "peer {to} is not the broadcaster of the stream you watch, nor one of your watchers"
+            )));
+        }
+        self.deliver(&to_rec.node, &to, pb::delivery::Event::Signal(s)).await;
+        Ok(())
+    }
+
+    async fn watch(&self, peer: &PeerId, stream: &StreamId) -> Result<(), RouteError> {
+        let rec = self.dir.peer(peer).await?.ok_or_else(|| not_connected(peer))?;
+        let broadcaster = match self.dir.broadcaster(stream).await? {
+            Some(b) => b,
+            None => self.broadcaster_from_registry(stream).await?,
+        };
+        if &broadcaster == peer {
+            return Err(RouteError::BadRequest("you cannot watch your own stream".into()));
+        }
+        if rec.watching.as_ref() == Some(stream) {
+            return Ok(());
+        }
+        if rec.watching.is_some() {
+            self.leave(peer, &rec).await?;
+        }
+        let count = self.dir.add_watcher(stream, peer).await?;
+        self.dir.set_watching(peer, Some(stream)).await?;
+        tracing::debug!(%peer, %stream, count, "watcher joined");
+        self.deliver_to_peer(&broadcaster, pb::delivery::Event::WatcherJoined(peer.to_string())).await?;
+        self.viewers_changed(&broadcaster, stream, count).await
+    }
+
+    /// The registry knows every live stream's broadcaster even if this stream's `Published`
+    /// has not reached signaling yet (a watcher faster than the broadcaster's gateway).
+    async fn broadcaster_from_registry(&self, stream: &StreamId) -> Result<PeerId, RouteError> {
+        let not_live = || RouteError::NotFound(format!("stream {stream} is not live"));
+        let mut registry = self.registry.clone();
+        let s = match registry.get_stream(pb::GetStreamRequest { id: stream.to_string() }).await {
+            Ok(r) => r.into_inner(),
+            Err(e) if e.code() == tonic::Code::NotFound => return Err(not_live()),
+            Err(e) => {
+                tracing::warn!(error = %e, "registry unavailable");
+                return Err(RouteError::NotFound(format!("stream {stream} is not available right now")));
+            }
+        };
+        if s.state() != pb::StreamState::Live {
+            return Err(not_live());
+        }
+        let b: PeerId = s.broadcaster.parse().map_err(|_| not_live())?;
+        let rec = self.dir.peer(&b).await?.ok_or_else(not_live)?;
+        self.dir.set_broadcasting(&b, Some(stream), rec.broadcasting.as_ref()).await?;
+        Ok(b)
+    }
+
+    /// Removes `peer` from the stream it watches, telling the broadcaster.
+    async fn leave(&self, peer: &PeerId, rec: &PeerRecord) -> Result<(), RouteError> {
+        let Some(stream) = &rec.watching else { return Ok(()) };
+        let count = self.dir.remove_watcher(stream, peer).await?;
+        self.dir.set_watching(peer, None).await?;
+        if let Some(b) = self.dir.broadcaster(stream).await? {
+            self.deliver_to_peer(&b, pb::delivery::Event::WatcherLeft(peer.to_string())).await?;
+            self.viewers_changed(&b, stream, count).await?;
+        }
+        Ok(())
+    }
+
+    async fn viewers_changed(&self, broadcaster: &PeerId, stream: &StreamId, count: u32) -> Result<(), RouteError> {
+        let vc = pb::ViewerCount { stream_id: stream.to_string(), count };
+        self.deliver_to_peer(broadcaster, pb::delivery::Event::Viewers(vc)).await?;
+        let mut registry = self.registry.clone();
+        let req = pb::SetViewersRequest { id: stream.to_string(), viewers: count };
+        if let Err(e) = registry.set_viewers(req).await {
+            tracing::debug!(error = %e, %stream, "viewer count not stored");
+        }
+        Ok(())
+    }
+
+    /// Ends the peer's broadcast: registry first (so every page sees stream_off), then membership.
+    async fn stop_broadcast(&self, peer: &PeerId, rec: &PeerRecord) -> Result<(), RouteError> {
+        let Some(stream) = &rec.broadcasting else { return Ok(()) };
+        let mut registry = self.registry.clone();
+        if let Err(e) = registry.end_stream(pb::EndStreamRequest { id: stream.to_string() }).await {
+            tracing::warn!(error = %e, %stream, "registry did not end the stream");
+        }
+        for w in self.dir.clear_stream(stream).await? {
+            self.dir.set_watching(&w, None).await?;
+        }
+        self.dir.set_broadcasting(peer, None, Some(stream)).await?;
+        tracing::info!(%peer, %stream, "broadcast stopped");
+        Ok(())
+    }
+
+    /// A peer is gone for good. Ignored if it has since resumed on another node.
+    pub async fn detach(&self, node: &NodeId, peer: &PeerId) -> Result<(), RouteError> {
+        let Some(rec) = self.dir.peer(peer).await? else { return Ok(()) };
+        if &rec.node != node {
+            return Ok(());
+        }
+        self.stop_broadcast(peer, &rec).await?;
+        self.leave(peer, &rec).await?;
+        self.dir.remove_peer(peer, node).await?;
+        Ok(())
+    }
+
+    /// Moves a peer to `node` if the token matches; returns what it was doing.
+    pub async fn resume(&self, peer: &PeerId, token: &str, node: &NodeId) -> Result<pb::ResumeResponse, RouteError> {
+        let rec = self.dir.peer(peer).await?.ok_or_else(|| RouteError::NotFound("that session has expired".into()))?;
+        if rec.token.is_empty() || rec.token != token {
+            return Err(RouteError::Forbidden("bad resume token".into()));
+        }
+        if &rec.node != node {
+            self.dir.move_peer(peer, &rec.node, node).await?;
+            self.deliver(&rec.node, peer, pb::delivery::Event::Evicted(pb::Evicted {})).await;
+        }
+        let s = |o: &Option<StreamId>| o.as_ref().map(ToString::to_string).unwrap_or_default();
+        Ok(pb::ResumeResponse { broadcasting: s(&rec.broadcasting), watching: s(&rec.watching) })
+    }
+}
+
+fn not_connected(p: &PeerId) -> RouteError {
+    RouteError::NotFound(format!("peer {p} is not connected"))
+}

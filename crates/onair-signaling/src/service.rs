@@ -1,0 +1,151 @@
+//! The `onair.v1.Signaling` gRPC implementation and the dead-node reaper.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream as FutStream;
+use onair_core::NodeId;
+use onair_proto::v1 as pb;
+use onair_proto::v1::signaling_server::Signaling;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::RouteError;
+use crate::router::Router;
+
+/// The signaling service.
+#[derive(Debug, Clone)]
+pub struct SignalingService {
+    router: Router,
+    presence_ttl: Duration,
+    shutdown: CancellationToken,
+}
+
+impl SignalingService {
+    /// A service over `router`; nodes silent for `presence_ttl` lose their peers.
+    pub fn new(router: Router, presence_ttl: Duration, shutdown: CancellationToken) -> Self {
+        Self { router, presence_ttl, shutdown }
+    }
+}
+
+fn node_id(raw: &str) -> Result<NodeId, Status> {
+    raw.parse().map_err(|e| Status::invalid_argument(format!("node: {e}")))
+}
+
+fn peer_of(msg: &pb::node_message::Msg) -> String {
+    use pb::node_message::Msg;
+    match msg {
+        Msg::Hello(_) => String::new(),
+        Msg::Attach(a) => a.peer.clone(),
+        Msg::Detach(d) => d.peer.clone(),
+        Msg::Published(p) => p.peer.clone(),
+        Msg::Unpublished(u) => u.peer.clone(),
+        Msg::Watch(w) => w.peer.clone(),
+        Msg::Unwatch(u) => u.peer.clone(),
+        Msg::Signal(s) => s.from.clone(),
+    }
+}
+
+type EventStream = Pin<Box<dyn FutStream<Item = Result<pb::NodeEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Signaling for SignalingService {
+    type NodeStreamStream = EventStream;
+
+    async fn node_stream(
+        &self,
+        req: Request<Streaming<pb::NodeMessage>>,
+    ) -> Result<Response<Self::NodeStreamStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<pb::NodeEvent, Status>>(1024);
+        let router = self.router.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut node: Option<NodeId> = None;
+            loop {
+                let next = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    next = inbound.next() => next,
+                };
+                let Some(Ok(m)) = next else { break };
+                let Some(msg) = m.msg else { continue };
+                if node.is_none() {
+                    match m.node.parse::<NodeId>() {
+                        Ok(n) => node = Some(n),
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::invalid_argument(format!("hello.node: {e}")))).await;
+                            break;
+                        }
+                    }
+                }
+                let Some(n) = node.as_ref() else { break };
+                let peer = peer_of(&msg);
+                if let Err(e) = router.handle(n, msg).await {
+                    let ev = pb::NodeEvent { peer, code: e.code().to_owned(), message: e.to_string() };
+                    if tx.send(Ok(ev)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn relay(&self, req: Request<pb::NodeMessage>) -> Result<Response<pb::RelayResponse>, Status> {
+        let m = req.into_inner();
+        let node = node_id(&m.node)?;
+        let msg = m.msg.ok_or_else(|| Status::invalid_argument("msg is required"))?;
+        self.router.handle(&node, msg).await?;
+        Ok(Response::new(pb::RelayResponse {}))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let node = node_id(&req.get_ref().node)?;
+        self.router.directory().heartbeat(&node, onair_core::time::now_ms()).await.map_err(RouteError::from)?;
+        let ttl_ms = u64::try_from(self.presence_ttl.as_millis()).unwrap_or(u64::MAX);
+        Ok(Response::new(pb::HeartbeatResponse { ttl_ms }))
+    }
+
+    async fn resume(&self, req: Request<pb::ResumeRequest>) -> Result<Response<pb::ResumeResponse>, Status> {
+        let r = req.into_inner();
+        let node = node_id(&r.node)?;
+        let peer = r.peer.parse().map_err(|e| Status::invalid_argument(format!("peer: {e}")))?;
+        Ok(Response::new(self.router.resume(&peer, &r.resume_token, &node).await?))
+    }
+}
+
+/// Every second, finds nodes whose heartbeat is older than `ttl` and detaches their peers
+/// (ending their streams). Safe to run on every replica: one claims each dead node.
+pub async fn reap_dead_nodes(router: Router, ttl: Duration, shutdown: CancellationToken) {
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let dir = router.directory();
+        let stale = match dir.stale_nodes(onair_core::time::now_ms() - ttl_ms).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "reaper skipped");
+                continue;
+            }
+        };
+        for node in stale {
+            if !matches!(dir.claim_node(&node).await, Ok(true)) {
+                continue;
+            }
+            let peers = dir.node_peers(&node).await.unwrap_or_default();
+            tracing::warn!(%node, peers = peers.len(), "node missed its heartbeats; detaching its peers");
+            for p in peers {
+                if let Err(e) = router.detach(&node, &p).await {
+                    tracing::warn!(error = %e, peer = %p, "could not detach");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! A whole cluster of real processes: own redis-server, MongoDB-wire server,
+//! registry, signaling, N gateways, and nginx in front.
+
+use std::path::PathBuf;
+
+use crate::procs::{Mongo, Onair, Proc, Redis, free_port, wait_port};
+
+/// nginx started unprivileged-style with a rendered config (`nginx -p DIR -c FILE`).
+pub struct Nginx {
+    /// The process.
+    pub proc: Proc,
+    /// Its listen port.
+    pub port: u16,
+    /// Its prefix directory.
+    pub dir: PathBuf,
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+impl Nginx {
+    /// Renders nginx/nginx.conf.template for `gateways` (HTTP ports) and starts nginx.
+    pub async fn start(gateways: &[u16]) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("onair-nginx-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut args = vec![format!("127.0.0.1:{port}"), dir.display().to_string()];
+        args.extend(gateways.iter().map(ToString::to_string));
+        let out = std::process::Command::new(repo_root().join("deploy/render-nginx.sh")).args(&args).output().unwrap();
+        assert!(out.status.success(), "render-nginx.sh: {}", String::from_utf8_lossy(&out.stderr));
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, &out.stdout).unwrap();
+        // Workers may run as an unprivileged user: let them reach the prefix.
+        let _ = std::process::Command::new("chmod").args(["755", &dir.display().to_string()]).status();
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nginx");
+        let proc = Proc::spawn(
+            "nginx",
+            nginx,
+            ["-p", &dir.display().to_string(), "-c", &conf.display().to_string(), "-e", "stderr", "-g", "daemon off;"]
+                .map(String::from)
+                .to_vec(),
+            vec![],
+        );
+        wait_port(port, "nginx").await;
+        Self { proc, port, dir }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.proc.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Everything a cluster test needs.
+pub struct Cluster {
+    /// Own Redis.
+    pub redis: Redis,
+    /// MongoDB-wire server.
+    pub mongo: Mongo,
+    /// Registry service.
+    pub registry: Onair,
+    /// Signaling service.
+    pub signaling: Onair,
+    /// Gateways.
+    pub gateways: Vec<Onair>,
+    /// nginx in front of the gateways, if asked for.
+    pub nginx: Option<Nginx>,
+}
+
+impl Cluster {
+    /// Starts Redis, MongoDB, registry, signaling, `gateways` gateways (node ids gw-0, gw-1, ...)
+    /// and, if `with_nginx`, nginx; waits until every gateway is ready.
+    pub async fn start(gateways: usize, with_nginx: bool) -> Self {
+        let (redis, mongo) = tokio::join!(Redis::start(), Mongo::start());
+        let (uri, url) = (mongo.uri(), redis.url());
+        let registry =
+            Onair::start("registry", &["--target", "registry", "--mongodb-uri", &uri, "--redis-url", &url]).await;
+        let reg_url = registry.grpc_url();
+        let signaling = Onair::start(
+            "signaling",
+            &["--target", "signaling", "--redis-url", &url, "--registry-url", &reg_url, "--presence-ttl", "4s"],
+        )
+        .await;
+        let sig_url = signaling.grpc_url();
+        let mut gws = Vec::new();
+        for i in 0..gateways {
+            let node = format!("gw-{i}");
+            let args = [
+                "--target",
+                "gateway",
+                "--node-id",
+                &node,
+                "--redis-url",
+                &url,
+                "--registry-url",
+                &reg_url,
+                "--signaling-url",
+                &sig_url,
+            ];
+            gws.push(Onair::start(&node, &args).await);
+        }
+        for g in &gws {
+            g.wait_ready().await;
+        }
+        let nginx =
+            if with_nginx { Some(Nginx::start(&gws.iter().map(|g| g.http).collect::<Vec<_>>()).await) } else { None };
+        Self { redis, mongo, registry, signaling, gateways: gws, nginx }
+    }
+
+    /// nginx's port (panics without nginx).
+    pub fn front(&self) -> u16 {
+        self.nginx.as_ref().expect("cluster started without nginx").port
+    }
+}

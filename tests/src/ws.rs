@@ -1,0 +1,138 @@
+//! A WebSocket client speaking the browser protocol, for black-box tests.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long `expect` waits for a frame.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// One browser-like connection.
+pub struct Ws {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Peer id from the last `welcome`.
+    pub peer_id: String,
+    /// Resume token from the last `welcome`.
+    pub token: String,
+    /// The `streams` list received right after `welcome`.
+    pub initial_streams: Vec<Value>,
+}
+
+impl Ws {
+    /// Connects to `ws://127.0.0.1:PORT/ws` and reads `welcome` and `streams`.
+    pub async fn connect(port: u16) -> Self {
+        let (stream, _) =
+            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")))
+                .await
+                .expect("WebSocket connect timed out")
+                .expect("WebSocket connect failed");
+        let mut ws = Self { stream, peer_id: String::new(), token: String::new(), initial_streams: vec![] };
+        let welcome = ws.expect("welcome").await;
+        ws.peer_id = welcome["peer_id"].as_str().unwrap().to_owned();
+        ws.token = welcome["resume_token"].as_str().unwrap().to_owned();
+        let streams = ws.expect("streams").await;
+        ws.initial_streams = streams["streams"].as_array().cloned().unwrap_or_default();
+        ws
+    }
+
+    /// Sends a JSON value as a text frame.
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, text: String) {
+        self.stream.send(Message::Text(text.into())).await.expect("send failed");
+    }
+
+    /// Sends raw text; `false` if the connection is gone.
+    pub async fn try_send_text(&mut self, text: String) -> bool {
+        self.stream.send(Message::Text(text.into())).await.is_ok()
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, data: Vec<u8>) {
+        self.stream.send(Message::Binary(data.into())).await.expect("send failed");
+    }
+
+    /// The next JSON frame within `wait`; `None` if the socket closed or nothing came.
+    pub async fn next(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(wait, self.stream.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).expect("server sent bad JSON")),
+                Ok(Some(Ok(Message::Close(_)) | Err(_))) | Ok(None) | Err(_) => return None,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    /// Skips frames until one of type `ty` arrives (within [`WAIT`]).
+    pub async fn expect(&mut self, ty: &str) -> Value {
+        self.expect_where(ty, |_| true).await
+    }
+
+    /// Skips frames until one of type `ty` matching `pred` arrives (within [`WAIT`]).
+    pub async fn expect_where(&mut self, ty: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.expect_within(ty, WAIT, pred).await
+    }
+
+    /// Like [`Ws::expect_where`] with an explicit deadline.
+    pub async fn expect_within(&mut self, ty: &str, wait: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(v) if v["type"] == ty && pred(&v) => return v,
+                Some(v) => seen.push(v),
+                None => panic!("no {ty:?} frame within {wait:?}; saw {seen:?}"),
+            }
+        }
+    }
+
+    /// Expects an `error` frame with `code`.
+    pub async fn expect_error(&mut self, code: &str) -> Value {
+        self.expect_where("error", |v| v["code"] == code).await
+    }
+
+    /// Round trip: ping → pong (proves the connection is still up and in order).
+    pub async fn ping(&mut self) {
+        self.send(json!({"type": "ping"})).await;
+        self.expect("pong").await;
+    }
+
+    /// Waits for the server to close; returns the close code.
+    pub async fn expect_close(&mut self, wait: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.stream.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => return None,
+                Err(_) => panic!("socket not closed within {wait:?}"),
+            }
+        }
+    }
+
+    /// Closes cleanly (close frame), like a tab being closed.
+    pub async fn close(mut self) {
+        let _ = self.stream.close(Some(CloseFrame { code: 1001.into(), reason: "bye".into() })).await;
+    }
+
+    /// Drops the TCP connection without a close frame, like a network failure.
+    pub fn drop_abruptly(self) {
+        drop(self.stream);
+    }
+
+    /// Publishes and returns the `published` stream.
+    pub async fn publish(&mut self, title: &str) -> Value {
+        self.send(json!({"type": "publish", "title": title})).await;
+        self.expect("published").await["stream"].clone()
+    }
+}

@@ -1,0 +1,243 @@
+//! Black-box protocol tests: a real cluster (own redis-server, MongoDB-wire
+//! server, registry, signaling, two gateways, nginx) driven by WebSocket clients
+//! speaking the browser protocol.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use onair_tests::Onair;
+use onair_tests::cluster::Cluster;
+use onair_tests::ws::Ws;
+use serde_json::{Value, json};
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn broadcaster_and_watcher_on_different_gateways_signal_each_other() {
+    let c = Cluster::start(2, true).await;
+    let mut b = Ws::connect(c.gateways[0].http).await;
+    let mut w = Ws::connect(c.gateways[1].http).await;
+    let mut far = Ws::connect(c.front()).await; // a third page, through nginx
+    assert_ne!(b.peer_id, w.peer_id);
+
+    // publish → everyone's list shows it without reloading
+    let t0 = Instant::now();
+    let stream = b.publish("Cross-gateway show").await;
+    let sid = id(&stream);
+    assert_eq!(stream["title"], "Cross-gateway show");
+    assert_eq!(stream["broadcaster"], b.peer_id.as_str());
+    w.expect_where("stream_on", |v| v["stream"]["id"] == sid.as_str()).await;
+    far.expect_where("stream_on", |v| v["stream"]["id"] == sid.as_str()).await;
+    println!("publish → stream_on on another gateway: {:?}", t0.elapsed());
+    let (status, body) = c.gateways[1].http_get("/api/streams").await;
+    assert_eq!(status, 200);
+    assert!(body.contains(&sid), "{body}");
+
+    // watch → the broadcaster learns about the watcher and its viewer count
+    w.send(json!({"type": "watch", "stream_id": sid})).await;
+    let joined = b.expect("watcher_joined").await;
+    assert_eq!(joined["peer"], w.peer_id.as_str());
+    b.expect_where("viewers", |v| v["count"] == 1 && v["stream_id"] == sid.as_str()).await;
+
+    // offer / answer / candidates, with `from` stamped by the gateway (the spoof is ignored)
+    let offer = json!({"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"});
+    b.send(json!({"type": "signal", "to": w.peer_id, "kind": "offer", "payload": offer, "from": "spoofed"})).await;
+    let got = w.expect("signal").await;
+    assert_eq!((got["from"].as_str(), got["kind"].as_str()), (Some(b.peer_id.as_str()), Some("offer")));
+    assert_eq!(got["payload"], offer);
+    w.send(json!({"type": "signal", "to": b.peer_id, "kind": "answer", "payload": {"type": "answer", "sdp": "v=0"}}))
+        .await;
+    assert_eq!(b.expect("signal").await["kind"], "answer");
+    let cand = json!({"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host", "sdpMid": "0"});
+    w.send(json!({"type": "signal", "to": b.peer_id, "kind": "candidate", "payload": cand})).await;
+    b.send(json!({"type": "signal", "to": w.peer_id, "kind": "candidate", "payload": cand})).await;
+    assert_eq!(b.expect("signal").await["payload"], cand);
+    assert_eq!(w.expect("signal").await["payload"], cand);
+
+    // unwatch → watcher_left and the count drops
+    w.send(json!({"type": "unwatch"})).await;
+    assert_eq!(b.expect("watcher_left").await["peer"], w.peer_id.as_str());
+    b.expect_where("viewers", |v| v["count"] == 0).await;
+
+    // stop → stream_off everywhere within 1 s
+    let t1 = Instant::now();
+    b.send(json!({"type": "unpublish"})).await;
+    for ws in [&mut w, &mut far] {
+        ws.expect_within("stream_off", Duration::from_secs(1), |v| v["stream_id"] == sid.as_str()).await;
+    }
+    println!("unpublish → stream_off: {:?}", t1.elapsed());
+}
+
+#[tokio::test]
+async fn signaling_rules_refuse_unrelated_peers() {
+    let c = Cluster::start(2, false).await;
+    let mut b = Ws::connect(c.gateways[0].http).await;
+    let mut w1 = Ws::connect(c.gateways[1].http).await;
+    let mut w2 = Ws::connect(c.gateways[0].http).await;
+    let mut stranger = Ws::connect(c.gateways[1].http).await;
+    let sid = id(&b.publish("rules").await);
+    for w in [&mut w1, &mut w2] {
+        w.send(json!({"type": "watch", "stream_id": sid})).await;
+    }
+    b.expect_where("viewers", |v| v["count"] == 2).await;
+
+    // a peer that watches nothing may not signal the broadcaster
+    stranger.send(json!({"type": "signal", "to": b.peer_id, "kind": "offer", "payload": {}})).await;
+    stranger.expect_error("forbidden").await;
+    // two watchers of the same stream may not signal each other
+    w1.send(json!({"type": "signal", "to": w2.peer_id, "kind": "candidate", "payload": {}})).await;
+    w1.expect_error("forbidden").await;
+    // the broadcaster may not signal a peer that does not watch it
+    b.send(json!({"type": "signal", "to": stranger.peer_id, "kind": "offer", "payload": {}})).await;
+    b.expect_error("forbidden").await;
+    // unknown peer, unknown stream, own stream
+    b.send(json!({"type": "signal", "to": "no-such-peer", "kind": "offer", "payload": {}})).await;
+    b.expect_error("not_found").await;
+    stranger.send(json!({"type": "watch", "stream_id": "no-such-stream"})).await;
+    stranger.expect_error("not_found").await;
+    b.send(json!({"type": "watch", "stream_id": sid})).await;
+    b.expect_error("bad_request").await;
+    // going live twice
+    b.send(json!({"type": "publish", "title": "again"})).await;
+    b.expect_error("conflict").await;
+    // bad titles
+    stranger.send(json!({"type": "publish", "title": "   "})).await;
+    stranger.expect_error("bad_request").await;
+    stranger.send(json!({"type": "publish", "title": "x".repeat(201)})).await;
+    stranger.expect_error("bad_request").await;
+    // nothing reached w2 from the refused messages, and everyone is still connected
+    for ws in [&mut b, &mut w1, &mut w2, &mut stranger] {
+        ws.ping().await;
+    }
+    assert!(w2.next(Duration::from_millis(300)).await.is_none_or(|v| v["type"] != "signal"));
+}
+
+#[tokio::test]
+async fn bad_input_gets_error_frames_and_the_connection_stays_up() {
+    let gw = Onair::start("all-bad-input", &["--store", "memory"]).await;
+    gw.wait_ready().await;
+    let mut ws = Ws::connect(gw.http).await;
+    let cases: Vec<(String, &str)> = vec![
+        ("not json".into(), "bad_json"),
+        ("[1,2]".into(), "bad_json"),
+        (json!({"type": "dance"}).to_string(), "unknown_type"),
+        (json!({"no_type": 1}).to_string(), "unknown_type"),
+        (json!({"type": "watch"}).to_string(), "bad_request"),
+        (json!({"type": "publish"}).to_string(), "bad_request"),
+        (json!({"type": "signal", "to": "x", "kind": "hug", "payload": {}}).to_string(), "bad_request"),
+        (json!({"type": "signal", "kind": "offer", "payload": {}}).to_string(), "bad_request"),
+        (json!({"type": "watch", "stream_id": "../../etc"}).to_string(), "bad_request"),
+        (json!({"type": "signal", "to": "p", "kind": "offer", "payload": "x".repeat(70_000)}).to_string(), "too_large"),
+    ];
+    for (frame, code) in cases {
+        ws.send_text(frame.clone()).await;
+        let err = ws.expect_error(code).await;
+        assert!(!err["message"].as_str().unwrap().is_empty());
+        ws.ping().await;
+    }
+    ws.send_binary(vec![1, 2, 3]).await;
+    ws.expect_error("bad_json").await;
+    ws.ping().await;
+    // resume with a token nobody issued
+    ws.send(json!({"type": "resume", "token": "nobody.secret"})).await;
+    ws.expect_error("not_found").await;
+    ws.ping().await;
+}
+
+#[tokio::test]
+async fn flooding_is_rate_limited_and_sustained_flooding_closes_the_socket() {
+    let gw = Onair::start("all-flood", &["--store", "memory"]).await;
+    gw.wait_ready().await;
+    let mut ws = Ws::connect(gw.http).await;
+    for _ in 0..150 {
+        ws.send(json!({"type": "ping"})).await;
+    }
+    ws.expect_error("rate_limited").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    while ws.next(Duration::from_millis(200)).await.is_some() {}
+    ws.ping().await; // a burst is forgiven
+    for _ in 0..600 {
+        if !ws.try_send_text(json!({"type": "ping"}).to_string()).await {
+            break;
+        }
+    }
+    assert_eq!(ws.expect_close(Duration::from_secs(5)).await, Some(4029));
+}
+
+#[tokio::test]
+async fn broadcaster_closing_its_tab_ends_the_stream_within_a_second() {
+    let c = Cluster::start(2, false).await;
+    let mut b = Ws::connect(c.gateways[0].http).await;
+    let mut w = Ws::connect(c.gateways[1].http).await;
+    let sid = id(&b.publish("short").await);
+    w.expect_where("stream_on", |v| v["stream"]["id"] == sid.as_str()).await;
+    b.close().await;
+    w.expect_within("stream_off", Duration::from_secs(1), |v| v["stream_id"] == sid.as_str()).await;
+}
+
+#[tokio::test]
+async fn reconnecting_with_the_resume_token_keeps_peer_id_and_stream() {
+    let c = Cluster::start(2, false).await;
+    let mut b = Ws::connect(c.gateways[0].http).await;
+    let mut w = Ws::connect(c.gateways[1].http).await;
+    let sid = id(&b.publish("resumable").await);
+    w.send(json!({"type": "watch", "stream_id": sid})).await;
+    b.expect("watcher_joined").await;
+    let (peer, token) = (b.peer_id.clone(), b.token.clone());
+    b.drop_abruptly();
+
+    // The network drop does not end the stream...
+    assert!(w.next(Duration::from_millis(1500)).await.is_none_or(|v| v["type"] != "stream_off"));
+    // ...and the broadcaster comes back through the other gateway with its token.
+    let mut b2 = Ws::connect(c.gateways[1].http).await;
+    b2.send(json!({"type": "resume", "token": token})).await;
+    let welcome = b2.expect("welcome").await;
+    assert_eq!(welcome["peer_id"], peer.as_str());
+    let list = b2.expect("streams").await;
+    assert!(list["streams"].as_array().unwrap().iter().any(|s| s["id"] == sid.as_str()));
+    // Signaling now routes to the new gateway, and the pairing is intact.
+    w.send(json!({"type": "signal", "to": peer, "kind": "candidate", "payload": {"c": 1}})).await;
+    let got = b2.expect("signal").await;
+    assert_eq!(got["from"], w.peer_id.as_str());
+    // A stale token is refused.
+    let mut other = Ws::connect(c.gateways[0].http).await;
+    other.send(json!({"type": "resume", "token": format!("{peer}.forged")})).await;
+    other.expect_error("not_found").await;
+}
+
+#[tokio::test]
+async fn peers_of_a_killed_gateway_expire_and_their_streams_end() {
+    let mut c = Cluster::start(2, true).await;
+    let mut b = Ws::connect(c.gateways[0].http).await;
+    let mut w = Ws::connect(c.gateways[1].http).await;
+    let sid = id(&b.publish("doomed").await);
+    w.expect_where("stream_on", |v| v["stream"]["id"] == sid.as_str()).await;
+    let t0 = Instant::now();
+    c.gateways[0].proc.kill();
+    w.expect_within("stream_off", Duration::from_secs(10), |v| v["stream_id"] == sid.as_str()).await;
+    println!("killed gateway → stream_off after {:?}", t0.elapsed());
+    // nginx keeps serving through the surviving gateway
+    let mut again = Ws::connect(c.front()).await;
+    again.ping().await;
+}
+
+#[tokio::test]
+async fn all_in_one_binary_relays_signaling_without_redis() {
+    let gw = Onair::start("all-in-one", &["--store", "memory"]).await;
+    gw.wait_ready().await;
+    let mut b = Ws::connect(gw.http).await;
+    let mut w = Ws::connect(gw.http).await;
+    let sid = id(&b.publish("solo").await);
+    w.expect_where("stream_on", |v| v["stream"]["id"] == sid.as_str()).await;
+    w.send(json!({"type": "watch", "stream_id": sid})).await;
+    b.expect("watcher_joined").await;
+    b.send(json!({"type": "signal", "to": w.peer_id, "kind": "offer", "payload": {"sdp": "x"}})).await;
+    assert_eq!(w.expect("signal").await["from"], b.peer_id.as_str());
+    let (status, page) = gw.http_get("/broadcast").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<html"), "{page}");
+    assert_eq!(gw.http_get("/assets/ws.js").await.0, 200);
+    assert_eq!(gw.http_get("/assets/nope.js").await.0, 404);
+}

@@ -1,0 +1,543 @@
+// onair — watcher page: live list in real time, one stream played over WebRTC.
+import { OnairSocket } from './ws.js';
+import { Peer, descJSON, webrtcSupported } from './rtc.js';
+import {
+  h, icon, hydrateIcons, showBanner, clearBanner, showServerError, bindConnectionIndicator,
+  setStatus, parseTime, formatClock, formatSince, plural, hueOf, peerIdOf,
+  exposeDebug,
+} from './ui.js';
+
+const $ = (id) => document.getElementById(id);
+
+const els = {
+  status: $('status'),
+  list: $('streams'),
+  empty: $('streams-empty'),
+  count: $('stream-count'),
+  stage: $('stage'),
+  frame: $('player-frame'),
+  player: $('player'),
+  overlay: $('player-overlay'),
+  overlayTitle: $('overlay-title'),
+  overlaySub: $('overlay-sub'),
+  retry: $('retry'),
+  unmute: $('unmute'),
+  fullscreen: $('fullscreen'),
+  stageTitle: $('stage-title'),
+  stageViewers: $('stage-viewers'),
+  stageViewersText: $('stage-viewers-text'),
+  stageUptime: $('stage-uptime'),
+  stageSince: $('stage-since'),
+  stageId: $('stage-id'),
+  mediaState: $('media-state'),
+  mediaRes: $('media-res'),
+  leave: $('leave'),
+  copyLink: $('copy-link'),
+  ended: $('ended-message'),
+  endedDetail: $('ended-detail'),
+  endedDismiss: $('ended-dismiss'),
+};
+
+hydrateIcons();
+
+const OFFER_PATIENCE_MS = 10_000;
+
+/** id -> Stream */
+const streams = new Map();
+let listLoaded = false;
+/**
+ * What we are watching:
+ * {id, title, peer: Peer|null, early: [{from, payload}], remoteStream, watchSent, offerTimer, playing}
+ */
+let current = null;
+let endedFor = null; // id of the stream whose end is being shown
+let unwatchOwed = false; // left a stream while the socket was down
+let deepLink = new URLSearchParams(location.search).get('stream');
+
+const sock = new OnairSocket();
+bindConnectionIndicator(sock);
+
+// ------------------------------------------------------------------ list
+
+function sortStreams(list) {
+  return list.sort((a, b) => (parseTime(b.started_at) || 0) - (parseTime(a.started_at) || 0)
+    || String(a.id).localeCompare(String(b.id)));
+}
+
+function viewersOf(s) {
+  const n = Number(s?.viewers);
+  return Number.isFinite(n) && n >= 0 ? n : 0;
+}
+
+function titleOf(s) {
+  return (s && typeof s.title === 'string' && s.title.trim()) || 'Untitled broadcast';
+}
+
+function createCard(s) {
+  const li = h('li', { class: 'stream-card', dataset: { streamId: s.id } });
+  const letter = (titleOf(s).match(/[\p{L}\p{N}]/u) || ['•'])[0].toUpperCase();
+  li.append(h('button', { type: 'button', class: 'card-hit' },
+    h('div', { class: 'thumb', style: { '--h': String(hueOf(s.id)) } },
+      h('span', { class: 'badge badge-live' }, 'Live'),
+      h('span', { class: 'chip chip-viewers', title: 'Watching now' }, icon('eye'), h('span', { class: 'js-viewers' }, '0')),
+      h('span', { class: 'thumb-letter', 'aria-hidden': 'true' }, letter),
+      h('span', { class: 'thumb-play', 'aria-hidden': 'true' }, icon('play')),
+      h('span', { class: 'chip chip-uptime' }, icon('clock'), h('span', { class: 'js-uptime' }, '')),
+      h('span', { class: 'badge badge-dark watching-tag', hidden: true }, 'Watching')),
+    h('div', { class: 'stream-body' },
+      h('div', { class: 'stream-title js-title' }),
+      h('div', { class: 'stream-meta js-meta' }))));
+  updateCard(li, s);
+  return li;
+}
+
+function updateCard(li, s) {
+  const title = titleOf(s);
+  const started = parseTime(s.started_at);
+  const set = (sel, text) => { const el = li.querySelector(sel); if (el && el.textContent !== text) el.textContent = text; };
+  set('.js-title', title);
+  set('.js-viewers', String(viewersOf(s)));
+  set('.js-uptime', Number.isFinite(started) ? formatSince(started) : 'live');
+  set('.js-meta', Number.isFinite(started) ? `Started ${formatSince(started) === 'just now' ? 'just now' : `${formatSince(started)} ago`}` : 'Live now');
+  li.querySelector('.card-hit').setAttribute('aria-label', `Watch “${title}”, ${plural(viewersOf(s), 'viewer')}`);
+  const watching = current?.id === s.id;
+  if (watching) li.setAttribute('aria-current', 'true'); else li.removeAttribute('aria-current');
+  li.querySelector('.watching-tag').hidden = !watching;
+}
+
+function renderList() {
+  const ul = els.list;
+  const sorted = sortStreams([...streams.values()]);
+  const existing = new Map([...ul.children].map((li) => [li.dataset.streamId, li]));
+  sorted.forEach((s, i) => {
+    let li = existing.get(String(s.id));
+    if (li) { existing.delete(String(s.id)); updateCard(li, s); } else li = createCard(s);
+    if (ul.children[i] !== li) ul.insertBefore(li, ul.children[i] || null);
+  });
+  for (const li of existing.values()) li.remove();
+  els.count.textContent = String(sorted.length);
+  renderEmpty();
+}
+
+function renderEmpty() {
+  const show = streams.size === 0;
+  els.empty.hidden = !show;
+  els.list.hidden = !show ? false : true;
+  if (!show) return;
+  let state;
+  if (listLoaded) state = 'none';
+  else if (sock.state === 'connecting' && sock.attempt < 2) state = 'connecting';
+  else state = 'offline';
+  if (els.empty.dataset.state === state) return;
+  els.empty.dataset.state = state;
+  els.empty.replaceChildren();
+  if (state === 'none') {
+    els.empty.append(
+      h('div', { class: 'empty-icon' }, icon('radio')),
+      h('h2', {}, 'No one is live right now'),
+      h('p', {}, 'New broadcasts show up here instantly — no need to reload. Want to be the first?'),
+      h('a', { class: 'btn btn-live', href: '/broadcast' }, 'Go live'));
+  } else if (state === 'connecting') {
+    els.empty.append(h('div', { class: 'spinner', 'aria-hidden': 'true' }), h('h2', {}, 'Connecting…'), h('p', {}, 'Looking for live broadcasts.'));
+  } else {
+    els.empty.append(
+      h('div', { class: 'empty-icon' }, icon('wifiOff')),
+      h('h2', {}, 'Can’t reach onair'),
+      h('p', {}, 'We’ll keep trying to reconnect. Live broadcasts will appear here as soon as we’re back.'));
+  }
+}
+
+function applySnapshot(list) {
+  streams.clear();
+  for (const s of Array.isArray(list) ? list : []) {
+    if (s && s.id !== undefined && (s.state === undefined || s.state === 'live')) streams.set(String(s.id), s);
+  }
+  listLoaded = true;
+  renderList();
+  if (current && !streams.has(current.id)) endWatch('ended');
+  if (deepLink) {
+    const id = deepLink;
+    deepLink = null;
+    if (streams.has(id)) watch(id);
+    else if (!current) showBanner({ kind: 'info', title: 'That broadcast isn’t live', message: 'It may have ended. Here is what is live now.', key: 'deeplink', timeout: 8000 });
+  }
+}
+
+els.list.addEventListener('click', (ev) => {
+  const li = ev.target.closest('[data-stream-id]');
+  if (li && els.list.contains(li)) watch(li.dataset.streamId);
+});
+
+// ---------------------------------------------------------------- player
+
+function setOverlay(title, sub = '', { spinner = true, retry = false } = {}) {
+  if (!title) { els.overlay.hidden = true; return; }
+  els.overlay.hidden = false;
+  els.overlayTitle.textContent = title;
+  els.overlaySub.textContent = sub;
+  els.overlay.querySelector('.spinner').hidden = !spinner;
+  els.retry.hidden = !retry;
+}
+
+function renderStage() {
+  if (!current) return;
+  const s = streams.get(current.id) || current.stream || {};
+  const n = viewersOf(s);
+  els.stageTitle.textContent = titleOf(s);
+  document.title = `${titleOf(s)} · onair`;
+  els.stageViewers.textContent = String(n);
+  els.stageViewersText.textContent = `${n} watching`;
+  els.stageId.textContent = current.id;
+  tickStage();
+}
+
+function tickStage() {
+  if (!current) return;
+  const s = streams.get(current.id) || current.stream || {};
+  const started = parseTime(s.started_at);
+  els.stageUptime.textContent = Number.isFinite(started) ? formatClock(Date.now() - started) : '—';
+  const since = Number.isFinite(started) ? formatSince(started) : '';
+  els.stageSince.textContent = since ? (since === 'just now' ? 'started just now' : `started ${since} ago`) : 'live';
+  const pc = current.peer?.pc;
+  els.mediaState.textContent = pc ? pc.connectionState : (current.watchSent ? 'waiting for offer' : 'waiting for connection');
+  const v = els.player;
+  els.mediaRes.textContent = v.videoWidth ? `${v.videoWidth}×${v.videoHeight}` : '—';
+}
+
+function setUrl(id) {
+  const url = new URL(location.href);
+  if (id) url.searchParams.set('stream', id); else url.searchParams.delete('stream');
+  history.replaceState(null, '', url);
+}
+
+function renderUnmute() {
+  const muted = els.player.muted;
+  els.unmute.replaceChildren(icon(muted ? 'mute' : 'sound'), h('span', {}, muted ? 'Tap to unmute' : 'Mute'));
+  els.unmute.classList.toggle('attention', muted);
+  els.unmute.setAttribute('aria-pressed', String(!muted));
+}
+
+els.unmute.addEventListener('click', () => {
+  els.player.muted = !els.player.muted;
+  if (!els.player.muted) els.player.play().catch(() => {});
+  renderUnmute();
+});
+els.player.addEventListener('volumechange', renderUnmute);
+
+els.fullscreen.addEventListener('click', () => {
+  if (document.fullscreenElement) document.exitFullscreen?.();
+  else (els.frame.requestFullscreen?.() || els.player.webkitEnterFullscreen?.());
+});
+
+els.player.addEventListener('playing', () => {
+  if (!current) return;
+  current.playing = true;
+  setOverlay(null);
+  setStatus(els.status, 'live', 'Live');
+  tickStage();
+});
+els.player.addEventListener('resize', tickStage);
+
+els.retry.addEventListener('click', () => { if (current) rewatch(); });
+els.leave.addEventListener('click', () => leave());
+els.copyLink.addEventListener('click', async () => {
+  if (!current) return;
+  const link = `${location.origin}/watcher?stream=${encodeURIComponent(current.id)}`;
+  try {
+    await navigator.clipboard.writeText(link);
+    showBanner({ kind: 'success', title: 'Link copied', message: link, key: 'copy', timeout: 3000 });
+  } catch {
+    showBanner({ kind: 'info', title: 'Share this link', message: link, key: 'copy', timeout: 10000 });
+  }
+});
+els.endedDismiss.addEventListener('click', () => { els.ended.hidden = true; endedFor = null; });
+
+// ------------------------------------------------------------- watching
+
+function watch(id) {
+  id = String(id);
+  if (current?.id === id) {
+    els.stage.scrollIntoView({ behavior: 'smooth', block: 'start' });
+    return;
+  }
+  if (!webrtcSupported()) {
+    showBanner({ kind: 'error', title: 'This browser cannot play live video', message: 'WebRTC is not available.', key: 'webrtc' });
+    return;
+  }
+  if (current) {
+    unwatch();
+    teardown();
+  }
+  els.ended.hidden = true;
+  endedFor = null;
+  current = {
+    id, stream: streams.get(id) || null, peer: null, early: [], remoteStream: null,
+    watchSent: false, offerTimer: 0, playing: false,
+  };
+  els.player.muted = true; // autoplay policy: start muted, the user unmutes
+  renderUnmute();
+  els.stage.hidden = false;
+  setUrl(id);
+  renderStage();
+  renderList();
+  sendWatch();
+  window.scrollTo({ top: 0, behavior: 'smooth' });
+}
+
+function sendWatch() {
+  if (!current) return;
+  current.playing = false;
+  clearTimeout(current.offerTimer);
+  current.watchSent = sock.ready && sock.send({ type: 'watch', stream_id: current.id });
+  if (current.watchSent) {
+    setStatus(els.status, 'connecting', 'Connecting…');
+    setOverlay('Connecting to the broadcast…', '');
+    const c = current;
+    c.offerTimer = setTimeout(() => {
+      if (current === c && !c.peer) setOverlay('Waiting for the broadcaster…', 'The broadcaster’s browser has not answered yet. This usually takes a second or two.');
+    }, OFFER_PATIENCE_MS);
+  } else {
+    setStatus(els.status, 'connecting', 'Waiting for connection…');
+    setOverlay('Waiting for connection…', 'We’ll start the stream as soon as we’re connected.');
+  }
+  tickStage();
+}
+
+function rewatch() {
+  if (!current) return;
+  sock.send({ type: 'unwatch' });
+  teardownPeer();
+  sendWatch();
+}
+
+function teardownPeer() {
+  if (!current) return;
+  clearTimeout(current.offerTimer);
+  current.peer?.close();
+  current.peer = null;
+  current.early = [];
+  current.remoteStream = null;
+  current.playing = false;
+  els.player.srcObject = null;
+}
+
+function teardown() {
+  teardownPeer();
+  current = null;
+  els.stage.hidden = true;
+  document.title = 'Watch · onair';
+}
+
+/** Send unwatch now, or once the socket is back if it is down. */
+function unwatch() {
+  if (!sock.send({ type: 'unwatch' })) unwatchOwed = true;
+}
+
+function leave() {
+  if (!current) return;
+  unwatch();
+  teardown();
+  setUrl(null);
+  setStatus(els.status, 'idle', 'Choose a stream to watch');
+  renderList();
+}
+
+/** The watched broadcast is over (stream_off, vanished from the list, or not found). */
+function endWatch(reason) {
+  if (!current) return;
+  const title = titleOf(streams.get(current.id) || current.stream);
+  endedFor = current.id;
+  teardown();
+  setUrl(null);
+  els.endedDetail.textContent = reason === 'gone'
+    ? `“${title}” is no longer live. Pick another stream below.`
+    : `“${title}” has finished. Thanks for watching — pick another live stream below.`;
+  els.ended.hidden = false;
+  setStatus(els.status, 'ended', 'Broadcast ended');
+  renderList();
+  window.scrollTo({ top: 0, behavior: 'smooth' });
+}
+
+async function onOffer(from, payload) {
+  const c = current;
+  clearTimeout(c.offerTimer);
+  // A new offer always means a new connection on the broadcaster's side.
+  c.peer?.close();
+  c.remoteStream = new MediaStream();
+  const peer = new Peer(from, sock.iceServers);
+  c.peer = peer;
+  // Candidates that arrived before this offer wait for the remote description.
+  peer.pending.push(...c.early.filter((e) => e.from === from).map((e) => e.payload));
+  c.early = c.early.filter((e) => e.from !== from);
+  peer.outbox = [];
+  peer.answered = false;
+  const pc = peer.pc;
+
+  pc.ontrack = (ev) => {
+    if (current !== c || c.peer !== peer) return;
+    if (!c.remoteStream.getTracks().includes(ev.track)) c.remoteStream.addTrack(ev.track);
+    if (els.player.srcObject !== c.remoteStream) els.player.srcObject = c.remoteStream;
+    els.player.play().catch((err) => {
+      if (err?.name === 'NotAllowedError' && current === c) {
+        setOverlay('Click to start playback', 'Your browser blocked autoplay.', { spinner: false });
+        els.overlay.onclick = () => { els.overlay.onclick = null; els.player.play().catch(() => {}); };
+      }
+    });
+  };
+  pc.onicecandidate = (ev) => {
+    if (!ev.candidate || peer.closed) return;
+    const frame = { type: 'signal', to: from, kind: 'candidate', payload: ev.candidate.toJSON() };
+    if (peer.answered) sock.send(frame); else peer.outbox.push(frame);
+  };
+  pc.onconnectionstatechange = () => {
+    if (current !== c || c.peer !== peer) return;
+    const st = pc.connectionState;
+    tickStage();
+    if (st === 'connected') {
+      if (!c.playing) setOverlay('Starting video…', '');
+      if (c.playing) setStatus(els.status, 'live', 'Live');
+    } else if (st === 'disconnected') {
+      setStatus(els.status, 'waiting', 'Reconnecting…');
+      setOverlay('Connection interrupted', 'Trying to get the picture back…');
+    } else if (st === 'failed') {
+      setStatus(els.status, 'error', 'Connection failed');
+      setOverlay('Could not connect to the broadcaster', 'A firewall or network change may be blocking the video.', { spinner: false, retry: true });
+    }
+  };
+
+  setOverlay('Connecting to the broadcast…', '');
+  try {
+    const desc = typeof payload === 'string' ? { type: 'offer', sdp: payload } : { type: payload?.type || 'offer', sdp: payload?.sdp };
+    await peer.setRemote(desc);
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    if (peer.closed) return;
+    sock.send({ type: 'signal', to: from, kind: 'answer', payload: descJSON(pc.localDescription) });
+    peer.answered = true;
+    for (const f of peer.outbox.splice(0)) sock.send(f);
+  } catch (err) {
+    if (peer.closed) return;
+    console.error('[onair] negotiation failed', err);
+    setStatus(els.status, 'error', 'Could not start the video');
+    setOverlay('Could not start the video', err?.message || String(err), { spinner: false, retry: true });
+  }
+}
+
+// --------------------------------------------------------- server frames
+
+sock.on('streams', (msg) => applySnapshot(msg.streams));
+
+sock.on('stream_on', (msg) => {
+  const s = msg.stream;
+  if (!s || s.id === undefined) return;
+  streams.set(String(s.id), s);
+  renderList();
+  if (current?.id === String(s.id)) renderStage();
+});
+
+sock.on('stream_off', (msg) => {
+  const id = String(msg.stream_id ?? msg.stream?.id ?? '');
+  streams.delete(id);
+  renderList();
+  if (current?.id === id) endWatch('ended');
+});
+
+sock.on('viewers', (msg) => {
+  const id = String(msg.stream_id ?? '');
+  const s = streams.get(id);
+  if (s) s.viewers = msg.count;
+  else if (current?.id === id && current.stream) current.stream.viewers = msg.count;
+  const li = els.list.querySelector(`[data-stream-id="${CSS.escape(id)}"]`);
+  if (li && s) updateCard(li, s);
+  if (current?.id === id) renderStage();
+});
+
+sock.on('signal', (msg) => {
+  if (!current) return;
+  const from = peerIdOf(msg.from);
+  if (msg.kind === 'offer') {
+    onOffer(from, msg.payload);
+  } else if (msg.kind === 'candidate') {
+    if (current.peer && current.peer.remoteId === from) current.peer.addCandidate(msg.payload);
+    else current.early.push({ from, payload: msg.payload });
+  }
+});
+
+sock.on('error', (msg) => {
+  // A watch that cannot be served: the stream is gone.
+  if (current && !current.peer && msg.code === 'not_found') {
+    endWatch('gone');
+    return;
+  }
+  if (current && !current.peer && (msg.code === 'forbidden' || msg.code === 'unavailable' || msg.code === 'bad_request')) {
+    setStatus(els.status, 'error', msg.message || 'Could not watch this stream');
+    setOverlay('Could not watch this stream', msg.message || '', { spinner: false, retry: true });
+  }
+  showServerError(msg);
+});
+
+sock.on('session', ({ resumed }) => {
+  clearBanner('conn-lost');
+  if (unwatchOwed) {
+    unwatchOwed = false;
+    if (resumed && !current) sock.send({ type: 'unwatch' });
+  }
+  if (current && (!resumed || !current.watchSent)) {
+    // A fresh identity: the broadcaster knows nothing about us any more.
+    teardownPeer();
+    sendWatch();
+  }
+});
+
+sock.on('state', (st) => {
+  renderEmpty();
+  if (st === 'reconnecting' && current) {
+    if (!current.playing) setStatus(els.status, 'connecting', 'Reconnecting…');
+  }
+});
+
+// ----------------------------------------------- fallback: HTTP list poll
+
+// While the socket is down, keep the list fresh from GET /api/streams.
+async function pollStreams() {
+  if (sock.ready) return;
+  try {
+    const res = await fetch('/api/streams', { headers: { accept: 'application/json' }, cache: 'no-store' });
+    if (!res.ok) return;
+    const body = await res.json();
+    if (!sock.ready && Array.isArray(body?.streams)) applySnapshot(body.streams);
+  } catch { /* offline */ }
+}
+setTimeout(pollStreams, 3000);
+setInterval(pollStreams, 10_000);
+
+// -------------------------------------------------------------- tickers
+
+setInterval(() => {
+  tickStage();
+}, 1000);
+setInterval(() => {
+  for (const li of els.list.children) {
+    const s = streams.get(li.dataset.streamId);
+    if (s) updateCard(li, s);
+  }
+}, 15_000);
+
+window.addEventListener('pagehide', () => {
+  if (current) sock.send({ type: 'unwatch' });
+});
+
+exposeDebug(() => ({
+  page: 'watcher',
+  socket: sock.state,
+  peerId: sock.peerId,
+  streams: [...streams.keys()],
+  listLoaded,
+  watching: current?.id ?? null,
+  connection: current?.peer?.pc.connectionState ?? null,
+  playing: !!current?.playing,
+  ended: endedFor,
+}), { socket: sock });
+
+renderEmpty();
+sock.connect();

@@ -1,0 +1,254 @@
+// onair — shared WebSocket client.
+//
+// One socket per page to `ws(s)://<host>/ws`, JSON text frames with a `type`.
+// - reconnects with exponential backoff (0.5 s … 10 s, jittered);
+// - after a reconnect the first frame sent is `{type:"resume", token}` with the
+//   last `resume_token` from `welcome`;
+// - sends `ping` every 20 s and drops a socket that has been silent for 50 s;
+// - emits a `session` event once the server has (re)established who we are:
+//   `{peerId, resumed}` where `resumed` is true when a reconnect kept our peer id.
+//
+// Events (subscribe with `on(type, fn)`): every server frame by its `type`
+// ("welcome", "streams", "signal", "error", ...), plus "message" (any frame),
+// "session", "state" (connection state changed) and "close".
+
+const PING_INTERVAL_MS = 20_000;
+const SILENCE_LIMIT_MS = 50_000;
+const BACKOFF_MIN_MS = 500;
+const BACKOFF_MAX_MS = 10_000;
+// After a resume attempt, how long to wait for a `welcome` carrying our old
+// peer id before accepting a fresh identity.
+const RESUME_WAIT_MS = 2_000;
+
+export function defaultSocketUrl(loc = window.location) {
+  const scheme = loc.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${scheme}//${loc.host}/ws`;
+}
+
+export class OnairSocket {
+  constructor({ url = defaultSocketUrl() } = {}) {
+    this.url = url;
+    /** 'idle' | 'connecting' | 'online' | 'reconnecting' | 'closed' */
+    this.state = 'idle';
+    this.peerId = null;
+    this.iceServers = [];
+    this.resumeToken = null;
+    this.attempt = 0;           // consecutive failed attempts
+    this.nextRetryAt = 0;       // ms timestamp of the next reconnect, while reconnecting
+    this.hasSession = false;    // a welcome was accepted on the current socket
+    this.lastClose = null;      // {code, reason}
+    this._ws = null;
+    this._handlers = new Map();
+    this._everConnected = false;
+    this._stopped = false;
+    this._retryTimer = 0;
+    this._pingTimer = 0;
+    this._lastRx = 0;
+    this._resume = null;        // {oldPeerId, timer, welcome, refused} while a resume is pending
+    this._onOnline = () => { if (this.state === 'reconnecting') this._reconnectNow(); };
+  }
+
+  /** Subscribe to an event; returns an unsubscribe function. */
+  on(type, fn) {
+    let set = this._handlers.get(type);
+    if (!set) { set = new Set(); this._handlers.set(type, set); }
+    set.add(fn);
+    return () => set.delete(fn);
+  }
+
+  _emit(type, data) {
+    const set = this._handlers.get(type);
+    if (!set) return;
+    for (const fn of [...set]) {
+      try { fn(data); } catch (err) { console.error(`[onair] handler for "${type}" failed`, err); }
+    }
+  }
+
+  get isOpen() { return !!this._ws && this._ws.readyState === WebSocket.OPEN; }
+  /** Open and the server has told us who we are. */
+  get ready() { return this.isOpen && this.hasSession; }
+
+  connect() {
+    this._stopped = false;
+    window.addEventListener('online', this._onOnline);
+    this._open();
+    return this;
+  }
+
+  /** Close for good (no reconnect). */
+  close(code = 1000, reason = 'bye') {
+    this._stopped = true;
+    window.removeEventListener('online', this._onOnline);
+    clearTimeout(this._retryTimer);
+    this._stopPing();
+    this._clearResume();
+    if (this._ws) {
+      try { this._ws.close(code, reason); } catch { /* ignore */ }
+    }
+    this._setState('closed');
+  }
+
+  /** Send a frame; returns false if the socket is not open (the frame is dropped). */
+  send(msg) {
+    if (!this.isOpen) return false;
+    try {
+      this._ws.send(JSON.stringify(msg));
+      return true;
+    } catch (err) {
+      console.warn('[onair] send failed', err);
+      return false;
+    }
+  }
+
+  _setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this._emit('state', state);
+  }
+
+  _open() {
+    clearTimeout(this._retryTimer);
+    this.hasSession = false;
+    this._setState(this._everConnected ? 'reconnecting' : 'connecting');
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (err) {
+      console.warn('[onair] cannot open socket', err);
+      this._scheduleReconnect();
+      return;
+    }
+    this._ws = ws;
+
+    ws.onopen = () => {
+      if (this._ws !== ws) return;
+      this._lastRx = Date.now();
+      if (this.resumeToken) {
+        // Must be the very first frame on the new socket.
+        ws.send(JSON.stringify({ type: 'resume', token: this.resumeToken }));
+        this._resume = { oldPeerId: this.peerId, timer: 0, welcome: null, refused: false };
+      }
+      this._startPing();
+    };
+
+    ws.onmessage = (ev) => {
+      if (this._ws !== ws) return;
+      this._lastRx = Date.now();
+      if (typeof ev.data !== 'string') return;
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch { console.warn('[onair] non-JSON frame ignored'); return; }
+      if (!msg || typeof msg.type !== 'string') return;
+      if (msg.type === 'welcome') this._onWelcome(msg);
+      else if (msg.type === 'error' && this._resume) {
+        // The server refused our resume token: accept the fresh identity as soon as we have one.
+        // Not shown to the user: the page simply starts a fresh session.
+        console.info('[onair] resume refused:', msg.code, msg.message);
+        if (this._resume.welcome) this._finishResume(false);
+        else this._resume.refused = true;
+        this._emit('resume_refused', msg);
+        return;
+      }
+      this._emit('message', msg);
+      this._emit(msg.type, msg);
+    };
+
+    ws.onerror = () => { /* a close event follows */ };
+
+    ws.onclose = (ev) => {
+      if (this._ws !== ws) return;
+      this._ws = null;
+      this.hasSession = false;
+      this._stopPing();
+      this._clearResume();
+      this.lastClose = { code: ev.code, reason: ev.reason };
+      this._emit('close', this.lastClose);
+      if (this._stopped) { this._setState('closed'); return; }
+      this._scheduleReconnect(ev.code);
+    };
+  }
+
+  _onWelcome(msg) {
+    if (Array.isArray(msg.ice_servers)) this.iceServers = msg.ice_servers;
+    if (msg.resume_token) this.resumeToken = msg.resume_token;
+    const r = this._resume;
+    if (r) {
+      if (msg.peer_id && msg.peer_id === r.oldPeerId) {
+        this.peerId = msg.peer_id;
+        this._finishResume(true);
+        return;
+      }
+      // A welcome with a new id: either the server will follow up with our old
+      // id once it has read the resume frame, or the resume failed. Wait a bit.
+      r.welcome = msg;
+      this.peerId = msg.peer_id || this.peerId;
+      if (r.refused || !r.oldPeerId) { this._finishResume(false); return; }
+      if (!r.timer) r.timer = setTimeout(() => this._finishResume(false), RESUME_WAIT_MS);
+      return;
+    }
+    const first = !this.hasSession;
+    this.peerId = msg.peer_id || this.peerId;
+    if (first) this._sessionUp(false);
+  }
+
+  _finishResume(resumed) {
+    const r = this._resume;
+    if (!r) return;
+    this._clearResume();
+    this._sessionUp(resumed);
+  }
+
+  _clearResume() {
+    if (this._resume) clearTimeout(this._resume.timer);
+    this._resume = null;
+  }
+
+  _sessionUp(resumed) {
+    this.hasSession = true;
+    this.attempt = 0;
+    this._everConnected = true;
+    this._setState('online');
+    this._emit('session', { peerId: this.peerId, resumed });
+  }
+
+  _scheduleReconnect(code) {
+    if (this._stopped) return;
+    this._setState(this._everConnected ? 'reconnecting' : 'connecting');
+    // 1012 (service restart) and 1001 (going away): another gateway is likely ready right away.
+    const quick = code === 1012 || code === 1001;
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempt);
+    const jitter = base * (0.7 + Math.random() * 0.6);
+    const delay = quick && this.attempt === 0 ? 150 + Math.random() * 350 : Math.round(jitter);
+    this.attempt += 1;
+    this.nextRetryAt = Date.now() + delay;
+    this._emit('retry', { attempt: this.attempt, delay });
+    clearTimeout(this._retryTimer);
+    this._retryTimer = setTimeout(() => this._open(), delay);
+  }
+
+  _reconnectNow() {
+    clearTimeout(this._retryTimer);
+    this._open();
+  }
+
+  _startPing() {
+    this._stopPing();
+    this._pingTimer = setInterval(() => {
+      if (!this.isOpen) return;
+      if (Date.now() - this._lastRx > SILENCE_LIMIT_MS) {
+        // Half-open connection: nothing heard for too long. Force a reconnect.
+        console.warn('[onair] socket silent, reconnecting');
+        const ws = this._ws;
+        try { ws.close(4000, 'silent'); } catch { /* ignore */ }
+        // Browsers may take a while to fire close on a dead link; do it ourselves.
+        if (ws && ws.onclose) ws.onclose({ code: 4000, reason: 'silent' });
+        return;
+      }
+      this.send({ type: 'ping' });
+    }, PING_INTERVAL_MS);
+  }
+
+  _stopPing() {
+    clearInterval(this._pingTimer);
+    this._pingTimer = 0;
+  }
+}
