@@ -6,8 +6,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
-    let protos =
-        ["../../proto/onair/v1/registry.proto", "../../proto/onair/v1/signaling.proto"].map(std::path::PathBuf::from);
+    let protos = [
+        "../../proto/onair/v1/registry.proto",
+        "../../proto/onair/v1/signaling.proto",
+        "../../proto/onair/v1/recorder.proto",
+    ]
+    .map(std::path::PathBuf::from);
     tonic_prost_build::configure().file_descriptor_set_path(out.join("onair_descriptor.bin")).compile_with_config(
         config,
         &protos,

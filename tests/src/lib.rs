@@ -3,6 +3,7 @@
 //! or restarts them on demand, and cleans everything up on drop.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod browser;
 pub mod cluster;
 pub mod procs;
 pub mod registry;

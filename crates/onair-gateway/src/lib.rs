@@ -3,6 +3,7 @@
 //! sockets and nothing that must survive it.
 
 pub mod api;
+pub mod download;
 pub mod hub;
 pub mod pages;
 pub mod protocol;
@@ -39,6 +40,8 @@ pub struct GatewayConfig {
     pub signaling_url: String,
     /// How long a dropped peer keeps its id and stream.
     pub resume_grace: Duration,
+    /// Directory the recorder writes WebM files to (shared volume in a cluster).
+    pub recordings_dir: std::path::PathBuf,
 }
 
 #[derive(Clone)]
@@ -103,6 +106,7 @@ pub fn hub(
 /// Serves the gateway on `listener` until `shutdown` fires; then closes every
 /// socket with 1012 so browsers reconnect to another gateway.
 pub async fn serve(
+    config: GatewayConfig,
     hub: Arc<Hub>,
     to_signaling: tokio::sync::mpsc::Receiver<onair_proto::v1::NodeMessage>,
     bus: Arc<dyn Bus>,
@@ -126,7 +130,12 @@ pub async fn serve(
         .route("/api/streams", get(api::streams))
         .route("/api/recordings", get(api::recordings))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(state);
+        .with_state(state)
+        .merge(
+            Router::new()
+                .route("/recordings/{file}", get(download::recording))
+                .with_state((Arc::clone(&hub), download::RecordingsDir(config.recordings_dir.clone()))),
+        );
     tracing::info!(addr = ?listener.local_addr().ok(), node = %hub.node, "gateway HTTP listening");
     let closing = shutdown.clone();
     axum::serve(listener, app)

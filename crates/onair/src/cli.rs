@@ -105,6 +105,23 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_PRESENCE_TTL", default_value = "6s", value_parser = humantime::parse_duration)]
     pub presence_ttl: Duration,
 
+    /// Directory recordings are written to (recorder) and served from (gateway). Default: <data-dir>/recordings.
+    /// In a cluster, a volume shared by recorders and gateways.
+    #[arg(long, env = "ONAIR_RECORDINGS_DIR")]
+    pub recordings_dir: Option<PathBuf>,
+
+    /// Record every live stream automatically (recorder).
+    #[arg(long, env = "ONAIR_AUTO_RECORD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_record: bool,
+
+    /// Most recordings one recorder runs at once; more are refused with a log line (RESOURCE_EXHAUSTED).
+    #[arg(long, env = "ONAIR_MAX_RECORDINGS", default_value_t = 16)]
+    pub max_recordings: usize,
+
+    /// IP address the recorder's WebRTC (ICE) binds and advertises; browsers must reach it.
+    #[arg(long, env = "ONAIR_RTC_IP", default_value = "127.0.0.1")]
+    pub rtc_ip: std::net::IpAddr,
+
     /// Log format.
     #[arg(long, env = "ONAIR_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -124,6 +141,11 @@ pub enum LogFormat {
 }
 
 impl Cli {
+    /// The recordings directory in effect.
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.recordings_dir.clone().unwrap_or_else(|| self.data_dir.join("recordings"))
+    }
+
     /// The store backend in effect.
     pub fn store_kind(&self) -> StoreKind {
         self.store.unwrap_or(match self.target {

@@ -161,6 +161,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             registry_url: registry_url.clone(),
             signaling_url: signaling_url.clone(),
             resume_grace: cli.resume_grace,
+            recordings_dir: cli.recordings_dir(),
         };
         let (hub, to_signaling) = onair_gateway::hub(&config)?;
         checks.push(Arc::new(onair_gateway::UpstreamCheck(Arc::clone(&hub))));
@@ -170,7 +171,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         println!("onair:   watch:    http://{}/watcher", loopback(addr));
         let (bus, shutdown) = (Arc::clone(&bus), shutdown.clone());
         deferred.push(Box::new(move |admin, tasks| {
-            tasks.spawn(onair_gateway::serve(hub, to_signaling, bus, admin.clone(), http, shutdown));
+            tasks.spawn(onair_gateway::serve(config, hub, to_signaling, bus, admin.clone(), http, shutdown));
         }));
     }
 

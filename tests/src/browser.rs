@@ -1,0 +1,213 @@
+//! Real Chromium driven over WebDriver (chromedriver), with the fake camera and
+//! microphone. A minimal W3C WebDriver client: sessions, navigation, scripts,
+//! screenshots. Everything else is done with JavaScript in the page.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::procs::{Proc, free_port, wait_port};
+
+/// Chromium flags known to work here (see DESIGN.md).
+pub const CHROME_ARGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--window-size=1280,800",
+];
+
+/// One HTTP/1.1 request with a JSON body; returns (status, JSON).
+async fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("chromedriver unreachable");
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let read = async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                    .and_then(|v| v.parse::<usize>().ok());
+                if len.is_some_and(|len| body.len() >= len) {
+                    break;
+                }
+            }
+        }
+        buf
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(60), read).await.expect("webdriver timed out");
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let payload = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(payload)
+    } else {
+        payload.to_owned()
+    };
+    (status, serde_json::from_str(&payload).unwrap_or(Value::Null))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A chromedriver process and one browser session.
+pub struct Browser {
+    driver: Proc,
+    port: u16,
+    session: String,
+    profile: PathBuf,
+    /// Name used in logs and screenshots.
+    pub name: String,
+}
+
+impl Browser {
+    /// Starts chromedriver and a fresh Chromium session (own profile directory).
+    pub async fn start(name: &str) -> Self {
+        let port = free_port();
+        let driver = Proc::spawn(
+            &format!("chromedriver-{name}"),
+            "chromedriver",
+            vec![format!("--port={port}"), "--allowed-ips=127.0.0.1".into()],
+            vec![],
+        );
+        wait_port(port, "chromedriver").await;
+        let profile = std::env::temp_dir().join(format!("onair-chrome-{name}-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&profile).unwrap();
+        let mut args: Vec<String> = CHROME_ARGS.iter().map(|s| (*s).to_owned()).collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args},
+            "goog:loggingPrefs": {"browser": "ALL"}
+        }}});
+        let (status, v) = request(port, "POST", "/session", Some(&caps)).await;
+        assert_eq!(status, 200, "cannot start Chromium: {v}");
+        let session = v["value"]["sessionId"].as_str().unwrap().to_owned();
+        Self { driver, port, session, profile, name: name.to_owned() }
+    }
+
+    async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = request(self.port, method, &format!("/session/{}{path}", self.session), body.as_ref()).await;
+        assert_eq!(status, 200, "{} {path} failed: {v}", self.name);
+        v["value"].clone()
+    }
+
+    /// Opens `url`.
+    pub async fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({"url": url}))).await;
+    }
+
+    /// Runs `script` (a function body; `arguments` available) and returns its value.
+    pub async fn eval(&self, script: &str) -> Value {
+        self.cmd("POST", "/execute/sync", Some(json!({"script": script, "args": []}))).await
+    }
+
+    /// Polls `script` every 100 ms until it returns something truthy; returns it. Panics after `timeout`.
+    pub async fn wait_for(&self, what: &str, timeout: Duration, script: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.eval(script).await;
+            let truthy = !matches!(&v, Value::Null | Value::Bool(false)) && v != json!(0) && v != json!("");
+            if truthy {
+                return v;
+            }
+            if start.elapsed() > timeout {
+                let shot = self.screenshot(&format!("timeout-{}", what.replace(' ', "-"))).await;
+                let status = self.eval("return document.body ? document.body.innerText.slice(0, 2000) : ''").await;
+                panic!(
+                    "{}: timed out after {timeout:?} waiting for {what}; screenshot {}; page text: {status}",
+                    self.name,
+                    shot.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Saves a PNG screenshot under the temp dir; returns its path.
+    pub async fn screenshot(&self, label: &str) -> PathBuf {
+        let v = self.cmd("GET", "/screenshot", None).await;
+        let path = std::env::temp_dir().join(format!("onair-{}-{label}.png", self.name));
+        if let Some(b64) = v.as_str() {
+            std::fs::write(&path, base64_decode(b64)).unwrap();
+        }
+        path
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let (port, session) = (self.port, self.session.clone());
+        // Best effort: end the session so Chromium exits, then kill the driver.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(async {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        request(port, "DELETE", &format!("/session/{session}"), None),
+                    )
+                    .await;
+                });
+            }
+        })
+        .join();
+        self.driver.kill();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut map = [255u8; 256];
+    for (i, c) in T.iter().enumerate() {
+        map[*c as usize] = u8::try_from(i).unwrap();
+    }
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut buf, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = map[c as usize];
+        if v == 255 {
+            continue;
+        }
+        buf = (buf << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((buf >> bits) & 0xff).unwrap());
+        }
+    }
+    out
+}

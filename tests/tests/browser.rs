@@ -1,0 +1,128 @@
+//! Real-browser end-to-end: Chromium with a fake camera and microphone goes live
+//! on /broadcast; another Chromium watches on /watcher, through nginx, on a
+//! different gateway; and the same flow on the all-in-one binary.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use onair_tests::Onair;
+use onair_tests::browser::Browser;
+use onair_tests::cluster::Cluster;
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(20);
+
+async fn go_live(b: &Browser, base: &str, title: &str) -> String {
+    b.goto(&format!("{base}/broadcast")).await;
+    b.wait_for(
+        "the camera preview",
+        LONG,
+        "const v = document.getElementById('preview'); return v && v.videoWidth > 0",
+    )
+    .await;
+    b.eval(&format!(
+        "const t = document.getElementById('title'); t.value = {}; t.dispatchEvent(new Event('input', {{bubbles: true}})); document.getElementById('go-live').click(); return true",
+        Value::String(title.into())
+    ))
+    .await;
+    b.wait_for("status Live", LONG, "return document.getElementById('status').textContent.trim() === 'Live'").await;
+    b.screenshot("broadcast-live").await;
+    b.wait_for("the stream id", LONG, "return window.onair && window.onair.state && (window.onair.state.stream && window.onair.state.stream.id) || ''")
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Opens the watcher page, waits for `title` in the live list (no reload), clicks it, and
+/// returns the click → first decoded frame time in ms.
+async fn watch(w: &Browser, title: &str) -> f64 {
+    let find = format!(
+        "return [...document.querySelectorAll('#streams [data-stream-id]')].find(li => li.textContent.includes({})) || null",
+        Value::String(title.into())
+    );
+    w.wait_for("the stream in the live list", LONG, &format!("{find} ? true : false")).await;
+    w.eval(&format!(
+        "const li = (() => {{ {find} }})(); const p = document.getElementById('player'); window.__t0 = performance.now(); window.__first = null; \
+         const cb = () => {{ if (p.videoWidth > 0) window.__first = performance.now() - window.__t0; else p.requestVideoFrameCallback(cb); }}; \
+         p.requestVideoFrameCallback(cb); (li.querySelector('button') || li).click(); return true"
+    ))
+    .await;
+    let first = w.wait_for("the first video frame", LONG, "return window.__first").await;
+    // Real frames keep coming: currentTime advances.
+    let t1 = w.eval("return document.getElementById('player').currentTime").await.as_f64().unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let t2 = w.eval("return document.getElementById('player').currentTime").await.as_f64().unwrap();
+    assert!(t2 > t1, "currentTime does not advance ({t1} → {t2})");
+    let width = w.eval("return document.getElementById('player').videoWidth").await;
+    assert!(width.as_u64().unwrap() > 0);
+    first.as_f64().unwrap()
+}
+
+async fn leave(w: &Browser) {
+    w.eval("document.getElementById('leave').click(); return true").await;
+    w.wait_for("the player to stop", LONG, "const p = document.getElementById('player'); return !p.srcObject || p.srcObject.getTracks().length === 0 || document.getElementById('stage').hidden").await;
+}
+
+fn p50(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn gateway_sockets(g: &Onair) -> u64 {
+    let (_, body) = g.admin_get("/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with("onair_gateway_sockets "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn browsers_broadcast_and_watch_through_nginx_on_different_gateways() {
+    let c = Cluster::start(2, true).await;
+    let base = format!("http://127.0.0.1:{}", c.front());
+    let b = Browser::start("broadcaster").await;
+    go_live(&b, &base, "Browser E2E").await;
+    let w = Browser::start("watcher").await;
+    w.goto(&format!("{base}/watcher")).await;
+    // least_conn puts the second socket on the other gateway; check it, as a user can't.
+    w.wait_for("the watcher socket", LONG, "return document.getElementById('connection').dataset.state === 'online'")
+        .await;
+    let per_gateway = (gateway_sockets(&c.gateways[0]).await, gateway_sockets(&c.gateways[1]).await);
+    assert_eq!(per_gateway, (1, 1), "broadcaster and watcher should be on different gateways");
+
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        times.push(watch(&w, "Browser E2E").await);
+        leave(&w).await;
+    }
+    println!("watch click → first frame (ms) through nginx across gateways: {times:?}, p50 {:.0}", p50(times.clone()));
+    watch(&w, "Browser E2E").await;
+    w.screenshot("watching").await;
+
+    // Stop: the stream leaves the list and the watcher is told.
+    b.eval("document.getElementById('stop').click(); return true").await;
+    w.wait_for("the ended message", LONG, "const e = document.getElementById('ended-message'); return e && !e.hidden")
+        .await;
+    w.wait_for("the list to empty", LONG, "return document.querySelectorAll('#streams [data-stream-id]').length === 0")
+        .await;
+    w.screenshot("ended").await;
+}
+
+#[tokio::test]
+async fn browsers_broadcast_and_watch_on_the_all_in_one_binary() {
+    let dir = std::env::temp_dir().join(format!("onair-browser-aio-{}", std::process::id()));
+    let gw = Onair::start("all-in-one-browser", &["--store", "memory", "--data-dir", dir.to_str().unwrap()]).await;
+    gw.wait_ready().await;
+    let base = format!("http://127.0.0.1:{}", gw.http);
+    let b = Browser::start("aio-broadcaster").await;
+    go_live(&b, &base, "All in one").await;
+    let w = Browser::start("aio-watcher").await;
+    w.goto(&format!("{base}/watcher")).await;
+    let ms = watch(&w, "All in one").await;
+    println!("all-in-one watch click → first frame: {ms:.0} ms");
+    b.eval("document.getElementById('stop').click(); return true").await;
+    w.wait_for("the list to empty", LONG, "return document.querySelectorAll('#streams [data-stream-id]').length === 0")
+        .await;
+}
