@@ -157,6 +157,40 @@ impl Browser {
         }
     }
 
+    /// Opens /broadcast at `base`, waits for the camera, goes live with `title`; returns the stream id.
+    pub async fn go_live(&self, base: &str, title: &str) -> String {
+        let long = Duration::from_secs(20);
+        self.goto(&format!("{base}/broadcast")).await;
+        self.wait_for(
+            "the camera preview",
+            long,
+            "const v = document.getElementById('preview'); return v && v.videoWidth > 0",
+        )
+        .await;
+        self.eval(&format!(
+            "const t = document.getElementById('title'); t.value = {}; t.dispatchEvent(new Event('input', {{bubbles: true}})); document.getElementById('go-live').click(); return true",
+            Value::String(title.into())
+        ))
+        .await;
+        self.wait_for("status Live", long, "return document.getElementById('status').textContent.trim() === 'Live'")
+            .await;
+        self.screenshot("broadcast-live").await;
+        self.wait_for(
+            "the stream id",
+            long,
+            "return (window.onair && window.onair.state && window.onair.state.stream && window.onair.state.stream.id) || ''",
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+    }
+
+    /// Clicks Stop on the broadcast page.
+    pub async fn stop_broadcast(&self) {
+        self.eval("document.getElementById('stop').click(); return true").await;
+    }
+
     /// Saves a PNG screenshot under the temp dir; returns its path.
     pub async fn screenshot(&self, label: &str) -> PathBuf {
         let v = self.cmd("GET", "/screenshot", None).await;

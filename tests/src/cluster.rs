@@ -71,12 +71,24 @@ pub struct Cluster {
     pub gateways: Vec<Onair>,
     /// nginx in front of the gateways, if asked for.
     pub nginx: Option<Nginx>,
+    /// The recorder, if asked for.
+    pub recorder: Option<Onair>,
+    /// The recordings directory shared by the recorder and the gateways.
+    pub recordings: PathBuf,
 }
 
 impl Cluster {
     /// Starts Redis, MongoDB, registry, signaling, `gateways` gateways (node ids gw-0, gw-1, ...)
     /// and, if `with_nginx`, nginx; waits until every gateway is ready.
     pub async fn start(gateways: usize, with_nginx: bool) -> Self {
+        Self::start_with(gateways, with_nginx, false).await
+    }
+
+    /// Like [`Cluster::start`], plus a recorder (node id `rec-0`) when `with_recorder`.
+    pub async fn start_with(gateways: usize, with_nginx: bool, with_recorder: bool) -> Self {
+        let recordings = std::env::temp_dir().join(format!("onair-recordings-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&recordings).unwrap();
+        let rec_dir = recordings.display().to_string();
         let (redis, mongo) = tokio::join!(Redis::start(), Mongo::start());
         let (uri, url) = (mongo.uri(), redis.url());
         let registry =
@@ -102,15 +114,40 @@ impl Cluster {
                 &reg_url,
                 "--signaling-url",
                 &sig_url,
+                "--recordings-dir",
+                &rec_dir,
             ];
             gws.push(Onair::start(&node, &args).await);
         }
+        let recorder = if with_recorder {
+            let args = [
+                "--target",
+                "recorder",
+                "--node-id",
+                "rec-0",
+                "--redis-url",
+                &url,
+                "--registry-url",
+                &reg_url,
+                "--signaling-url",
+                &sig_url,
+                "--recordings-dir",
+                &rec_dir,
+                "--rtc-ip",
+                "127.0.0.1",
+            ];
+            let r = Onair::start("recorder", &args).await;
+            r.wait_ready().await;
+            Some(r)
+        } else {
+            None
+        };
         for g in &gws {
             g.wait_ready().await;
         }
         let nginx =
             if with_nginx { Some(Nginx::start(&gws.iter().map(|g| g.http).collect::<Vec<_>>()).await) } else { None };
-        Self { redis, mongo, registry, signaling, gateways: gws, nginx }
+        Self { redis, mongo, registry, signaling, gateways: gws, nginx, recorder, recordings }
     }
 
     /// nginx's port (panics without nginx).

@@ -243,7 +243,12 @@ impl Onair {
             "--http-addr".into(),
             format!("127.0.0.1:{http}"),
         ]);
-        let envs = vec![("RUST_LOG".to_owned(), "info,onair=debug".to_owned())];
+        // A private data dir per process unless the test passes --data-dir (flags beat env).
+        let data = std::env::temp_dir().join(format!("onair-data-{name}-{}-{admin}", std::process::id()));
+        let envs = vec![
+            ("RUST_LOG".to_owned(), "info,onair=debug".to_owned()),
+            ("ONAIR_DATA_DIR".to_owned(), data.display().to_string()),
+        ];
         let proc = Proc::spawn(name, onair_bin(), all, envs);
         let gateway_only = args.windows(2).any(|w| w == ["--target", "gateway"]);
         let mut o = Self { proc, grpc, admin, http, gateway_only };

@@ -12,28 +12,6 @@ use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(20);
 
-async fn go_live(b: &Browser, base: &str, title: &str) -> String {
-    b.goto(&format!("{base}/broadcast")).await;
-    b.wait_for(
-        "the camera preview",
-        LONG,
-        "const v = document.getElementById('preview'); return v && v.videoWidth > 0",
-    )
-    .await;
-    b.eval(&format!(
-        "const t = document.getElementById('title'); t.value = {}; t.dispatchEvent(new Event('input', {{bubbles: true}})); document.getElementById('go-live').click(); return true",
-        Value::String(title.into())
-    ))
-    .await;
-    b.wait_for("status Live", LONG, "return document.getElementById('status').textContent.trim() === 'Live'").await;
-    b.screenshot("broadcast-live").await;
-    b.wait_for("the stream id", LONG, "return window.onair && window.onair.state && (window.onair.state.stream && window.onair.state.stream.id) || ''")
-        .await
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 /// Opens the watcher page, waits for `title` in the live list (no reload), clicks it, and
 /// returns the click → first decoded frame time in ms.
 async fn watch(w: &Browser, title: &str) -> f64 {
@@ -83,7 +61,7 @@ async fn browsers_broadcast_and_watch_through_nginx_on_different_gateways() {
     let c = Cluster::start(2, true).await;
     let base = format!("http://127.0.0.1:{}", c.front());
     let b = Browser::start("broadcaster").await;
-    go_live(&b, &base, "Browser E2E").await;
+    b.go_live(&base, "Browser E2E").await;
     let w = Browser::start("watcher").await;
     w.goto(&format!("{base}/watcher")).await;
     // least_conn puts the second socket on the other gateway; check it, as a user can't.
@@ -117,7 +95,7 @@ async fn browsers_broadcast_and_watch_on_the_all_in_one_binary() {
     gw.wait_ready().await;
     let base = format!("http://127.0.0.1:{}", gw.http);
     let b = Browser::start("aio-broadcaster").await;
-    go_live(&b, &base, "All in one").await;
+    b.go_live(&base, "All in one").await;
     let w = Browser::start("aio-watcher").await;
     w.goto(&format!("{base}/watcher")).await;
     let ms = watch(&w, "All in one").await;

@@ -194,14 +194,21 @@ async fn registry_contract_on_mongodb() {
 async fn registry_contract_on_embedded_store() {
     let dir = tempdir();
     let data = dir.to_str().unwrap();
-    let reg = Onair::start("registry-embedded", &["--target", "all", "--store", "embedded", "--data-dir", data]).await;
+    let reg = Onair::start(
+        "registry-embedded",
+        &["--target", "all", "--store", "embedded", "--data-dir", data, "--auto-record", "false"],
+    )
+    .await;
     contract(client(&reg.grpc_url()).await).await;
 }
 
 #[tokio::test]
 async fn registry_contract_on_memory_store() {
-    let reg =
-        Onair::start("registry-memory", &["--target", "all", "--store", "memory", "--data-dir", "/nonexistent"]).await;
+    let reg = Onair::start(
+        "registry-memory",
+        &["--target", "all", "--store", "memory", "--data-dir", "/nonexistent", "--auto-record", "false"],
+    )
+    .await;
     contract(client(&reg.grpc_url()).await).await;
 }
 

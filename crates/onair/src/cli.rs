@@ -18,6 +18,8 @@ pub enum Target {
     Signaling,
     /// Only the stream registry (gRPC).
     Registry,
+    /// Only the recorder (gRPC + WebRTC): records every live stream to WebM.
+    Recorder,
 }
 
 /// Where the registry keeps its catalog.

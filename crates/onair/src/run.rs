@@ -120,6 +120,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     if cli.redis_url.is_some() {
         checks.push(Arc::new(BusCheck(Arc::clone(&bus))));
     }
+    let node = node_id(&cli)?;
     let mut tasks: Tasks = JoinSet::new();
     let mut deferred: Vec<Start> = Vec::new();
 
@@ -154,10 +155,37 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         }));
     }
 
+    // Recorder: on --grpc-addr alone, or on a private loopback port inside `all`.
+    if runs(Target::Recorder) {
+        let addr = if target == Target::All { SocketAddr::from(([127, 0, 0, 1], 0)) } else { cli.grpc_addr };
+        let (grpc, addr) = bind(addr).await?;
+        println!("onair: recorder gRPC listening on {addr} (recordings in {})", cli.recordings_dir().display());
+        // Inside `all` the gateway is a node too: the recorder needs its own channel.
+        let rec_node = if target == Target::All {
+            format!("{node}-rec").parse().map_err(|e| RunError::Config(format!("--node-id: {e}")))?
+        } else {
+            node.clone()
+        };
+        let config = onair_recorder::RecorderConfig {
+            node: rec_node,
+            recordings_dir: cli.recordings_dir(),
+            max_concurrent: cli.max_recordings,
+            auto_record: cli.auto_record,
+            rtc_ip: cli.rtc_ip,
+            registry_url: registry_url.clone(),
+            signaling_url: signaling_url.clone(),
+        };
+        checks.push(Arc::new(onair_recorder::RecorderCheck::new(&config)));
+        let (bus, shutdown) = (Arc::clone(&bus), shutdown.clone());
+        deferred.push(Box::new(move |admin, tasks| {
+            tasks.spawn(onair_recorder::serve(config, bus, admin.clone(), grpc, shutdown));
+        }));
+    }
+
     // Gateway: on --http-addr.
     if runs(Target::Gateway) {
         let config = onair_gateway::GatewayConfig {
-            node: node_id(&cli)?,
+            node: node.clone(),
             registry_url: registry_url.clone(),
             signaling_url: signaling_url.clone(),
             resume_grace: cli.resume_grace,

@@ -1,0 +1,204 @@
+//! The recorder's view of the registry: live streams in, recording catalog
+//! entries out. Protobuf stays here; the rest of the crate uses domain types.
+
+use std::time::Duration;
+
+use onair_core::{Recording, RecordingId, RecordingState, StreamId};
+use onair_proto::v1 as pb;
+use onair_proto::v1::stream_registry_client::StreamRegistryClient;
+use tonic::transport::Channel;
+
+use crate::error::RecorderError;
+
+/// Codec names stored in the catalog.
+pub const VIDEO_CODEC: &str = "VP8";
+/// Codec names stored in the catalog.
+pub const AUDIO_CODEC: &str = "OPUS";
+
+/// Upper bound of one registry call made by the recorder.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A live stream the recorder may record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveStream {
+    /// Stream id.
+    pub id: StreamId,
+    /// Title at the time it was seen.
+    pub title: String,
+}
+
+impl LiveStream {
+    /// A live stream from a registry message; `None` if it is not live or malformed.
+    pub fn from_pb(s: &pb::Stream) -> Option<Self> {
+        if s.state() != pb::StreamState::Live {
+            return None;
+        }
+        Some(Self { id: s.id.parse().ok()?, title: s.title.clone() })
+    }
+}
+
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+fn state_pb(s: RecordingState) -> pb::RecordingState {
+    match s {
+        RecordingState::Recording => pb::RecordingState::Recording,
+        RecordingState::Complete => pb::RecordingState::Complete,
+        RecordingState::Failed => pb::RecordingState::Failed,
+    }
+}
+
+/// Domain recording → protobuf.
+pub fn recording_pb(r: &Recording) -> pb::Recording {
+    pb::Recording {
+        id: r.id.to_string(),
+        stream_id: r.stream_id.to_string(),
+        file_name: r.file_name.clone(),
+        started_at: Some(timestamp(r.started_at)),
+        duration_ms: r.duration_ms,
+        bytes: r.bytes,
+        video_codec: r.video_codec.clone(),
+        audio_codec: r.audio_codec.clone(),
+        state: state_pb(r.state).into(),
+        error: r.error.clone(),
+        title: r.title.clone(),
+    }
+}
+
+/// The registry client, with every call bounded by [`CALL_TIMEOUT`].
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    client: StreamRegistryClient<Channel>,
+}
+
+fn req<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(CALL_TIMEOUT);
+    r
+}
+
+impl Catalog {
+    /// Wraps a registry client.
+    pub fn new(client: StreamRegistryClient<Channel>) -> Self {
+        Self { client }
+    }
+
+    /// The raw client (for the change feed).
+    pub fn client(&self) -> StreamRegistryClient<Channel> {
+        self.client.clone()
+    }
+
+    /// The stream if it is live; `NotFound` otherwise.
+    pub async fn live_stream(&self, id: &StreamId) -> Result<LiveStream, RecorderError> {
+        let not_live = || RecorderError::NotFound(format!("stream {id} is not live"));
+        match self.client.clone().get_stream(req(pb::GetStreamRequest { id: id.to_string() })).await {
+            Ok(r) => LiveStream::from_pb(&r.into_inner()).ok_or_else(not_live),
+            Err(s) if s.code() == tonic::Code::NotFound => Err(not_live()),
+            Err(s) => Err(RecorderError::registry("GetStream", s)),
+        }
+    }
+
+    /// Registers a new recording (state RECORDING).
+    pub async fn add(&self, r: &Recording) -> Result<(), RecorderError> {
+        let msg = pb::AddRecordingRequest { recording: Some(recording_pb(r)) };
+        self.client.clone().add_recording(req(msg)).await.map_err(|s| RecorderError::registry("AddRecording", s))?;
+        Ok(())
+    }
+
+    /// Stores `r`'s size, duration, codecs, state and error.
+    pub async fn update(&self, r: &Recording) -> Result<(), RecorderError> {
+        let msg = pb::UpdateRecordingRequest {
+            id: r.id.to_string(),
+            duration_ms: Some(r.duration_ms),
+            bytes: Some(r.bytes),
+            video_codec: (!r.video_codec.is_empty()).then(|| r.video_codec.clone()),
+            audio_codec: (!r.audio_codec.is_empty()).then(|| r.audio_codec.clone()),
+            state: state_pb(r.state).into(),
+            error: (!r.error.is_empty()).then(|| r.error.clone()),
+        };
+        self.client
+            .clone()
+            .update_recording(req(msg))
+            .await
+            .map_err(|s| RecorderError::registry("UpdateRecording", s))?;
+        Ok(())
+    }
+
+    /// Closes a recording left in RECORDING by a previous process: new state, size and reason
+    /// (duration and codecs keep their last reported values).
+    pub async fn close_orphan(
+        &self,
+        id: &RecordingId,
+        state: RecordingState,
+        bytes: u64,
+        error: &str,
+    ) -> Result<(), RecorderError> {
+        let msg = pb::UpdateRecordingRequest {
+            id: id.to_string(),
+            bytes: Some(bytes),
+            state: state_pb(state).into(),
+            error: Some(error.to_owned()),
+            ..Default::default()
+        };
+        self.client
+            .clone()
+            .update_recording(req(msg))
+            .await
+            .map_err(|s| RecorderError::registry("UpdateRecording", s))?;
+        Ok(())
+    }
+
+    /// Every recording in state RECORDING (all pages), as `(id, file_name)`.
+    pub async fn recording_now(&self) -> Result<Vec<(RecordingId, String)>, RecorderError> {
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let msg = pb::ListRecordingsRequest { stream_id: String::new(), page_size: 100, page_token };
+            let resp = self
+                .client
+                .clone()
+                .list_recordings(req(msg))
+                .await
+                .map_err(|s| RecorderError::registry("ListRecordings", s))?
+                .into_inner();
+            for r in resp.recordings {
+                if r.state() == pb::RecordingState::Recording
+                    && let Ok(id) = r.id.parse()
+                {
+                    out.push((id, r.file_name));
+                }
+            }
+            if resp.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            page_token = resp.next_page_token;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_live_well_formed_streams_are_recordable() {
+        let mut s = pb::Stream { id: "abc".into(), title: "t".into(), ..Default::default() };
+        assert_eq!(LiveStream::from_pb(&s), None, "unspecified state");
+        s.set_state(pb::StreamState::Live);
+        assert_eq!(LiveStream::from_pb(&s), Some(LiveStream { id: "abc".parse().unwrap(), title: "t".into() }));
+        s.id = "bad id/../".into();
+        assert_eq!(LiveStream::from_pb(&s), None);
+    }
+
+    #[test]
+    fn timestamps_convert_from_millis() {
+        let t = timestamp(1_500);
+        assert_eq!((t.seconds, t.nanos), (1, 500_000_000));
+        let t = timestamp(-1);
+        assert_eq!((t.seconds, t.nanos), (-1, 999_000_000));
+    }
+}

@@ -1,0 +1,375 @@
+//! The recorder's shared state: active recordings by stream, the routing of
+//! signaling deliveries to their session, the queue to signaling, link health
+//! and metrics. Sessions (one per recording) live in `session.rs`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use onair_core::{NodeId, PeerId, Recording, RecordingId, RecordingState, StreamId};
+use onair_proto::v1 as pb;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::RecorderConfig;
+use crate::catalog::{Catalog, LiveStream};
+use crate::error::RecorderError;
+use crate::session::{self, SessionInput, SessionParams};
+
+/// How long shutdown waits for sessions to finalize their files.
+pub const FINALIZE_GRACE: Duration = Duration::from_secs(10);
+
+/// Recorder metrics.
+#[derive(Debug, Clone, Default)]
+pub struct RecorderMetrics {
+    /// Recordings in progress.
+    pub active: Gauge,
+    /// Bytes written to recording files.
+    pub bytes_written: Counter,
+    /// RTP packets received from broadcasters.
+    pub rtp_packets: Counter,
+    /// Recordings started.
+    pub started: Counter,
+    /// Recordings finished COMPLETE.
+    pub completed: Counter,
+    /// Recordings finished FAILED.
+    pub failed: Counter,
+    /// Streams not recorded because the recorder was at its maximum.
+    pub skipped: Counter,
+}
+
+impl RecorderMetrics {
+    /// Registers into `m`.
+    pub fn register(&self, m: &onair_ops::Metrics) {
+        m.register("recorder_active_recordings", "Recordings in progress", self.active.clone());
+        m.register("recorder_bytes_written", "Bytes written to recording files", self.bytes_written.clone());
+        m.register("recorder_rtp_packets", "RTP packets received from broadcasters", self.rtp_packets.clone());
+        m.register("recorder_recordings_started", "Recordings started", self.started.clone());
+        m.register("recorder_recordings_completed", "Recordings finalized as COMPLETE", self.completed.clone());
+        m.register("recorder_recordings_failed", "Recordings finalized as FAILED", self.failed.clone());
+        m.register("recorder_recordings_skipped", "Streams not recorded: at max concurrent", self.skipped.clone());
+    }
+}
+
+/// Health of the recorder's two upstream links.
+#[derive(Debug, Default)]
+pub struct LinkState {
+    /// The NodeStream to signaling is open.
+    pub signaling_up: AtomicBool,
+    /// The registry change feed is open.
+    pub feed_up: AtomicBool,
+}
+
+/// The link state of the recorder with node id `node` in this process, shared by
+/// [`crate::RecorderCheck`] (built before `serve`) and the running recorder.
+pub fn link_state(node: &NodeId) -> Arc<LinkState> {
+    static LINKS: OnceLock<Mutex<HashMap<NodeId, Arc<LinkState>>>> = OnceLock::new();
+    let mut map = LINKS.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(map.entry(node.clone()).or_default())
+}
+
+struct Active {
+    id: RecordingId,
+    snapshot: Arc<Mutex<Recording>>,
+    stop: CancellationToken,
+    done: watch::Receiver<Option<Recording>>,
+}
+
+/// Shared recorder state.
+pub struct Hub {
+    /// Settings.
+    pub config: RecorderConfig,
+    /// The registry.
+    pub catalog: Catalog,
+    to_signaling: mpsc::Sender<pb::NodeMessage>,
+    /// Link health.
+    pub links: Arc<LinkState>,
+    /// Metrics.
+    pub metrics: RecorderMetrics,
+    active: Mutex<HashMap<StreamId, Active>>,
+    peers: Mutex<HashMap<PeerId, mpsc::Sender<SessionInput>>>,
+    accepting: AtomicBool,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("node", &self.config.node).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Hub {
+    /// A hub and the receiver of messages bound for signaling.
+    pub fn new(config: RecorderConfig, catalog: Catalog) -> (Arc<Self>, mpsc::Receiver<pb::NodeMessage>) {
+        let (to_signaling, rx) = mpsc::channel(8192);
+        let links = link_state(&config.node);
+        let hub = Arc::new(Self {
+            config,
+            catalog,
+            to_signaling,
+            links,
+            metrics: RecorderMetrics::default(),
+            active: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            accepting: AtomicBool::new(true),
+        });
+        (hub, rx)
+    }
+
+    /// Queues a message for signaling (in order).
+    pub fn to_signaling(&self, msg: pb::node_message::Msg) {
+        let m = pb::NodeMessage { node: self.config.node.to_string(), msg: Some(msg) };
+        if self.to_signaling.try_send(m).is_err() {
+            tracing::warn!("signaling queue full; message dropped");
+        }
+    }
+
+    /// Starts recording `stream`. Fails if it is already recorded, the recorder is full or
+    /// shutting down, or the registry does not take the catalog entry.
+    pub async fn start(self: &Arc<Self>, stream: LiveStream) -> Result<Recording, RecorderError> {
+        let id = RecordingId::generate();
+        let recording = Recording {
+            id: id.clone(),
+            stream_id: stream.id.clone(),
+            title: stream.title.clone(),
+            file_name: format!("{id}.webm"),
+            started_at: onair_core::time::now_ms(),
+            duration_ms: 0,
+            bytes: 0,
+            video_codec: String::new(),
+            audio_codec: String::new(),
+            state: RecordingState::Recording,
+            error: String::new(),
+        };
+        let snapshot = Arc::new(Mutex::new(recording.clone()));
+        let stop = CancellationToken::new();
+        let (done_tx, done) = watch::channel(None);
+        {
+            let mut active = lock(&self.active);
+            if !self.accepting.load(Ordering::SeqCst) {
+                return Err(RecorderError::ShuttingDown);
+            }
+            if active.contains_key(&stream.id) {
+                return Err(RecorderError::AlreadyExists(format!("stream {} is already being recorded", stream.id)));
+            }
+            if active.len() >= self.config.max_concurrent {
+                self.metrics.skipped.inc();
+                tracing::warn!(
+                    stream = %stream.id, title = %stream.title, max = self.config.max_concurrent,
+                    "not recording stream: the recorder is at its maximum of concurrent recordings"
+                );
+                return Err(RecorderError::ResourceExhausted(format!(
+                    "this recorder already runs its maximum of {} recordings",
+                    self.config.max_concurrent
+                )));
+            }
+            let entry = Active { id: id.clone(), snapshot: Arc::clone(&snapshot), stop: stop.clone(), done };
+            active.insert(stream.id.clone(), entry);
+        }
+        // The file exists from the start, so crash recovery can tell this recorder owns the entry.
+        let path = self.config.recordings_dir.join(&recording.file_name);
+        let created = match std::fs::create_dir_all(&self.config.recordings_dir) {
+            Ok(()) => std::fs::File::create(&path).map(drop),
+            Err(e) => Err(e),
+        };
+        let registered = match created {
+            Ok(()) => self.catalog.add(&recording).await,
+            Err(e) => Err(RecorderError::Io(e)),
+        };
+        if let Err(e) = registered {
+            lock(&self.active).remove(&stream.id);
+            let _ = std::fs::remove_file(&path);
+            let mut failed = recording;
+            failed.state = RecordingState::Failed;
+            failed.error = "could not start".into();
+            let _ = done_tx.send(Some(failed));
+            return Err(e);
+        }
+        self.metrics.started.inc();
+        self.metrics.active.inc();
+        let peer = PeerId::generate();
+        let (inbox_tx, inbox) = mpsc::channel(256);
+        lock(&self.peers).insert(peer.clone(), inbox_tx);
+        tracing::info!(stream = %stream.id, recording = %id, %peer, "recording started");
+        let params = SessionParams { stream, recording: recording.clone(), peer, path, inbox, stop, snapshot };
+        let hub = Arc::clone(self);
+        tokio::spawn(async move {
+            let stream_id = params.stream.id.clone();
+            let peer = params.peer.clone();
+            let fin = session::run(Arc::clone(&hub), params).await;
+            hub.finished(&stream_id, &peer, fin, done_tx);
+        });
+        Ok(recording)
+    }
+
+    fn finished(&self, stream: &StreamId, peer: &PeerId, fin: Recording, done: watch::Sender<Option<Recording>>) {
+        lock(&self.peers).remove(peer);
+        {
+            let mut active = lock(&self.active);
+            if active.get(stream).is_some_and(|a| a.id == fin.id) {
+                active.remove(stream);
+            }
+        }
+        self.metrics.active.dec();
+        match fin.state {
+            RecordingState::Failed => self.metrics.failed.inc(),
+            _ => self.metrics.completed.inc(),
+        };
+        tracing::info!(
+            stream = %stream, recording = %fin.id, state = ?fin.state, bytes = fin.bytes,
+            duration_ms = fin.duration_ms, error = %fin.error, "recording finished"
+        );
+        let _ = done.send(Some(fin));
+    }
+
+    /// Stops the recording of `stream` and waits until it is finalized.
+    pub async fn stop(&self, stream: &StreamId) -> Result<Recording, RecorderError> {
+        let mut done = {
+            let active = lock(&self.active);
+            let a = active
+                .get(stream)
+                .ok_or_else(|| RecorderError::NotFound(format!("stream {stream} is not being recorded")))?;
+            a.stop.cancel();
+            a.done.clone()
+        };
+        match done.wait_for(Option::is_some).await {
+            Ok(r) => r.clone().ok_or(RecorderError::ShuttingDown),
+            Err(_) => Err(RecorderError::ShuttingDown),
+        }
+    }
+
+    /// Recordings in progress, with their current size and duration.
+    pub fn list_active(&self) -> Vec<Recording> {
+        let mut list: Vec<Recording> = lock(&self.active).values().map(|a| lock(&a.snapshot).clone()).collect();
+        list.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
+        list
+    }
+
+    /// Ids of the recordings in progress.
+    pub fn active_ids(&self) -> HashSet<RecordingId> {
+        lock(&self.active).values().map(|a| a.id.clone()).collect()
+    }
+
+    /// Routes one delivery from the node's bus channel to its session.
+    pub fn deliver(&self, d: pb::Delivery) {
+        use pb::delivery::Event;
+        let Ok(to) = d.to.parse::<PeerId>() else { return };
+        let input = match d.event {
+            Some(Event::Signal(s)) => match (s.from.parse(), pb::SignalKind::try_from(s.kind)) {
+                (Ok(from), Ok(kind)) => SessionInput::Signal { from, kind, payload: s.payload },
+                _ => return,
+            },
+            Some(Event::Error(e)) => SessionInput::Refused { code: e.code, message: e.message },
+            Some(Event::Evicted(_)) => SessionInput::Evicted,
+            _ => return,
+        };
+        self.to_session(&to, input);
+    }
+
+    /// Routes a NodeStream error about one of our peers to its session.
+    pub fn node_event(&self, ev: pb::NodeEvent) {
+        if let Ok(peer) = ev.peer.parse::<PeerId>() {
+            self.to_session(&peer, SessionInput::Refused { code: ev.code, message: ev.message });
+        }
+    }
+
+    fn to_session(&self, peer: &PeerId, input: SessionInput) {
+        let tx = lock(&self.peers).get(peer).cloned();
+        if let Some(tx) = tx
+            && tx.try_send(input).is_err()
+        {
+            tracing::warn!(%peer, "session inbox full; signaling message dropped");
+        }
+    }
+
+    /// Applies one registry change: records new live streams (with auto-record) and stops
+    /// recordings whose stream ended.
+    pub fn apply_feed(self: &Arc<Self>, event: pb::stream_event::Event) {
+        use pb::stream_event::Event;
+        match event {
+            Event::Snapshot(snap) => {
+                let live: Vec<LiveStream> = snap.streams.iter().filter_map(LiveStream::from_pb).collect();
+                let live_ids: HashSet<&StreamId> = live.iter().map(|s| &s.id).collect();
+                let gone: Vec<StreamId> =
+                    lock(&self.active).keys().filter(|id| !live_ids.contains(id)).cloned().collect();
+                for id in gone {
+                    self.spawn_stop(id);
+                }
+                if self.config.auto_record {
+                    let active = lock(&self.active).keys().cloned().collect::<HashSet<_>>();
+                    for s in live.into_iter().filter(|s| !active.contains(&s.id)) {
+                        self.spawn_start(s);
+                    }
+                }
+            }
+            Event::Started(s) => {
+                if self.config.auto_record
+                    && let Some(s) = LiveStream::from_pb(&s)
+                {
+                    self.spawn_start(s);
+                }
+            }
+            Event::Updated(_) => {}
+            Event::Ended(s) => {
+                if let Ok(id) = s.id.parse::<StreamId>()
+                    && lock(&self.active).contains_key(&id)
+                {
+                    self.spawn_stop(id);
+                }
+            }
+        }
+    }
+
+    fn spawn_start(self: &Arc<Self>, stream: LiveStream) {
+        let hub = Arc::clone(self);
+        tokio::spawn(async move {
+            let id = stream.id.clone();
+            match hub.start(stream).await {
+                Ok(_) | Err(RecorderError::AlreadyExists(_) | RecorderError::ShuttingDown) => {}
+                // Logged where it was decided (with the stream's title).
+                Err(RecorderError::ResourceExhausted(_)) => {}
+                Err(e) => tracing::warn!(stream = %id, error = %e, "could not start recording"),
+            }
+        });
+    }
+
+    fn spawn_stop(self: &Arc<Self>, stream: StreamId) {
+        let hub = Arc::clone(self);
+        tokio::spawn(async move {
+            tracing::info!(%stream, "stream ended; finalizing its recording");
+            let _ = hub.stop(&stream).await;
+        });
+    }
+
+    /// Shutdown: refuses new recordings, stops every active one and waits (up to
+    /// [`FINALIZE_GRACE`]) until all are finalized.
+    pub async fn stop_all(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        let waits: Vec<_> = {
+            let active = lock(&self.active);
+            active
+                .values()
+                .map(|a| {
+                    a.stop.cancel();
+                    let mut done = a.done.clone();
+                    async move {
+                        let _ = done.wait_for(Option::is_some).await;
+                    }
+                })
+                .collect()
+        };
+        if waits.is_empty() {
+            return;
+        }
+        tracing::info!(recordings = waits.len(), "finalizing active recordings");
+        if tokio::time::timeout(FINALIZE_GRACE, futures::future::join_all(waits)).await.is_err() {
+            tracing::warn!("some recordings were not finalized within the shutdown grace");
+        }
+    }
+}

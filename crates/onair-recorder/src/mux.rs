@@ -1,0 +1,276 @@
+//! The WebM writer: libwebm's mkvmuxer (the `webm` crate) in live mode over a
+//! non-seeking file writer, so the file is a valid WebM at every cluster boundary
+//! while it grows and after a crash.
+//!
+//! The segment is created lazily on the first frame that may start the file: a VP8
+//! keyframe when the recording has video (its size comes from the keyframe), else the
+//! first Opus frame. Earlier frames are dropped, so audio and video start together.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use webm::mux::{AudioCodecId, AudioTrack, Segment, SegmentBuilder, SegmentMode, VideoCodecId, VideoTrack, Writer};
+
+use crate::vp8;
+
+/// Opus pre-skip written in `OpusHead` (samples at 48 kHz; libopus' usual encoder delay).
+pub const OPUS_PRE_SKIP: u16 = 312;
+
+/// The `OpusHead` identification header (RFC 7845 §5.1), the `CodecPrivate` of an Opus track.
+pub fn opus_head(channels: u8, pre_skip: u16, input_rate: u32) -> Vec<u8> {
+    let mut h = Vec::with_capacity(19);
+    h.extend_from_slice(b"OpusHead");
+    h.push(1); // version
+    h.push(channels);
+    h.extend_from_slice(&pre_skip.to_le_bytes());
+    h.extend_from_slice(&input_rate.to_le_bytes());
+    h.extend_from_slice(&0i16.to_le_bytes()); // output gain
+    h.push(0); // channel mapping family 0: mono or stereo
+    h
+}
+
+/// Which tracks the file will have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracks {
+    /// A VP8 track (the file then starts at a keyframe).
+    pub video: bool,
+    /// An Opus track (48 kHz).
+    pub audio: bool,
+    /// Opus channels (1 or 2).
+    pub audio_channels: u8,
+}
+
+/// One encoded frame on the recording timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaFrame {
+    /// A VP8 frame.
+    Video {
+        /// The bitstream.
+        data: Vec<u8>,
+        /// Intra frame.
+        keyframe: bool,
+    },
+    /// An Opus packet.
+    Audio {
+        /// The packet.
+        data: Vec<u8>,
+    },
+}
+
+impl MediaFrame {
+    /// Interleaving track index: 0 video, 1 audio.
+    pub fn track_index(&self) -> usize {
+        match self {
+            Self::Video { .. } => 0,
+            Self::Audio { .. } => 1,
+        }
+    }
+}
+
+/// Mux failures.
+#[derive(Debug, thiserror::Error)]
+pub enum MuxError {
+    /// The file could not be created or written.
+    #[error("recording file: {0}")]
+    Io(#[from] std::io::Error),
+    /// libwebm refused an operation.
+    #[error("webm muxer: {0}")]
+    Webm(&'static str),
+}
+
+/// The file handle shared between libwebm's writer and the mux (which flushes it).
+#[derive(Clone)]
+struct SharedFile {
+    file: Arc<Mutex<BufWriter<File>>>,
+    written: Arc<AtomicU64>,
+}
+
+impl SharedFile {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BufWriter<File>> {
+        self.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Write for SharedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.lock().write(buf)?;
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.lock().flush()
+    }
+}
+
+struct Open {
+    segment: Segment<SharedFile>,
+    video: Option<VideoTrack>,
+    audio: Option<AudioTrack>,
+}
+
+/// What a finished (or running) file holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MuxStats {
+    /// Bytes written to the file.
+    pub bytes: u64,
+    /// Media duration: last timestamp written plus one frame.
+    pub duration_ns: u64,
+    /// Video frames written.
+    pub video_frames: u64,
+    /// Audio frames written.
+    pub audio_frames: u64,
+}
+
+/// Writes one recording's WebM file.
+pub struct Mux {
+    tracks: Tracks,
+    file: SharedFile,
+    open: Option<Open>,
+    start_ns: i64,
+    last_ns: u64,
+    stats: MuxStats,
+    dirty: bool,
+}
+
+impl std::fmt::Debug for Mux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mux").field("tracks", &self.tracks).field("stats", &self.stats).finish_non_exhaustive()
+    }
+}
+
+fn webm_err(_: webm::mux::Error) -> MuxError {
+    MuxError::Webm("segment setup failed")
+}
+
+impl Mux {
+    /// Creates (truncates) the file at `path`; nothing is written until the first frame.
+    pub fn create(path: &Path, tracks: Tracks) -> Result<Self, MuxError> {
+        let file = File::create(path)?;
+        let file = SharedFile {
+            file: Arc::new(Mutex::new(BufWriter::with_capacity(64 * 1024, file))),
+            written: Arc::new(AtomicU64::new(0)),
+        };
+        Ok(Self { tracks, file, open: None, start_ns: 0, last_ns: 0, stats: MuxStats::default(), dirty: false })
+    }
+
+    /// Whether the file has started (its header is written).
+    pub fn started(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> MuxStats {
+        MuxStats { bytes: self.file.written.load(Ordering::Relaxed), ..self.stats }
+    }
+
+    fn open(&mut self, first: &MediaFrame) -> Result<bool, MuxError> {
+        let video_size = match first {
+            MediaFrame::Video { data, keyframe: true } => vp8::keyframe_size(data),
+            _ => None,
+        };
+        if self.tracks.video && video_size.is_none() {
+            return Ok(false);
+        }
+        let builder = SegmentBuilder::new(Writer::new_non_seek(self.file.clone()))
+            .and_then(|b| b.set_mode(SegmentMode::Live))
+            .and_then(|b| b.set_writing_app("onair-recorder"))
+            .map_err(webm_err)?;
+        let (builder, video) = match video_size {
+            Some((w, h)) if self.tracks.video => {
+                let (b, t) =
+                    builder.add_video_track(u32::from(w), u32::from(h), VideoCodecId::VP8, None).map_err(webm_err)?;
+                (b, Some(t))
+            }
+            _ => (builder, None),
+        };
+        let (builder, audio) = if self.tracks.audio {
+            let channels = self.tracks.audio_channels.clamp(1, 2);
+            let (b, t) =
+                builder.add_audio_track(48_000, u32::from(channels), AudioCodecId::Opus, None).map_err(webm_err)?;
+            let b = b.set_codec_private(t, &opus_head(channels, OPUS_PRE_SKIP, 48_000)).map_err(webm_err)?;
+            (b, Some(t))
+        } else {
+            (builder, None)
+        };
+        self.open = Some(Open { segment: builder.build(), video, audio });
+        Ok(true)
+    }
+
+    /// Writes one frame at timeline time `ts_ns` (non-decreasing across calls). Frames before
+    /// the file's first frame (a keyframe when there is video) are dropped; returns whether
+    /// the frame was written.
+    pub fn write(&mut self, ts_ns: i64, frame: &MediaFrame) -> Result<bool, MuxError> {
+        if self.open.is_none() {
+            if !self.open(frame)? {
+                return Ok(false);
+            }
+            self.start_ns = ts_ns;
+        }
+        let Some(open) = self.open.as_mut() else { return Ok(false) };
+        let Ok(rel) = u64::try_from(ts_ns - self.start_ns) else { return Ok(false) };
+        let rel = rel.max(self.last_ns);
+        let result = match frame {
+            MediaFrame::Video { data, keyframe } => match open.video {
+                Some(t) => open.segment.add_frame(t, data, rel, *keyframe).map(|()| self.stats.video_frames += 1),
+                None => return Ok(false),
+            },
+            MediaFrame::Audio { data } => match open.audio {
+                // Every Opus packet is independently decodable: all are keyframes.
+                Some(t) => open.segment.add_frame(t, data, rel, true).map(|()| self.stats.audio_frames += 1),
+                None => return Ok(false),
+            },
+        };
+        result.map_err(|_| MuxError::Webm("frame rejected"))?;
+        self.last_ns = rel;
+        // One 20 ms Opus frame / 33 ms video frame after the last timestamp.
+        let frame_ns = if matches!(frame, MediaFrame::Audio { .. }) { 20_000_000 } else { 33_333_333 };
+        self.stats.duration_ns = self.stats.duration_ns.max(rel + frame_ns);
+        self.dirty = true;
+        Ok(true)
+    }
+
+    /// Pushes buffered bytes to the OS (call periodically, e.g. every second), so a crash
+    /// loses at most that much media.
+    pub fn flush(&mut self) -> Result<(), MuxError> {
+        if self.dirty {
+            self.file.lock().flush()?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Finalizes the segment, flushes and syncs the file. Returns what it holds.
+    pub fn finish(mut self) -> Result<MuxStats, MuxError> {
+        if let Some(open) = self.open.take() {
+            // In milliseconds (the default timecode scale). libwebm writes it only for seekable
+            // writers in file mode; live files carry none.
+            let duration_ms = self.stats.duration_ns / 1_000_000;
+            open.segment.finalize(Some(duration_ms.max(1))).map_err(|_| MuxError::Webm("finalize failed"))?;
+        }
+        let mut f = self.file.lock();
+        f.flush()?;
+        f.get_ref().sync_all()?;
+        drop(f);
+        Ok(self.stats())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opus_head_layout() {
+        let h = opus_head(2, 312, 48_000);
+        assert_eq!(h.len(), 19);
+        assert_eq!(&h[..8], b"OpusHead");
+        assert_eq!(h[8], 1);
+        assert_eq!(h[9], 2);
+        assert_eq!(u16::from_le_bytes([h[10], h[11]]), 312);
+        assert_eq!(u32::from_le_bytes([h[12], h[13], h[14], h[15]]), 48_000);
+        assert_eq!(&h[16..], &[0, 0, 0]);
+    }
+}

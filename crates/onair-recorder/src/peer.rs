@@ -1,0 +1,274 @@
+//! The recorder's WebRTC side: a receive-only peer connection (VP8 + Opus only,
+//! mDNS off, ICE on one UDP address, short checks), its events as a channel, and
+//! the per-track readers that turn RTP into timed frames.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::ice::network_type::NetworkType;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry, SettingEngineBuilder,
+    register_default_interceptors,
+};
+
+use crate::mux::MediaFrame;
+use crate::timeline::TrackClock;
+use crate::vp8;
+
+/// How often a PLI is repeated while the video track waits for a keyframe.
+pub const PLI_EVERY: Duration = Duration::from_millis(1000);
+
+/// What the peer connection reports to its session.
+pub enum RtcEvent {
+    /// A local ICE candidate to trickle to the broadcaster.
+    Candidate(RTCIceCandidateInit),
+    /// The connection state changed.
+    State(RTCPeerConnectionState),
+    /// A remote track started.
+    Track(Arc<dyn TrackRemote>),
+}
+
+struct Handler(mpsc::UnboundedSender<RtcEvent>);
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(c) => {
+                let _ = self.0.send(RtcEvent::Candidate(c));
+            }
+            Err(e) => tracing::debug!(error = %e, "unserializable local candidate"),
+        }
+    }
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.0.send(RtcEvent::State(state));
+    }
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.0.send(RtcEvent::Track(track));
+    }
+}
+
+fn codec(mime: &str, clock_rate: u32, channels: u16, fmtp: &str, fb: &[(&str, &str)], pt: u8) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.to_owned(),
+            clock_rate,
+            channels,
+            sdp_fmtp_line: fmtp.to_owned(),
+            rtcp_feedback: fb
+                .iter()
+                .map(|(typ, parameter)| RTCPFeedback { typ: (*typ).to_owned(), parameter: (*parameter).to_owned() })
+                .collect(),
+        },
+        payload_type: pt,
+    }
+}
+
+/// A receive-only peer connection bound to `ip` (UDP, ephemeral port), reporting to `events`.
+pub async fn peer_connection(
+    ip: IpAddr,
+    events: mpsc::UnboundedSender<RtcEvent>,
+) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
+    let mut media = MediaEngine::default();
+    let video_fb = [("nack", ""), ("nack", "pli"), ("ccm", "fir"), ("transport-cc", "")];
+    media.register_codec(codec(MIME_TYPE_VP8, 90_000, 0, "", &video_fb, 96), RtpCodecKind::Video)?;
+    media.register_codec(
+        codec(MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1", &[("transport-cc", "")], 111),
+        RtpCodecKind::Audio,
+    )?;
+    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+    let network = if ip.is_ipv4() { NetworkType::Udp4 } else { NetworkType::Udp6 };
+    let settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_network_types(vec![network])
+        .with_include_loopback_candidate(ip.is_loopback())
+        // Checks every 50 ms instead of 200 ms: on a LAN the pair is found in one or two rounds.
+        .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(25))
+        .with_host_acceptance_min_wait(Some(Duration::ZERO))
+        .with_ice_timeouts(Some(Duration::from_secs(5)), Some(Duration::from_secs(10)), Some(Duration::from_secs(1)))
+        .build();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media)
+        .with_setting_engine(settings)
+        .with_interceptor_registry(registry)
+        .with_handler(Arc::new(Handler(events)))
+        .with_udp_addrs(vec![SocketAddr::new(ip, 0)])
+        .build()
+        .await?;
+    Ok(Arc::new(pc))
+}
+
+/// Which media kind a frame belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// VP8.
+    Video,
+    /// Opus.
+    Audio,
+}
+
+/// A frame placed on the recording timeline.
+#[derive(Debug)]
+pub struct TimedFrame {
+    /// Nanoseconds since the session's first packet.
+    pub ts_ns: i64,
+    /// The frame.
+    pub frame: MediaFrame,
+}
+
+/// Shared by the track readers of one recording.
+#[derive(Debug, Default)]
+pub struct TrackShared {
+    /// Arrival of the first packet of any track: timeline zero.
+    pub epoch: OnceLock<Instant>,
+    /// RTP packets received.
+    pub packets: AtomicU64,
+}
+
+impl TrackShared {
+    fn arrival_ns(&self) -> i64 {
+        let epoch = *self.epoch.get_or_init(Instant::now);
+        i64::try_from(epoch.elapsed().as_nanos()).unwrap_or(i64::MAX)
+    }
+}
+
+/// Reads one remote track until it ends: depacketizes VP8 (requesting keyframes with PLI)
+/// or passes Opus through, and sends timed frames to `out`.
+pub async fn read_track(
+    track: Arc<dyn TrackRemote>,
+    shared: Arc<TrackShared>,
+    out: mpsc::Sender<TimedFrame>,
+    packets_total: prometheus_client::metrics::counter::Counter,
+    stop: CancellationToken,
+) {
+    let kind = match track.kind().await {
+        RtpCodecKind::Video => Kind::Video,
+        RtpCodecKind::Audio => Kind::Audio,
+        _ => return,
+    };
+    let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
+    let mime = track.codec(ssrc).await.map(|c| c.mime_type.to_ascii_lowercase()).unwrap_or_default();
+    let expected = if kind == Kind::Video { MIME_TYPE_VP8 } else { MIME_TYPE_OPUS };
+    if !mime.is_empty() && mime != expected.to_ascii_lowercase() {
+        tracing::warn!(%mime, "unsupported codec; track ignored");
+        return;
+    }
+    tracing::debug!(?kind, ssrc, "track started");
+    let needs_keyframe = Arc::new(AtomicBool::new(kind == Kind::Video));
+    let done = stop.child_token();
+    if kind == Kind::Video {
+        tokio::spawn(request_keyframes(Arc::clone(&track), ssrc, Arc::clone(&needs_keyframe), done.clone()));
+    }
+    let mut clock = TrackClock::new(if kind == Kind::Video { 90_000 } else { 48_000 });
+    let mut depack = vp8::Depacketizer::new();
+    loop {
+        let ev = tokio::select! {
+            () = done.cancelled() => break,
+            ev = track.poll() => ev,
+        };
+        let packet = match ev {
+            Some(TrackRemoteEvent::OnRtpPacket(p)) => p,
+            Some(TrackRemoteEvent::OnEnded) | None => break,
+            Some(_) => continue,
+        };
+        shared.packets.fetch_add(1, Ordering::Relaxed);
+        packets_total.inc();
+        let arrival = shared.arrival_ns();
+        let h = &packet.header;
+        let frame = match kind {
+            Kind::Audio if !packet.payload.is_empty() => {
+                Some((h.timestamp, MediaFrame::Audio { data: packet.payload.to_vec() }))
+            }
+            Kind::Audio => None,
+            Kind::Video => {
+                let f = depack.push(h.sequence_number, h.timestamp, h.marker, &packet.payload);
+                needs_keyframe.store(depack.needs_keyframe(), Ordering::Relaxed);
+                f.map(|f| (f.rtp_ts, MediaFrame::Video { data: f.data, keyframe: f.keyframe }))
+            }
+        };
+        let Some((rtp_ts, frame)) = frame else { continue };
+        let ts_ns = clock.to_ns(rtp_ts, arrival);
+        if out.send(TimedFrame { ts_ns, frame }).await.is_err() {
+            break;
+        }
+    }
+    done.cancel();
+    tracing::debug!(?kind, dropped_video_frames = depack.dropped(), "track ended");
+}
+
+/// Sends a PLI now and every [`PLI_EVERY`] while `needed` is set.
+async fn request_keyframes(
+    track: Arc<dyn TrackRemote>,
+    media_ssrc: u32,
+    needed: Arc<AtomicBool>,
+    done: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PLI_EVERY);
+    loop {
+        tokio::select! {
+            () = done.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if needed.load(Ordering::Relaxed) {
+            let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc };
+            if let Err(e) = track.write_rtcp(vec![Box::new(pli)]).await {
+                tracing::debug!(error = %e, "PLI not sent");
+                return;
+            }
+        }
+    }
+}
+
+/// Which media the SDP offers to send (m-lines with a non-zero port that are not
+/// `inactive`/`recvonly`).
+pub fn offered_media(sdp: &str) -> (bool, bool) {
+    let (mut video, mut audio) = (false, false);
+    let mut current: Option<(&str, bool)> = None;
+    let mut flush = |m: Option<(&str, bool)>| match m {
+        Some(("video", true)) => video = true,
+        Some(("audio", true)) => audio = true,
+        _ => {}
+    };
+    for line in sdp.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("m=") {
+            flush(current.take());
+            let mut parts = rest.split_whitespace();
+            let kind = parts.next().unwrap_or("");
+            let port_ok = parts.next().is_some_and(|p| p != "0");
+            current = Some((kind, port_ok));
+        } else if (line == "a=inactive" || line == "a=recvonly")
+            && let Some((_, sends)) = current.as_mut()
+        {
+            *sends = false;
+        }
+    }
+    flush(current.take());
+    (video, audio)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::offered_media;
+
+    #[test]
+    fn offered_media_reads_m_lines_and_directions() {
+        let sdp =
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n";
+        assert_eq!(offered_media(sdp), (true, true));
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\nm=video 0 UDP/TLS/RTP/SAVPF 96\r\n";
+        assert_eq!(offered_media(sdp), (false, true));
+        let sdp = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=inactive\r\nm=audio 9 RTP 111\r\na=recvonly\r\n";
+        assert_eq!(offered_media(sdp), (false, false));
+    }
+}

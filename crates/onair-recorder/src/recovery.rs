@@ -1,0 +1,101 @@
+//! Crash recovery: recordings a previous run of this recorder left in state
+//! RECORDING. A non-empty file is a valid (truncated) WebM thanks to live mode, so
+//! it becomes COMPLETE with a note; an empty one becomes FAILED. Only entries whose
+//! file is in this recorder's directory are touched: others belong to other recorders.
+
+use std::path::Path;
+use std::time::Duration;
+
+use onair_core::RecordingState;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::RecorderError;
+use crate::hub::Hub;
+
+/// The catalog note on a recording closed by recovery.
+pub const TRUNCATED: &str = "recorder restarted; recording truncated";
+/// The catalog note on an empty recording closed by recovery.
+pub const EMPTY: &str = "recorder restarted before any media was written";
+
+/// What recovery does with a file of `size` bytes (`None` = not in this directory).
+pub fn verdict(size: Option<u64>) -> Option<(RecordingState, &'static str)> {
+    match size? {
+        0 => Some((RecordingState::Failed, EMPTY)),
+        _ => Some((RecordingState::Complete, TRUNCATED)),
+    }
+}
+
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\']) && Path::new(name).file_name().is_some()
+}
+
+/// One pass over the catalog; returns how many recordings were closed.
+pub async fn recover(hub: &Hub) -> Result<usize, RecorderError> {
+    let orphans = hub.catalog.recording_now().await?;
+    let active = hub.active_ids();
+    let mut closed = 0;
+    for (id, file_name) in orphans {
+        if active.contains(&id) || !is_plain_file_name(&file_name) {
+            continue;
+        }
+        let path = hub.config.recordings_dir.join(&file_name);
+        // A rewrite interrupted by the crash (see `finalize`): the live file itself is intact.
+        if std::fs::remove_file(crate::finalize::tmp_path(&path)).is_ok() {
+            tracing::info!(file = %file_name, "removed an interrupted finalize's temporary file");
+        }
+        let size = std::fs::metadata(&path).ok().filter(|m| m.is_file());
+        let size = size.map(|m| m.len());
+        let Some((state, note)) = verdict(size) else { continue };
+        let bytes = size.unwrap_or(0);
+        hub.catalog.close_orphan(&id, state, bytes, note).await?;
+        tracing::warn!(recording = %id, file = %file_name, bytes, ?state, "closed a recording left open by a previous run");
+        closed += 1;
+    }
+    Ok(closed)
+}
+
+/// Runs [`recover`] until it succeeds, `give_up` passes, or `shutdown` fires.
+pub async fn recover_with_retries(hub: &Hub, give_up: Duration, shutdown: &CancellationToken) {
+    let deadline = tokio::time::Instant::now() + give_up;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match recover(hub).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(recordings = n, "crash recovery done");
+                }
+                return;
+            }
+            Err(e) if tokio::time::Instant::now() + delay > deadline => {
+                tracing::warn!(error = %e, "crash recovery skipped: registry unavailable");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "crash recovery retrying"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(verdict(None), None);
+        assert_eq!(verdict(Some(0)), Some((RecordingState::Failed, EMPTY)));
+        assert_eq!(verdict(Some(10)), Some((RecordingState::Complete, TRUNCATED)));
+    }
+
+    #[test]
+    fn only_plain_names_are_looked_up() {
+        assert!(is_plain_file_name("abc.webm"));
+        assert!(!is_plain_file_name("../x.webm"));
+        assert!(!is_plain_file_name(".hidden"));
+        assert!(!is_plain_file_name(""));
+    }
+}

@@ -1,0 +1,366 @@
+//! End to end without a browser: registry + signaling + recorder in this process
+//! (LocalBus, memory stores), and a webrtc-rs "broadcaster" on node `gw1` that goes
+//! live, answers the recorder's watch with an offer and sends real VP8 (libvpx via
+//! ffmpeg) and Opus. The stream ends; the recording must be COMPLETE and pass ffprobe.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use onair_core::{Bus, BusItem, LocalBus, MemoryDirectory, NodeId, PeerId};
+use onair_ops::{Admin, Metrics};
+use onair_proto::v1 as pb;
+use onair_proto::v1::recorder_client::RecorderClient;
+use onair_proto::v1::signaling_client::SignalingClient;
+use onair_proto::v1::stream_registry_client::StreamRegistryClient;
+use onair_recorder::RecorderConfig;
+use prost::Message;
+use rtc::media::Sample;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use webrtc::media_stream::MediaStreamTrack;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceCandidateInit,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+async fn listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = l.local_addr().unwrap();
+    (l, format!("http://{addr}"))
+}
+
+fn vp8_frames(dir: &Path) -> Option<Vec<Vec<u8>>> {
+    let ivf = dir.join("src.ivf");
+    let st = Command::new("/usr/bin/ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=20", "-t", "3"])
+        .args(["-c:v", "libvpx", "-g", "20", "-f", "ivf"])
+        .arg(&ivf)
+        .status()
+        .ok()?;
+    if !st.success() {
+        return None;
+    }
+    let bytes = std::fs::read(&ivf).unwrap();
+    let mut i = usize::from(u16::from_le_bytes([bytes[6], bytes[7]]));
+    let mut frames = Vec::new();
+    while i + 12 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap()) as usize;
+        frames.push(bytes[i + 12..i + 12 + len].to_vec());
+        i += 12 + len;
+    }
+    Some(frames)
+}
+
+enum Ev {
+    Candidate(RTCIceCandidateInit),
+    State(RTCPeerConnectionState),
+}
+
+struct H(mpsc::UnboundedSender<Ev>);
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for H {
+    async fn on_ice_candidate(&self, e: RTCPeerConnectionIceEvent) {
+        let _ = self.0.send(Ev::Candidate(e.candidate.to_json().unwrap()));
+    }
+    async fn on_connection_state_change(&self, s: RTCPeerConnectionState) {
+        let _ = self.0.send(Ev::State(s));
+    }
+}
+
+fn codec(mime: &str, rate: u32, ch: u16, pt: u8) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.into(),
+            clock_rate: rate,
+            channels: ch,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: pt,
+    }
+}
+
+async fn local_track(
+    pc: &Arc<dyn PeerConnection>,
+    kind: RtpCodecKind,
+    c: &RTCRtpCodecParameters,
+    ssrc: u32,
+) -> (Arc<TrackLocalStaticSample>, Arc<dyn RtpSender>) {
+    let track = Arc::new(
+        TrackLocalStaticSample::new(
+            Instant::now(),
+            MediaStreamTrack::new(
+                "cam".into(),
+                format!("t-{kind}"),
+                format!("l-{kind}"),
+                kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                    codec: c.rtp_codec.clone(),
+                    ..Default::default()
+                }],
+            ),
+        )
+        .unwrap(),
+    );
+    let sender = pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>).await.unwrap();
+    (track, sender)
+}
+
+async fn payload_type(sender: &Arc<dyn RtpSender>) -> u8 {
+    sender.get_parameters().await.unwrap().rtp_parameters.codecs.first().unwrap().payload_type
+}
+
+async fn next(d: &mut onair_core::Subscription) -> Result<pb::Delivery, tokio::time::error::Elapsed> {
+    let fut = async {
+        loop {
+            if let Some(BusItem::Message(b)) = d.recv().await {
+                return pb::Delivery::decode(b).unwrap();
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut).await
+}
+
+fn relay(node: &NodeId, msg: pb::node_message::Msg) -> pb::NodeMessage {
+    pb::NodeMessage { node: node.to_string(), msg: Some(msg) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_a_webrtc_broadcaster_end_to_end() {
+    let dir = std::env::temp_dir().join(format!("onair-rec-e2e-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let Some(frames) = vp8_frames(&dir) else {
+        eprintln!("ffmpeg with libvpx not available; skipping");
+        return;
+    };
+    let shutdown = CancellationToken::new();
+    let rec_shutdown = CancellationToken::new();
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
+    let admin = Admin::new(Metrics::new(), vec![]);
+
+    let (l, registry_url) = listener().await;
+    let store = Arc::new(onair_registry::LocalStore::memory());
+    let config = onair_registry::RegistryConfig { ended_retention: Duration::from_secs(600) };
+    tokio::spawn(onair_registry::serve(config, store, Arc::clone(&bus), admin.clone(), l, shutdown.clone()));
+    let (l, signaling_url) = listener().await;
+    let dirc = Arc::new(MemoryDirectory::new());
+    let sconf = onair_signaling::SignalingConfig::default();
+    let (b, a, s, r) = (Arc::clone(&bus), admin.clone(), shutdown.clone(), registry_url.clone());
+    tokio::spawn(onair_signaling::serve(sconf, dirc, b, r, a, l, s));
+
+    let rec_dir = dir.join("recordings");
+    let (l, recorder_url) = listener().await;
+    let rconf = RecorderConfig {
+        node: "rec1".parse().unwrap(),
+        recordings_dir: rec_dir.clone(),
+        max_concurrent: 4,
+        auto_record: true,
+        rtc_ip: "127.0.0.1".parse().unwrap(),
+        registry_url: registry_url.clone(),
+        signaling_url: signaling_url.clone(),
+    };
+    let check = onair_recorder::RecorderCheck::new(&rconf);
+    let recorder = tokio::spawn(onair_recorder::serve(rconf, Arc::clone(&bus), admin.clone(), l, rec_shutdown.clone()));
+
+    // The "gateway" node of the broadcaster.
+    let gw: NodeId = "gw1".parse().unwrap();
+    let mut deliveries = bus.subscribe("onair:node:gw1").await.unwrap();
+    let mut registry = StreamRegistryClient::connect(registry_url.clone()).await.unwrap();
+    let mut signaling = SignalingClient::connect(signaling_url.clone()).await.unwrap();
+    signaling.heartbeat(pb::HeartbeatRequest { node: gw.to_string() }).await.unwrap();
+    let me = PeerId::generate();
+    let attach = pb::Attach { peer: me.to_string(), resume_token: "t".into() };
+    signaling.relay(relay(&gw, pb::node_message::Msg::Attach(attach))).await.unwrap();
+
+    // Readiness follows the links.
+    let t0 = Instant::now();
+    while onair_ops::ReadyCheck::check(&check).await.is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "recorder never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let create = pb::CreateStreamRequest { title: "e2e".into(), broadcaster: me.to_string(), node: gw.to_string() };
+    let stream = registry.create_stream(create).await.unwrap().into_inner();
+    let published = pb::Published { peer: me.to_string(), stream_id: stream.id.clone() };
+    signaling.relay(relay(&gw, pb::node_message::Msg::Published(published))).await.unwrap();
+
+    // Auto-record: the recorder joins as a watcher.
+    let watcher = loop {
+        let d = next(&mut deliveries).await.expect("no watcher_joined");
+        if let Some(pb::delivery::Event::WatcherJoined(p)) = d.event {
+            break p;
+        }
+    };
+    let watcher: PeerId = watcher.parse().unwrap();
+
+    // The broadcaster's peer connection.
+    let mut media = MediaEngine::default();
+    let vp8 = codec(MIME_TYPE_VP8, 90_000, 0, 96);
+    let opus = codec(MIME_TYPE_OPUS, 48_000, 2, 111);
+    media.register_codec(vp8.clone(), RtpCodecKind::Video).unwrap();
+    media.register_codec(opus.clone(), RtpCodecKind::Audio).unwrap();
+    let (etx, mut erx) = mpsc::unbounded_channel();
+    let pc: Arc<dyn PeerConnection> = Arc::new(
+        PeerConnectionBuilder::new()
+            .with_media_engine(media)
+            .with_handler(Arc::new(H(etx)))
+            .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+            .build()
+            .await
+            .unwrap(),
+    );
+    let (vtrack, vsender) = local_track(&pc, RtpCodecKind::Video, &vp8, 1111).await;
+    let (atrack, asender) = local_track(&pc, RtpCodecKind::Audio, &opus, 2222).await;
+    let offer = pc.create_offer(None).await.unwrap();
+    pc.set_local_description(offer).await.unwrap();
+    let sdp = pc.local_description().await.unwrap().sdp;
+    let signal = |kind: pb::SignalKind, payload: String| pb::Signal {
+        from: me.to_string(),
+        to: watcher.to_string(),
+        kind: kind.into(),
+        payload,
+    };
+    let offer_json = serde_json::json!({"type": "offer", "sdp": sdp}).to_string();
+    signaling
+        .relay(relay(&gw, pb::node_message::Msg::Signal(signal(pb::SignalKind::Offer, offer_json))))
+        .await
+        .unwrap();
+
+    // Exchange answer and candidates until connected.
+    let t0 = Instant::now();
+    let mut remote_set = false;
+    let mut queued = Vec::new();
+    loop {
+        assert!(t0.elapsed() < Duration::from_secs(10), "never connected");
+        tokio::select! {
+            Some(ev) = erx.recv() => match ev {
+                Ev::Candidate(c) => {
+                    let m = signal(pb::SignalKind::Candidate, serde_json::to_string(&c).unwrap());
+                    signaling.relay(relay(&gw, pb::node_message::Msg::Signal(m))).await.unwrap();
+                }
+                Ev::State(RTCPeerConnectionState::Connected) => break,
+                Ev::State(s) => assert!(s != RTCPeerConnectionState::Failed, "broadcaster connection failed"),
+            },
+            d = next(&mut deliveries) => {
+                let Some(pb::delivery::Event::Signal(s)) = d.unwrap().event else { continue };
+                match pb::SignalKind::try_from(s.kind).unwrap() {
+                    pb::SignalKind::Answer => {
+                        let v: serde_json::Value = serde_json::from_str(&s.payload).unwrap();
+                        assert_eq!(v["type"], "answer");
+                        let answer = RTCSessionDescription::answer(v["sdp"].as_str().unwrap().to_owned()).unwrap();
+                        pc.set_remote_description(answer).await.unwrap();
+                        remote_set = true;
+                        for c in queued.drain(..) {
+                            pc.add_ice_candidate(c).await.unwrap();
+                        }
+                    }
+                    pb::SignalKind::Candidate => {
+                        let c: RTCIceCandidateInit = serde_json::from_str(&s.payload).unwrap();
+                        assert!(c.sdp_mid.as_deref().is_some_and(|m| !m.is_empty()), "candidate without sdpMid");
+                        if remote_set { pc.add_ice_candidate(c).await.unwrap() } else { queued.push(c) }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let connect_time = t0.elapsed();
+
+    // 3 s of media: 20 fps video, 50 fps audio.
+    let (vpt, apt) = (payload_type(&vsender).await, payload_type(&asender).await);
+    let vssrc = 1111;
+    let assrc = 2222;
+    let audio = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for _ in 0..150 {
+            tick.tick().await;
+            let s = Sample {
+                data: Bytes::from_static(&[0xfc, 0xff, 0xfe]),
+                duration: Duration::from_millis(20),
+                ..Sample::new(Instant::now())
+            };
+            let _ = atrack.sample_writer(assrc, apt).write_sample(&s).await;
+        }
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for f in &frames {
+        tick.tick().await;
+        let s =
+            Sample { data: Bytes::from(f.clone()), duration: Duration::from_millis(50), ..Sample::new(Instant::now()) };
+        vtrack.sample_writer(vssrc, vpt).write_sample(&s).await.unwrap();
+    }
+    audio.await.unwrap();
+
+    let mut rc = RecorderClient::connect(recorder_url.clone()).await.unwrap();
+    let active = rc.list_active(pb::ListActiveRequest {}).await.unwrap().into_inner().recordings;
+    assert_eq!(active.len(), 1);
+    assert!(active[0].bytes > 10_000, "{:?}", active[0]);
+    let again = rc.start_recording(pb::StartRecordingRequest { stream_id: stream.id.clone() }).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::AlreadyExists);
+    let missing = rc.start_recording(pb::StartRecordingRequest { stream_id: "nope".into() }).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    // The stream ends: the recorder finalizes.
+    registry.end_stream(pb::EndStreamRequest { id: stream.id.clone() }).await.unwrap();
+    let t0 = Instant::now();
+    let rec = loop {
+        let list = registry.list_recordings(pb::ListRecordingsRequest::default()).await.unwrap().into_inner();
+        if let Some(r) = list.recordings.into_iter().find(|r| r.state() != pb::RecordingState::Recording) {
+            break r;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "recording never finalized");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(rec.state(), pb::RecordingState::Complete, "{rec:?}");
+    assert_eq!(rec.video_codec, "VP8");
+    assert_eq!(rec.audio_codec, "OPUS");
+    assert_eq!(rec.title, "e2e");
+    assert!(rec.duration_ms > 2_000 && rec.duration_ms < 4_000, "{rec:?}");
+    let file: PathBuf = rec_dir.join(&rec.file_name);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), rec.bytes);
+
+    let out = Command::new("/usr/bin/ffprobe")
+        .args(["-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Finalized into a seekable file: it has a duration (live-mode files have none).
+    let duration: f64 = v["format"]["duration"].as_str().expect("a duration").parse().unwrap();
+    assert!((duration * 1000.0 - rec.duration_ms as f64).abs() < 100.0, "{duration} s vs {rec:?}");
+    assert!(!onair_recorder::finalize::tmp_path(&file).exists());
+    let streams = v["streams"].as_array().unwrap();
+    let video = streams.iter().find(|s| s["codec_name"] == "vp8").expect("vp8 stream");
+    assert_eq!(video["width"], 160);
+    let decoded: u64 = video["nb_read_frames"].as_str().unwrap().parse().unwrap();
+    assert!(decoded >= 40, "only {decoded} video frames decoded");
+    let audio = streams.iter().find(|s| s["codec_name"] == "opus").expect("opus stream");
+    assert_eq!(audio["sample_rate"], "48000");
+    eprintln!(
+        "connected in {connect_time:?}; recorded {} bytes, {} ms, {decoded} video frames",
+        rec.bytes, rec.duration_ms
+    );
+
+    pc.close().await.unwrap();
+    rec_shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(15), recorder).await.unwrap().unwrap().unwrap();
+    shutdown.cancel();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

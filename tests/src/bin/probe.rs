@@ -1,0 +1,230 @@
+//! Load probes behind `make bench` (not tests). Starts real processes with the
+//! test harness and prints one table row per measurement.
+//!
+//! Usage: probe [registry|signaling|all]    (ONAIR_BIN selects the binary; release in `make bench`)
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use onair_proto::v1 as pb;
+use onair_tests::cluster::Cluster;
+use onair_tests::registry::client;
+use onair_tests::ws::Ws;
+use onair_tests::{Mongo, Onair, Redis};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+const RUN: Duration = Duration::from_secs(5);
+const CLIENTS: usize = 16;
+
+struct Stats {
+    ops: usize,
+    secs: f64,
+    lat: Vec<Duration>,
+}
+
+impl Stats {
+    fn pct(&self, p: f64) -> f64 {
+        if self.lat.is_empty() {
+            return f64::NAN;
+        }
+        let mut v = self.lat.clone();
+        v.sort();
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        v[i].as_secs_f64() * 1000.0
+    }
+    fn row(&self, what: &str) {
+        #[allow(clippy::cast_precision_loss)]
+        let rate = self.ops as f64 / self.secs;
+        println!("| {what} | {rate:.0} | {:.2} | {:.2} |", self.pct(0.5), self.pct(0.99));
+    }
+}
+
+/// Runs `op` from `clients` tasks for `RUN`; collects per-call latency.
+async fn hammer<F, Fut>(clients: usize, op: F) -> Stats
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static + Clone,
+    Fut: Future<Output = ()> + Send,
+{
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for c in 0..clients {
+        let (op, lat) = (op.clone(), Arc::clone(&lat));
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let mut i = 0;
+            while start.elapsed() < RUN {
+                let t = Instant::now();
+                op(c, i).await;
+                mine.push(t.elapsed());
+                i += 1;
+            }
+            lat.lock().await.extend(mine);
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let lat = Arc::try_unwrap(lat).unwrap().into_inner();
+    Stats { ops: lat.len(), secs: start.elapsed().as_secs_f64(), lat }
+}
+
+async fn registry_rows(label: &str, reg: &Onair) {
+    let c = client(&reg.grpc_url()).await;
+    let base = reg.grpc_url();
+    // Baseline: the gRPC health check on the same server (transport + tonic, no store).
+    let ch = tonic::transport::Channel::from_shared(base).unwrap().connect().await.unwrap();
+    let health = hammer(CLIENTS, move |_, _| {
+        let mut g = tonic::client::Grpc::new(ch.clone());
+        async move {
+            g.ready().await.unwrap();
+            let path = tonic::codegen::http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check");
+            let codec = tonic_prost::ProstCodec::<pb::GetStreamRequest, pb::GetStreamRequest>::default();
+            // Field 1 is `service` (string) in HealthCheckRequest, like GetStreamRequest.id: same wire format.
+            let _ = g.unary(tonic::Request::new(pb::GetStreamRequest { id: String::new() }), path, codec).await;
+        }
+    })
+    .await;
+    health.row(&format!("{label}: baseline grpc.health Check"));
+    let cc = c.clone();
+    let create = hammer(CLIENTS, move |w, i| {
+        let mut c = cc.clone();
+        async move {
+            let req = pb::CreateStreamRequest {
+                title: format!("load {w}-{i}"),
+                broadcaster: format!("p{w}-{i}"),
+                node: "probe".into(),
+            };
+            c.create_stream(req).await.unwrap();
+        }
+    })
+    .await;
+    create.row(&format!("{label}: CreateStream"));
+    let list = hammer(CLIENTS, move |_, _| {
+        let mut c = c.clone();
+        async move {
+            let req = pb::ListStreamsRequest {
+                state: pb::StreamState::Live.into(),
+                page_size: 20,
+                page_token: String::new(),
+            };
+            c.list_streams(req).await.unwrap();
+        }
+    })
+    .await;
+    list.row(&format!("{label}: ListStreams (20/page, {} streams)", create.ops));
+}
+
+async fn registry() {
+    println!("\n### Registry ({CLIENTS} concurrent clients, {RUN:?} per row)\n");
+    println!("| what | req/s | p50 ms | p99 ms |\n|---|---|---|---|");
+    let mem = Onair::start("probe-memory", &["--store", "memory"]).await;
+    registry_rows("memory store", &mem).await;
+    drop(mem);
+    let dir = std::env::temp_dir().join(format!("onair-probe-{}", std::process::id()));
+    let emb = Onair::start("probe-embedded", &["--store", "embedded", "--data-dir", dir.to_str().unwrap()]).await;
+    registry_rows("embedded store (journal)", &emb).await;
+    drop(emb);
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mongo, redis) = (Mongo::start().await, Redis::start().await);
+    let (uri, url) = (mongo.uri(), redis.url());
+    let reg = Onair::start("probe-mongo", &["--target", "registry", "--mongodb-uri", &uri, "--redis-url", &url]).await;
+    registry_rows("MongoDB store (secantusdb test server)", &reg).await;
+}
+
+/// Pairs of sockets: broadcasters on gateway 0, watchers on gateway 1; each broadcaster sends
+/// `rate` candidate signals per second to its watcher for `RUN`. Latency: send → receive.
+async fn signaling_run(label: &str, b_port: u16, w_port: u16, pairs: usize, rate: u32) {
+    let mut tasks = Vec::new();
+    let ready = Arc::new(tokio::sync::Barrier::new(pairs + 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    for i in 0..pairs {
+        let (ready, stop) = (Arc::clone(&ready), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            let mut b = Ws::connect(b_port).await;
+            let mut w = Ws::connect(w_port).await;
+            let sid = b.publish(&format!("pair {i}")).await["id"].as_str().unwrap().to_owned();
+            w.send(json!({"type": "watch", "stream_id": sid})).await;
+            b.expect("watcher_joined").await;
+            ready.wait().await;
+            let t0 = Instant::now();
+            let (mut sent, mut lat) = (0u64, Vec::new());
+            let every = Duration::from_secs_f64(1.0 / f64::from(rate));
+            let mut tick = tokio::time::interval(every);
+            let mut received = 0u64;
+            while t0.elapsed() < RUN && !stop.load(Ordering::Relaxed) {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let at = t0.elapsed().as_micros();
+                        b.send(json!({"type": "signal", "to": w.peer_id, "kind": "candidate", "payload": {"t": at}})).await;
+                        sent += 1;
+                    }
+                    v = w.next(Duration::from_secs(2)) => {
+                        if let Some(v) = v && v["type"] == "signal" {
+                            let at = v["payload"]["t"].as_u64().unwrap_or(0);
+                            lat.push(t0.elapsed().saturating_sub(Duration::from_micros(at)));
+                            received += 1;
+                        }
+                    }
+                }
+            }
+            // drain what is still in flight
+            while received < sent {
+                match w.next(Duration::from_secs(2)).await {
+                    Some(v) if v["type"] == "signal" => {
+                        let at = v["payload"]["t"].as_u64().unwrap_or(0);
+                        lat.push(t0.elapsed().saturating_sub(Duration::from_micros(at)));
+                        received += 1;
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            (sent, received, lat)
+        }));
+    }
+    ready.wait().await;
+    let start = Instant::now();
+    let (mut sent, mut received, mut lat) = (0, 0, Vec::new());
+    for t in tasks {
+        let (s, r, l) = t.await.unwrap();
+        sent += s;
+        received += r;
+        lat.extend(l);
+    }
+    let stats = Stats { ops: usize::try_from(received).unwrap(), secs: start.elapsed().as_secs_f64(), lat };
+    stats.row(&format!("{label}: {pairs} pairs × {rate} msg/s offered (sent {sent}, delivered {received})"));
+}
+
+async fn signaling() {
+    println!("\n### Signaling relay (browser WebSocket → gateway → signaling → Redis → gateway → browser)\n");
+    println!("| what | delivered msg/s | p50 ms | p99 ms |\n|---|---|---|---|");
+    let aio = Onair::start("probe-aio", &["--store", "memory"]).await;
+    aio.wait_ready().await;
+    signaling_run("baseline: all-in-one, one process, no Redis", aio.http, aio.http, 100, 40).await;
+    drop(aio);
+    let c = Cluster::start(2, false).await;
+    for (pairs, rate) in [(100, 40), (250, 40)] {
+        signaling_run("two-gateway cluster", c.gateways[0].http, c.gateways[1].http, pairs, rate).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        std::env::consts::ARCH
+    );
+    if what == "registry" || what == "all" {
+        registry().await;
+    }
+    if what == "signaling" || what == "all" {
+        signaling().await;
+    }
+}

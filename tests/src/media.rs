@@ -1,0 +1,59 @@
+//! ffprobe/ffmpeg checks of recorded files.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+/// `ffprobe -show_streams -show_format` as JSON.
+pub fn probe(path: &Path) -> Value {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_streams", "-show_format", "-of", "json"])
+        .arg(path)
+        .output()
+        .expect("ffprobe not installed (make deps installs ffmpeg)");
+    assert!(out.status.success(), "ffprobe failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Codec names of the streams, e.g. `["vp8", "opus"]` (sorted).
+pub fn codecs(probe: &Value) -> Vec<String> {
+    let mut v: Vec<String> = probe["streams"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["codec_name"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The container duration in seconds, if ffprobe knows it.
+pub fn duration(probe: &Value) -> Option<f64> {
+    probe["format"]["duration"].as_str().and_then(|d| d.parse().ok())
+}
+
+/// Decodes the whole file; returns ffmpeg's error output (empty = clean) and the decoded video frame count.
+pub fn decode(path: &Path) -> (String, u64) {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg not installed");
+    let frames = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(0);
+    (String::from_utf8_lossy(&out.stderr).into_owned(), frames)
+}

@@ -1,0 +1,163 @@
+//! Server-side recording, end to end: Chromium broadcasts with a fake camera and
+//! microphone, the recorder joins as a WebRTC peer and writes WebM; the catalog,
+//! the file (ffprobe/ffmpeg), the /recordings page and range downloads are checked.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use onair_proto::v1 as pb;
+use onair_tests::browser::Browser;
+use onair_tests::cluster::Cluster;
+use onair_tests::registry::client;
+use onair_tests::{Onair, media, wait_until};
+
+const LONG: Duration = Duration::from_secs(20);
+
+async fn recordings_of(url: &str, stream: &str) -> Vec<pb::Recording> {
+    let mut c = client(url).await;
+    let req = pb::ListRecordingsRequest { stream_id: stream.into(), ..Default::default() };
+    c.list_recordings(req).await.map(|r| r.into_inner().recordings).unwrap_or_default()
+}
+
+async fn wait_complete(url: &str, stream: &str, within: Duration) -> pb::Recording {
+    let start = Instant::now();
+    loop {
+        let recs = recordings_of(url, stream).await;
+        if let Some(r) = recs.iter().find(|r| r.state() != pb::RecordingState::Recording) {
+            assert_eq!(r.state(), pb::RecordingState::Complete, "recording failed: {r:?}");
+            return r.clone();
+        }
+        assert!(start.elapsed() < within, "recording of {stream} not COMPLETE within {within:?}: {recs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Raw GET with a Range header; returns (status, content-range, body bytes).
+async fn get_range(port: u16, path: &str, range: &str) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nRange: {range}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let cr = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-range:").map(|v| v.trim().to_owned()))
+        .unwrap_or_default();
+    (status, cr, buf[split + 4..].to_vec())
+}
+
+#[tokio::test]
+async fn a_browser_broadcast_becomes_a_playable_webm() {
+    let c = Cluster::start_with(1, true, true).await;
+    let base = format!("http://127.0.0.1:{}", c.front());
+    let b = Browser::start("rec-broadcaster").await;
+    let sid = b.go_live(&base, "Recorded show").await;
+    let live_at = Instant::now();
+    let reg = c.registry.grpc_url();
+    wait_until(LONG, "the recording to start", || async { !recordings_of(&reg, &sid).await.is_empty() }).await;
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(live_at.elapsed())).await;
+    b.stop_broadcast().await;
+    let broadcast = live_at.elapsed().as_secs_f64();
+    let stopped = Instant::now();
+
+    let rec = wait_complete(&reg, &sid, Duration::from_secs(5)).await;
+    println!("COMPLETE {:?} after stop; catalog says {} ms, {} bytes", stopped.elapsed(), rec.duration_ms, rec.bytes);
+    assert_eq!((rec.video_codec.as_str(), rec.audio_codec.as_str()), ("VP8", "OPUS"));
+    let path = c.recordings.join(&rec.file_name);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), rec.bytes);
+
+    let probe = media::probe(&path);
+    assert_eq!(media::codecs(&probe), vec!["opus", "vp8"], "{probe}");
+    let dur = media::duration(&probe).expect("ffprobe reports a duration");
+    println!("broadcast {broadcast:.2} s, file {dur:.2} s");
+    assert!((dur - broadcast).abs() < 1.0, "file is {dur:.2} s, broadcast was {broadcast:.2} s");
+    let (errors, frames) = media::decode(&path);
+    assert!(errors.trim().is_empty(), "ffmpeg decode errors: {errors}");
+    assert!(frames > 60, "only {frames} video frames decoded");
+
+    // Range requests: 206 with exactly the requested bytes; unknown ids are 404s.
+    let gw = c.gateways[0].http;
+    let url = format!("/recordings/{}.webm", rec.id);
+    let file = std::fs::read(&path).unwrap();
+    let (status, cr, body) = get_range(gw, &url, "bytes=100-1099").await;
+    assert_eq!(status, 206);
+    assert_eq!(cr, format!("bytes 100-1099/{}", file.len()));
+    assert_eq!(body, file[100..1100]);
+    let (status, _, _) = get_range(c.front(), &url, "bytes=-10").await;
+    assert_eq!(status, 206, "range requests pass through nginx");
+    assert_eq!(get_range(gw, "/recordings/nope.webm", "bytes=0-1").await.0, 404);
+    assert_eq!(get_range(gw, "/recordings/..%2f..%2fetc%2fpasswd", "bytes=0-1").await.0, 404);
+
+    // The /recordings page lists it and plays it in the browser.
+    let w = Browser::start("rec-viewer").await;
+    w.goto(&format!("{base}/recordings")).await;
+    let sel = format!("document.querySelector('[data-recording-id=\"{}\"] video')", rec.id);
+    w.wait_for("the recording in the list", LONG, &format!("return !!{sel}")).await;
+    w.eval(&format!("const v = {sel}; v.muted = true; v.play(); return true")).await;
+    w.wait_for("playback to advance", LONG, &format!("return {sel}.currentTime > 1")).await;
+    w.screenshot("recordings").await;
+}
+
+#[tokio::test]
+async fn a_killed_recorder_leaves_a_decodable_file_and_cleans_up_after_restart() {
+    let mut c = Cluster::start_with(1, false, true).await;
+    let base = format!("http://127.0.0.1:{}", c.gateways[0].http);
+    let b = Browser::start("crash-broadcaster").await;
+    let sid = b.go_live(&base, "Crash test").await;
+    let reg = c.registry.grpc_url();
+    wait_until(LONG, "the recording to hold media", || async {
+        let recs = recordings_of(&reg, &sid).await;
+        recs.first().is_some_and(|r| r.bytes > 50_000)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let recorder = c.recorder.as_mut().unwrap();
+    recorder.proc.kill();
+    let rec = recordings_of(&reg, &sid).await.remove(0);
+    assert_eq!(rec.state(), pb::RecordingState::Recording);
+    let path = c.recordings.join(&rec.file_name);
+    let probe = media::probe(&path);
+    assert!(media::codecs(&probe).contains(&"vp8".to_owned()), "{probe}");
+    let (errors, frames) = media::decode(&path);
+    println!("partial file: {} bytes, {frames} frames, errors: {errors:?}", std::fs::metadata(&path).unwrap().len());
+    assert!(frames > 10, "the partial file should decode ({frames} frames)");
+
+    recorder.restart().await;
+    wait_until(LONG, "the catalog entry to leave RECORDING", || async {
+        let recs = recordings_of(&reg, &sid).await;
+        recs.iter().find(|r| r.id == rec.id).is_some_and(|r| r.state() != pb::RecordingState::Recording)
+    })
+    .await;
+    b.stop_broadcast().await;
+}
+
+#[tokio::test]
+async fn two_concurrent_broadcasts_on_the_all_in_one_binary_make_two_files() {
+    let dir = std::env::temp_dir().join(format!("onair-rec-aio-{}", std::process::id()));
+    let gw = Onair::start("aio-recorder", &["--store", "memory", "--data-dir", dir.to_str().unwrap()]).await;
+    gw.wait_ready().await;
+    let base = format!("http://127.0.0.1:{}", gw.http);
+    let (b1, b2) = (Browser::start("aio-b1").await, Browser::start("aio-b2").await);
+    let s1 = b1.go_live(&base, "First").await;
+    let s2 = b2.go_live(&base, "Second").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    b1.stop_broadcast().await;
+    b2.stop_broadcast().await;
+    let reg = gw.grpc_url();
+    let r1 = wait_complete(&reg, &s1, Duration::from_secs(10)).await;
+    let r2 = wait_complete(&reg, &s2, Duration::from_secs(10)).await;
+    assert_ne!(r1.file_name, r2.file_name);
+    for r in [r1, r2] {
+        let path = dir.join("recordings").join(&r.file_name);
+        let probe = media::probe(&path);
+        assert_eq!(media::codecs(&probe), vec!["opus", "vp8"], "{probe}");
+        let (errors, frames) = media::decode(&path);
+        assert!(errors.trim().is_empty(), "{errors}");
+        assert!(frames > 40, "{frames} frames");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
