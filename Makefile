@@ -25,7 +25,7 @@ build:
 ## test: install what is missing, then run every test (unit, black-box cluster, browser, deploy checks)
 test: deps build
 	cargo nextest run --workspace --locked --profile $(NEXTEST_PROFILE) --no-tests=fail
-	@if [[ -x deploy/check.sh ]]; then deploy/check.sh; fi
+	ONAIR_BIN=$(CARGO_TARGET_DIR)/debug/onair deploy/check.sh
 
 unit:
 	cargo nextest run --workspace --lib --locked
@@ -40,12 +40,12 @@ fmt-check:
 	cargo fmt --all -- --check
 
 deploy-check: deps build
-	deploy/check.sh
+	ONAIR_BIN=$(CARGO_TARGET_DIR)/debug/onair deploy/check.sh
 
 ## bench: load probes (not tests); figures go to BENCHMARKS.md
 bench: deps
 	cargo build --release --locked -p onair -p onair-tests --bins
-	ONAIR_BIN=$(CARGO_TARGET_DIR)/release/onair $(CARGO_TARGET_DIR)/release/registry-probe
+	ONAIR_BIN=$(CARGO_TARGET_DIR)/release/onair $(CARGO_TARGET_DIR)/release/probe all | tee bench-latest.md
 
 clean:
 	cargo clean

@@ -53,6 +53,8 @@ pub mod id {
     pub const TRACK_NUMBER: u32 = 0xD7;
     /// TrackEntry: TrackType.
     pub const TRACK_TYPE: u32 = 0x83;
+    /// DefaultDuration (ns) of a TrackEntry.
+    pub const DEFAULT_DURATION: u32 = 0x23_E383;
     /// Cluster.
     pub const CLUSTER: u32 = 0x1F43_B675;
     /// Cluster: Timecode (Timestamp).
@@ -356,6 +358,8 @@ struct TrackTiming {
     last: i64,
     count: u64,
     last_duration: Option<u64>,
+    /// Shortest positive gap between consecutive blocks (TimecodeScale units).
+    min_gap: Option<u64>,
 }
 
 /// What a WebM file holds, as far as rewriting it is concerned.
@@ -385,6 +389,7 @@ pub struct Layout {
     pub track_types: Vec<(u64, u64)>,
     timings: Vec<(u64, TrackTiming)>,
     info_data: Vec<u8>,
+    tracks_data: Vec<u8>,
 }
 
 impl Layout {
@@ -484,6 +489,7 @@ pub fn scan<R: Read + Seek>(r: R) -> Result<Layout, FinalizeError> {
     let mut timecode_scale = DEFAULT_TIMECODE_SCALE;
     let mut duration = None;
     let mut info_data = Vec::new();
+    let mut tracks_data = Vec::new();
 
     while let Some(next) = src.peek_id(seg_end)? {
         let at = src.pos;
@@ -526,6 +532,7 @@ pub fn scan<R: Read + Seek>(r: R) -> Result<Layout, FinalizeError> {
                     id::TRACKS if tracks.is_none() => {
                         track_types = parse_tracks(&kids)
                             .ok_or(FinalizeError::Unexpected { offset: at, what: "malformed TrackEntry".into() })?;
+                        tracks_data = data.clone();
                         tracks = Some(element);
                     }
                     id::CUES => cues.extend(
@@ -578,6 +585,7 @@ pub fn scan<R: Read + Seek>(r: R) -> Result<Layout, FinalizeError> {
         track_types,
         timings,
         info_data,
+        tracks_data,
     })
 }
 
@@ -719,6 +727,10 @@ fn scan_cluster<R: Read + Seek>(
                     }
                 };
                 let t = &mut timings[i].1;
+                if t.count > 0 && time > t.last {
+                    let gap = u64::try_from(time - t.last).unwrap_or(u64::MAX);
+                    t.min_gap = Some(t.min_gap.map_or(gap, |g| g.min(gap)));
+                }
                 t.last = t.last.max(time);
                 t.count += 1;
                 t.last_duration = duration;
@@ -774,6 +786,8 @@ struct Plan {
     seek_head: Vec<u8>,
     /// Info with the Duration.
     info: Vec<u8>,
+    /// Tracks (with the video DefaultDuration).
+    tracks: Vec<u8>,
     /// Cues (empty when no Cluster qualifies), right before the Clusters.
     cues: Vec<u8>,
     /// CuePoints in `cues`.
@@ -796,6 +810,40 @@ fn build_info(layout: &Layout, duration: f64) -> Option<Vec<u8>> {
     put_element(&mut data, id::DURATION, &duration.to_be_bytes());
     let mut out = Vec::new();
     put_element(&mut out, id::INFO, &data);
+    Some(out)
+}
+
+/// Tracks with a DefaultDuration on the video track when it has none: the shortest frame
+/// interval seen. Players and tools that assume a constant frame rate (ffmpeg derives
+/// `r_frame_rate` from it) then never map two frames of this variable-rate video to one slot.
+fn build_tracks(layout: &Layout) -> Option<Vec<u8>> {
+    let mut data = Vec::new();
+    for (k, d) in children(&layout.tracks_data)? {
+        if k != id::TRACK_ENTRY {
+            if !matches!(k, id::VOID | id::CRC32) {
+                put_element(&mut data, k, d);
+            }
+            continue;
+        }
+        let kids = children(d)?;
+        let number = kids.iter().find(|(k, _)| *k == id::TRACK_NUMBER).and_then(|(_, v)| read_uint(v));
+        let is_video = kids.iter().any(|(k, v)| *k == id::TRACK_TYPE && read_uint(v) == Some(TRACK_TYPE_VIDEO));
+        let has_default = kids.iter().any(|(k, _)| *k == id::DEFAULT_DURATION);
+        let min_gap = layout.timings.iter().find(|(n, _)| Some(*n) == number).and_then(|(_, t)| t.min_gap);
+        let mut entry = Vec::new();
+        for (k, v) in &kids {
+            put_element(&mut entry, *k, v);
+        }
+        if is_video
+            && !has_default
+            && let Some(gap) = min_gap
+        {
+            put_uint(&mut entry, id::DEFAULT_DURATION, gap.saturating_mul(layout.timecode_scale));
+        }
+        put_element(&mut data, id::TRACK_ENTRY, &entry);
+    }
+    let mut out = Vec::new();
+    put_element(&mut out, id::TRACKS, &data);
     Some(out)
 }
 
@@ -846,7 +894,8 @@ fn plan(layout: &Layout, duration: f64) -> Result<Plan, FinalizeError> {
     let info = build_info(layout, duration).ok_or_else(|| bad("malformed Info"))?;
     let cluster_headers =
         layout.clusters.iter().map(cluster_header).collect::<Option<Vec<_>>>().ok_or_else(|| bad("Cluster size"))?;
-    let tracks_len = layout.tracks.header_len + layout.tracks.data_len;
+    let tracks = build_tracks(layout).ok_or_else(|| bad("malformed Tracks"))?;
+    let tracks_len = tracks.len() as u64;
     let others_len: u64 = layout.others.iter().map(|e| e.header_len + e.data_len).sum();
     let (cue_track, video) = layout.cue_track().ok_or_else(|| bad("no audio or video track"))?;
     // Which clusters get a cue, and at what time.
@@ -889,6 +938,7 @@ fn plan(layout: &Layout, duration: f64) -> Result<Plan, FinalizeError> {
             return Ok(Plan {
                 seek_head,
                 info,
+                tracks,
                 cues: cues_bytes,
                 cue_count: cues.len(),
                 clusters_at,
@@ -921,7 +971,7 @@ fn write_file(original: &mut File, layout: &Layout, plan: &Plan, tmp: &Path) -> 
     out.write_all(&size)?;
     out.write_all(&plan.seek_head)?;
     out.write_all(&plan.info)?;
-    copy_range(original, &mut out, layout.tracks.offset, layout.tracks.header_len + layout.tracks.data_len)?;
+    out.write_all(&plan.tracks)?;
     for e in &layout.others {
         copy_range(original, &mut out, e.offset, e.header_len + e.data_len)?;
     }
@@ -1203,6 +1253,19 @@ mod tests {
             assert!(!l.segment.unknown_size);
             assert!(l.clusters.iter().all(|c| !c.element.unknown_size));
             assert_eq!(l.duration, Some(3010.0));
+            // The video track gained a DefaultDuration: its shortest frame interval.
+            let video_default = children(&l.tracks_data).unwrap().into_iter().any(|(k, d)| {
+                k == id::TRACK_ENTRY
+                    && children(d)
+                        .unwrap()
+                        .iter()
+                        .any(|(k, v)| *k == id::TRACK_TYPE && read_uint(v) == Some(TRACK_TYPE_VIDEO))
+                    && children(d)
+                        .unwrap()
+                        .iter()
+                        .any(|(k, v)| *k == id::DEFAULT_DURATION && read_uint(v).is_some_and(|ns| ns > 0))
+            });
+            assert!(video_default == video, "video DefaultDuration present iff there is video");
             let seg_data = l.segment.offset + l.segment.header_len;
             let expect: Vec<Cue> = if video {
                 vec![(0, 1, l.clusters[0].element.offset - seg_data)]

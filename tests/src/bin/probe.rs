@@ -1,7 +1,7 @@
 //! Load probes behind `make bench` (not tests). Starts real processes with the
 //! test harness and prints one table row per measurement.
 //!
-//! Usage: probe [registry|signaling|all]    (ONAIR_BIN selects the binary; release in `make bench`)
+//! Usage: probe [registry|signaling|recorder|all]    (ONAIR_BIN selects the binary; release in `make bench`)
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -213,6 +213,63 @@ async fn signaling() {
     }
 }
 
+/// CPU time (user + system, in clock ticks) and RSS (KiB) of a process.
+fn proc_usage(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    (ticks, rss)
+}
+
+/// CPU % of one core and RSS in MiB of `pid` over `window`.
+async fn sample(pid: u32, window: Duration) -> (f64, f64) {
+    let (t0, _) = proc_usage(pid);
+    let start = Instant::now();
+    tokio::time::sleep(window).await;
+    let (t1, rss) = proc_usage(pid);
+    #[allow(clippy::cast_precision_loss)]
+    let cpu = (t1 - t0) as f64 / 100.0 / start.elapsed().as_secs_f64() * 100.0;
+    #[allow(clippy::cast_precision_loss)]
+    let rss_mib = rss as f64 / 1024.0;
+    (cpu, rss_mib)
+}
+
+async fn recorder() {
+    use onair_tests::browser::Browser;
+    println!("\n### Recorder (Chromium fake camera 640x480 VP8 + Opus per broadcast, 10 s samples)\n");
+    println!("| concurrent recordings | recorder CPU (% of one core) | recorder RSS (MiB) | per stream CPU % | per stream RSS MiB |");
+    println!("|---|---|---|---|---|");
+    let c = Cluster::start_with(1, false, true).await;
+    let pid = c.recorder.as_ref().unwrap().proc.pid().unwrap();
+    let base = format!("http://127.0.0.1:{}", c.gateways[0].http);
+    let (idle_cpu, idle_rss) = sample(pid, Duration::from_secs(5)).await;
+    println!("| 0 (baseline, idle) | {idle_cpu:.1} | {idle_rss:.1} | – | – |");
+    let mut browsers = Vec::new();
+    for n in [1usize, 5] {
+        while browsers.len() < n {
+            let b = Browser::start(&format!("probe-b{}", browsers.len())).await;
+            b.go_live(&base, &format!("probe {}", browsers.len())).await;
+            browsers.push(b);
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await; // let every recording reach steady state
+        let (cpu, rss) = sample(pid, Duration::from_secs(10)).await;
+        #[allow(clippy::cast_precision_loss)]
+        let k = n as f64;
+        println!("| {n} | {cpu:.1} | {rss:.1} | {:.1} | {:.1} |", (cpu - idle_cpu) / k, (rss - idle_rss) / k);
+    }
+    for b in &browsers {
+        b.stop_broadcast().await;
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -226,5 +283,8 @@ async fn main() {
     }
     if what == "signaling" || what == "all" {
         signaling().await;
+    }
+    if what == "recorder" || what == "all" {
+        recorder().await;
     }
 }
