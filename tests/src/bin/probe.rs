@@ -245,7 +245,9 @@ async fn sample(pid: u32, window: Duration) -> (f64, f64) {
 async fn recorder() {
     use onair_tests::browser::Browser;
     println!("\n### Recorder (Chromium fake camera 640x480 VP8 + Opus per broadcast, 10 s samples)\n");
-    println!("| concurrent recordings | recorder CPU (% of one core) | recorder RSS (MiB) | per stream CPU % | per stream RSS MiB |");
+    println!(
+        "| concurrent recordings | recorder CPU (% of one core) | recorder RSS (MiB) | per stream CPU % | per stream RSS MiB |"
+    );
     println!("|---|---|---|---|---|");
     let c = Cluster::start_with(1, false, true).await;
     let pid = c.recorder.as_ref().unwrap().proc.pid().unwrap();
