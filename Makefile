@@ -23,7 +23,7 @@ build:
 	cargo build --workspace --bins --tests --locked
 
 ## test: install what is missing, then run every test (unit, black-box cluster, browser, deploy checks)
-test: deps build
+test: deps build fmt-check lint
 	cargo nextest run --workspace --locked --profile $(NEXTEST_PROFILE) --no-tests=fail
 	ONAIR_BIN=$(CARGO_TARGET_DIR)/debug/onair deploy/check.sh
 
