@@ -3,11 +3,12 @@
 //! process: peers reconnect elsewhere with their resume token.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use onair_core::{NodeId, PeerId};
+use onair_node::{LinkState, NodeHandler};
 use onair_proto::v1 as pb;
 use onair_proto::v1::signaling_client::SignalingClient;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
@@ -73,10 +74,8 @@ pub struct Hub {
     /// ICE servers sent in `welcome`.
     pub ice_servers: Vec<Value>,
     next_conn: AtomicU64,
-    /// Whether the signaling link is up.
-    pub signaling_up: AtomicBool,
-    /// Whether the registry feed is up.
-    pub feed_up: AtomicBool,
+    /// Health of the signaling link and the registry feed.
+    pub links: LinkState,
     /// Metrics.
     pub metrics: GatewayMetrics,
 }
@@ -118,8 +117,7 @@ impl Hub {
             resume_grace: parts.resume_grace,
             ice_servers: parts.ice_servers,
             next_conn: AtomicU64::new(1),
-            signaling_up: AtomicBool::new(false),
-            feed_up: AtomicBool::new(false),
+            links: LinkState::default(),
             metrics: GatewayMetrics::default(),
         });
         (hub, rx)
@@ -311,6 +309,26 @@ impl Hub {
                 self.broadcast(ServerFrame::StreamOff { stream_id: &s.id }.to_json());
             }
         }
+    }
+}
+
+impl NodeHandler for Hub {
+    fn node(&self) -> &NodeId {
+        &self.node
+    }
+    fn links(&self) -> &LinkState {
+        &self.links
+    }
+    fn node_event(&self, ev: pb::NodeEvent) {
+        if let Ok(peer) = ev.peer.parse() {
+            self.send_error(&peer, ErrorCode::from_signaling(&ev.code), &ev.message);
+        }
+    }
+    fn deliver(&self, d: pb::Delivery) {
+        Hub::deliver(self, d);
+    }
+    fn stream_event(self: &Arc<Self>, event: pb::stream_event::Event) {
+        self.apply(event);
     }
 }
 

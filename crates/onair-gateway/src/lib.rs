@@ -9,10 +9,8 @@ pub mod pages;
 pub mod protocol;
 pub mod ratelimit;
 pub mod socket;
-pub mod upstream;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -72,21 +70,12 @@ impl ReadyCheck for UpstreamCheck {
         "upstreams"
     }
     async fn check(&self) -> Result<(), String> {
-        match (self.0.signaling_up.load(Ordering::SeqCst), self.0.feed_up.load(Ordering::SeqCst)) {
-            (true, true) => Ok(()),
-            (false, _) => Err("signaling link down".into()),
-            (_, false) => Err("registry feed down".into()),
-        }
+        self.0.links.check()
     }
 }
 
 fn channel(url: &str) -> Result<tonic::transport::Channel, ServeError> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())
-        .map_err(ServeError::Transport)?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .connect_lazy())
+    onair_node::lazy_channel(url).map_err(ServeError::Transport)
 }
 
 /// Builds the hub (so the caller can register readiness checks) and its signaling queue.
@@ -115,10 +104,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     hub.metrics.register(admin.metrics());
-    tokio::spawn(upstream::signaling_link(Arc::clone(&hub), to_signaling, shutdown.clone()));
-    tokio::spawn(upstream::heartbeat(Arc::clone(&hub), shutdown.clone()));
-    tokio::spawn(upstream::registry_feed(Arc::clone(&hub), shutdown.clone()));
-    tokio::spawn(upstream::deliveries(Arc::clone(&hub), bus, shutdown.clone()));
+    let (signaling, registry) = (hub.signaling.clone(), hub.registry.clone());
+    tokio::spawn(onair_node::signaling_link(Arc::clone(&hub), signaling.clone(), to_signaling, shutdown.clone()));
+    tokio::spawn(onair_node::heartbeat(Arc::clone(&hub), signaling, shutdown.clone()));
+    tokio::spawn(onair_node::registry_feed(Arc::clone(&hub), registry, shutdown.clone()));
+    tokio::spawn(onair_node::deliveries(Arc::clone(&hub), bus, shutdown.clone()));
     let state = AppState { hub: Arc::clone(&hub), shutdown: shutdown.clone() };
     let app = Router::new()
         .route("/", get(pages::watcher))

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use onair_core::{NodeId, PeerId, Recording, RecordingId, RecordingState, StreamId};
+use onair_node::LinkState;
 use onair_proto::v1 as pb;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -52,15 +53,6 @@ impl RecorderMetrics {
         m.register("recorder_recordings_failed", "Recordings finalized as FAILED", self.failed.clone());
         m.register("recorder_recordings_skipped", "Streams not recorded: at max concurrent", self.skipped.clone());
     }
-}
-
-/// Health of the recorder's two upstream links.
-#[derive(Debug, Default)]
-pub struct LinkState {
-    /// The NodeStream to signaling is open.
-    pub signaling_up: AtomicBool,
-    /// The registry change feed is open.
-    pub feed_up: AtomicBool,
 }
 
 /// The link state of the recorder with node id `node` in this process, shared by
@@ -371,5 +363,23 @@ impl Hub {
         if tokio::time::timeout(FINALIZE_GRACE, futures::future::join_all(waits)).await.is_err() {
             tracing::warn!("some recordings were not finalized within the shutdown grace");
         }
+    }
+}
+
+impl onair_node::NodeHandler for Hub {
+    fn node(&self) -> &NodeId {
+        &self.config.node
+    }
+    fn links(&self) -> &LinkState {
+        &self.links
+    }
+    fn node_event(&self, ev: pb::NodeEvent) {
+        Hub::node_event(self, ev);
+    }
+    fn deliver(&self, d: pb::Delivery) {
+        Hub::deliver(self, d);
+    }
+    fn stream_event(self: &Arc<Self>, event: pb::stream_event::Event) {
+        self.apply_feed(event);
     }
 }

@@ -5,14 +5,13 @@
 //!
 //! Modules: [`hub`] (shared state, routing), [`session`] (one recording), [`peer`]
 //! (WebRTC), [`vp8`] / [`timeline`] / [`mux`] (media), [`finalize`] (the seekable rewrite at
-//! stop), [`catalog`] (registry), [`links`] (signaling, bus, feed), [`recovery`] (start-up
+//! stop), [`catalog`] (registry), `onair_node` links (signaling, bus, feed), [`recovery`] (start-up
 //! cleanup), [`service`] (gRPC).
 
 pub mod catalog;
 pub mod error;
 pub mod finalize;
 pub mod hub;
-pub mod links;
 pub mod mux;
 pub mod peer;
 pub mod recovery;
@@ -22,7 +21,6 @@ pub mod timeline;
 pub mod vp8;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,7 +34,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use error::RecorderError;
-pub use hub::{Hub, LinkState, RecorderMetrics};
+pub use hub::{Hub, RecorderMetrics};
+pub use onair_node::LinkState;
 pub use service::RecorderService;
 
 /// Fully qualified gRPC service name.
@@ -78,21 +77,12 @@ impl ReadyCheck for RecorderCheck {
         "upstreams"
     }
     async fn check(&self) -> Result<(), String> {
-        match (self.0.signaling_up.load(Ordering::SeqCst), self.0.feed_up.load(Ordering::SeqCst)) {
-            (true, true) => Ok(()),
-            (false, _) => Err("signaling link down".into()),
-            (_, false) => Err("registry feed down".into()),
-        }
+        self.0.check()
     }
 }
 
 fn channel(url: &str) -> Result<tonic::transport::Channel, ServeError> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())
-        .map_err(ServeError::Transport)?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .connect_lazy())
+    onair_node::lazy_channel(url).map_err(ServeError::Transport)
 }
 
 /// Serves onair.v1.Recorder on `listener` until `shutdown`; finalizes active recordings before returning.
@@ -113,14 +103,15 @@ pub async fn serve(
     // The links outlive the server: sessions still talk to signaling and the registry while
     // they finalize after `shutdown`.
     let links = CancellationToken::new();
-    tokio::spawn(links::signaling_link(Arc::clone(&hub), signaling.clone(), to_signaling, links.clone()));
-    tokio::spawn(links::heartbeat(Arc::clone(&hub), signaling, links.clone()));
-    tokio::spawn(links::deliveries(Arc::clone(&hub), bus, links.clone()));
+    tokio::spawn(onair_node::signaling_link(Arc::clone(&hub), signaling.clone(), to_signaling, links.clone()));
+    tokio::spawn(onair_node::heartbeat(Arc::clone(&hub), signaling, links.clone()));
+    tokio::spawn(onair_node::deliveries(Arc::clone(&hub), bus, links.clone()));
     let feed_hub = Arc::clone(&hub);
     let feed_stop = shutdown.child_token();
     tokio::spawn(async move {
         recovery::recover_with_retries(&feed_hub, Duration::from_secs(10), &feed_stop).await;
-        links::registry_feed(feed_hub, feed_stop).await;
+        let registry = feed_hub.catalog.client();
+        onair_node::registry_feed(feed_hub, registry, feed_stop).await;
     });
     tracing::info!(
         addr = ?listener.local_addr().ok(), node = %hub.config.node, dir = %hub.config.recordings_dir.display(),
