@@ -128,6 +128,10 @@ pub async fn serve(
         );
     tracing::info!(addr = ?listener.local_addr().ok(), node = %hub.node, "gateway HTTP listening");
     let closing = shutdown.clone();
+    // Signaling frames are small and latency-bound: no Nagle delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             closing.cancelled().await;

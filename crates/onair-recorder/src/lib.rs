@@ -30,7 +30,6 @@ use onair_proto::v1::recorder_server::RecorderServer;
 use onair_proto::v1::signaling_client::SignalingClient;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use error::RecorderError;
@@ -124,7 +123,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(RecorderServer::new(RecorderService::new(Arc::clone(&hub))))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(onair_ops::grpc::incoming(listener), shutdown.cancelled_owned())
         .await;
     hub.stop_all().await;
     // Give the final Detach messages a moment to reach signaling, then close the links.

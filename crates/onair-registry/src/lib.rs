@@ -17,7 +17,6 @@ use onair_core::Bus;
 use onair_ops::{Admin, GrpcMetricsLayer, ReadyCheck, ServeError};
 use onair_proto::v1::stream_registry_server::StreamRegistryServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use error::RegistryError;
@@ -82,12 +81,13 @@ pub async fn serve(
     let service = RegistryService::new(store, bus, shutdown.clone());
     tracing::info!(addr = ?listener.local_addr().ok(), "registry gRPC listening");
     tonic::transport::Server::builder()
+        .tcp_nodelay(true)
         .layer(GrpcMetricsLayer::new(admin.metrics().clone()))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(StreamRegistryServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(onair_ops::grpc::incoming(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())
 }

@@ -15,7 +15,6 @@ use onair_ops::{Admin, GrpcMetricsLayer, ReadyCheck, ServeError};
 use onair_proto::v1::signaling_server::SignalingServer;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use router::{Router, node_channel};
@@ -78,7 +77,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(SignalingServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(onair_ops::grpc::incoming(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())
 }

@@ -66,7 +66,8 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_SIGNALING_URL", default_value = "http://127.0.0.1:50051")]
     pub signaling_url: String,
 
-    /// Secret that signs resume tokens; gateways of one cluster must share it. Default: random per process.
+    /// Reserved for signed (stateless) resume tokens. Not used yet: resume tokens are random secrets
+    /// that signaling checks against the directory, so gateways need no shared key today.
     #[arg(long, env = "ONAIR_RESUME_SECRET", hide_env_values = true)]
     pub resume_secret: Option<String>,
 

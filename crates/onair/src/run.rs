@@ -65,6 +65,10 @@ async fn make_bus(cli: &Cli) -> Result<Arc<dyn Bus>, RunError> {
             onair_redis::RedisBus::connect(url).await.map_err(|e| RunError::Config(format!("redis: {e}")))?,
         )),
         None if cli.target == Target::All => Ok(Arc::new(LocalBus::new())),
+        None if cli.target == Target::Registry => {
+            tracing::warn!("no --redis-url: WatchStreams only sees changes made through this registry replica");
+            Ok(Arc::new(LocalBus::new()))
+        }
         None => Err(RunError::Config(needs_redis(cli).err().map(|e| e.to_string()).unwrap_or_default())),
     }
 }

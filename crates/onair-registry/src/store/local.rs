@@ -2,7 +2,7 @@
 //! `<dir>/registry.jsonl` (one JSON record per change, compacted at start-up)
 //! so that a restart of the all-in-one binary keeps every stream and recording.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -23,25 +23,52 @@ enum Record {
     DeleteStream { id: StreamId },
 }
 
+/// Listing order index: (started_at, id), iterated backwards for newest first.
+type Order = BTreeSet<(i64, String)>;
+
 #[derive(Default)]
 struct State {
     streams: HashMap<StreamId, Stream>,
     recordings: HashMap<RecordingId, Recording>,
+    stream_order: Order,
+    recording_order: Order,
 }
 
 impl State {
     fn apply(&mut self, rec: Record) {
         match rec {
             Record::Stream { stream } => {
-                self.streams.insert(stream.id.clone(), stream);
+                self.stream_order.insert((stream.started_at, stream.id.to_string()));
+                if let Some(old) = self.streams.insert(stream.id.clone(), stream)
+                    && let Some(new) = self.streams.get(&old.id)
+                    && new.started_at != old.started_at
+                {
+                    self.stream_order.remove(&(old.started_at, old.id.to_string()));
+                }
             }
             Record::Recording { recording } => {
-                self.recordings.insert(recording.id.clone(), recording);
+                self.recording_order.insert((recording.started_at, recording.id.to_string()));
+                if let Some(old) = self.recordings.insert(recording.id.clone(), recording)
+                    && let Some(new) = self.recordings.get(&old.id)
+                    && new.started_at != old.started_at
+                {
+                    self.recording_order.remove(&(old.started_at, old.id.to_string()));
+                }
             }
             Record::DeleteStream { id } => {
-                self.streams.remove(&id);
+                if let Some(old) = self.streams.remove(&id) {
+                    self.stream_order.remove(&(old.started_at, old.id.to_string()));
+                }
             }
         }
+    }
+}
+
+/// Keys of `order` newest first, strictly after `cursor`.
+fn newest_first_after<'a>(order: &'a Order, cursor: Option<&Cursor>) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+    match cursor {
+        Some(c) => Box::new(order.range(..(c.started_at, c.id.clone())).rev().map(|(_, id)| id)),
+        None => Box::new(order.iter().rev().map(|(_, id)| id)),
     }
 }
 
@@ -133,10 +160,6 @@ fn compact(path: &Path, state: &State) -> std::io::Result<BufWriter<File>> {
     Ok(BufWriter::new(OpenOptions::new().append(true).open(path)?))
 }
 
-fn newest_first<T>(items: &mut [T], key: impl Fn(&T) -> (i64, &str)) {
-    items.sort_by(|a, b| key(b).cmp(&key(a)));
-}
-
 #[async_trait]
 impl StreamStore for LocalStore {
     async fn insert_stream(&self, stream: &Stream) -> Result<(), StoreError> {
@@ -164,17 +187,13 @@ impl StreamStore for LocalStore {
         limit: usize,
     ) -> Result<Vec<Stream>, StoreError> {
         let inner = self.lock();
-        let mut out: Vec<Stream> = inner
-            .state
-            .streams
-            .values()
-            .filter(|s| state.is_none_or(|st| s.state == st))
-            .filter(|s| cursor.is_none_or(|c| c.is_before(s.started_at, s.id.as_str())))
+        let st = &inner.state;
+        Ok(newest_first_after(&st.stream_order, cursor)
+            .filter_map(|id| id.parse::<StreamId>().ok().and_then(|id| st.streams.get(&id)))
+            .filter(|s| state.is_none_or(|want| s.state == want))
+            .take(limit)
             .cloned()
-            .collect();
-        newest_first(&mut out, |s| (s.started_at, s.id.as_str()));
-        out.truncate(limit);
-        Ok(out)
+            .collect())
     }
 
     async fn end_stream(&self, id: &StreamId, ended_at: i64) -> Result<Option<(Stream, bool)>, StoreError> {
@@ -264,17 +283,13 @@ impl StreamStore for LocalStore {
         limit: usize,
     ) -> Result<Vec<Recording>, StoreError> {
         let inner = self.lock();
-        let mut out: Vec<Recording> = inner
-            .state
-            .recordings
-            .values()
+        let st = &inner.state;
+        Ok(newest_first_after(&st.recording_order, cursor)
+            .filter_map(|id| id.parse::<RecordingId>().ok().and_then(|id| st.recordings.get(&id)))
             .filter(|r| stream.is_none_or(|s| &r.stream_id == s))
-            .filter(|r| cursor.is_none_or(|c| c.is_before(r.started_at, r.id.as_str())))
+            .take(limit)
             .cloned()
-            .collect();
-        newest_first(&mut out, |r| (r.started_at, r.id.as_str()));
-        out.truncate(limit);
-        Ok(out)
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
