@@ -6,6 +6,7 @@ pub mod directory;
 pub mod ids;
 pub mod model;
 pub mod time;
+pub mod wire;
 
 pub use bus::{Bus, BusError, BusItem, LocalBus, Subscription};
 pub use directory::{Directory, DirectoryError, MemoryDirectory, PeerRecord};

@@ -40,7 +40,7 @@ fn recording_json(r: pb::Recording) -> RecordingJson {
         pb::RecordingState::Unspecified => "unknown",
     };
     RecordingJson {
-        started_at: r.started_at.as_ref().map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000)),
+        started_at: r.started_at.as_ref().map_or(0, onair_core::wire::millis),
         id: r.id,
         stream_id: r.stream_id,
         title: r.title,

@@ -334,7 +334,7 @@ impl NodeHandler for Hub {
 
 /// Registry stream → page JSON.
 pub fn stream_json(s: &pb::Stream) -> StreamJson {
-    let started_at = s.started_at.as_ref().map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
+    let started_at = s.started_at.as_ref().map_or(0, onair_core::wire::millis);
     StreamJson {
         id: s.id.clone(),
         title: s.title.clone(),

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use onair_core::wire::{recording_state, recording_to_pb};
 use onair_core::{Recording, RecordingId, RecordingState, StreamId};
 use onair_proto::v1 as pb;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
@@ -34,38 +35,6 @@ impl LiveStream {
             return None;
         }
         Some(Self { id: s.id.parse().ok()?, title: s.title.clone() })
-    }
-}
-
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-    }
-}
-
-fn state_pb(s: RecordingState) -> pb::RecordingState {
-    match s {
-        RecordingState::Recording => pb::RecordingState::Recording,
-        RecordingState::Complete => pb::RecordingState::Complete,
-        RecordingState::Failed => pb::RecordingState::Failed,
-    }
-}
-
-/// Domain recording → protobuf.
-pub fn recording_pb(r: &Recording) -> pb::Recording {
-    pb::Recording {
-        id: r.id.to_string(),
-        stream_id: r.stream_id.to_string(),
-        file_name: r.file_name.clone(),
-        started_at: Some(timestamp(r.started_at)),
-        duration_ms: r.duration_ms,
-        bytes: r.bytes,
-        video_codec: r.video_codec.clone(),
-        audio_codec: r.audio_codec.clone(),
-        state: state_pb(r.state).into(),
-        error: r.error.clone(),
-        title: r.title.clone(),
     }
 }
 
@@ -104,7 +73,7 @@ impl Catalog {
 
     /// Registers a new recording (state RECORDING).
     pub async fn add(&self, r: &Recording) -> Result<(), RecorderError> {
-        let msg = pb::AddRecordingRequest { recording: Some(recording_pb(r)) };
+        let msg = pb::AddRecordingRequest { recording: Some(recording_to_pb(r)) };
         self.client.clone().add_recording(req(msg)).await.map_err(|s| RecorderError::registry("AddRecording", s))?;
         Ok(())
     }
@@ -117,7 +86,7 @@ impl Catalog {
             bytes: Some(r.bytes),
             video_codec: (!r.video_codec.is_empty()).then(|| r.video_codec.clone()),
             audio_codec: (!r.audio_codec.is_empty()).then(|| r.audio_codec.clone()),
-            state: state_pb(r.state).into(),
+            state: recording_state(r.state).into(),
             error: (!r.error.is_empty()).then(|| r.error.clone()),
         };
         self.client
@@ -140,7 +109,7 @@ impl Catalog {
         let msg = pb::UpdateRecordingRequest {
             id: id.to_string(),
             bytes: Some(bytes),
-            state: state_pb(state).into(),
+            state: recording_state(state).into(),
             error: Some(error.to_owned()),
             ..Default::default()
         };
@@ -192,13 +161,5 @@ mod tests {
         assert_eq!(LiveStream::from_pb(&s), Some(LiveStream { id: "abc".parse().unwrap(), title: "t".into() }));
         s.id = "bad id/../".into();
         assert_eq!(LiveStream::from_pb(&s), None);
-    }
-
-    #[test]
-    fn timestamps_convert_from_millis() {
-        let t = timestamp(1_500);
-        assert_eq!((t.seconds, t.nanos), (1, 500_000_000));
-        let t = timestamp(-1);
-        assert_eq!((t.seconds, t.nanos), (-1, 999_000_000));
     }
 }

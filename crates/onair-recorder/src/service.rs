@@ -7,9 +7,9 @@ use onair_proto::v1 as pb;
 use onair_proto::v1::recorder_server::Recorder;
 use tonic::{Request, Response, Status};
 
-use crate::catalog::recording_pb;
 use crate::error::RecorderError;
 use crate::hub::Hub;
+use onair_core::wire::recording_to_pb;
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
@@ -37,20 +37,20 @@ impl Recorder for RecorderService {
         let id = stream_id(&req.get_ref().stream_id)?;
         let stream = self.hub.catalog.live_stream(&id).await?;
         let recording = self.hub.start(stream).await?;
-        Ok(Response::new(recording_pb(&recording)))
+        Ok(Response::new(recording_to_pb(&recording)))
     }
 
     async fn stop_recording(&self, req: Request<pb::StopRecordingRequest>) -> Result<Response<pb::Recording>, Status> {
         let id = stream_id(&req.get_ref().stream_id)?;
         let recording = self.hub.stop(&id).await?;
-        Ok(Response::new(recording_pb(&recording)))
+        Ok(Response::new(recording_to_pb(&recording)))
     }
 
     async fn list_active(
         &self,
         _req: Request<pb::ListActiveRequest>,
     ) -> Result<Response<pb::ListActiveResponse>, Status> {
-        let recordings = self.hub.list_active().iter().map(recording_pb).collect();
+        let recordings = self.hub.list_active().iter().map(recording_to_pb).collect();
         Ok(Response::new(pb::ListActiveResponse { recordings }))
     }
 }
