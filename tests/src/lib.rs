@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod health;
 pub mod media;
 pub mod procs;
 pub mod registry;

@@ -365,47 +365,13 @@ async fn health_protocol_and_admin_endpoints() {
     assert_eq!(reg.admin_get("/healthz").await.0, 200);
     wait_until(Duration::from_secs(5), "/readyz 200", || async { reg.admin_get("/readyz").await.0 == 200 }).await;
     let channel = Channel::from_shared(reg.grpc_url()).unwrap().connect().await.unwrap();
-    let mut health = tonic_health_client(channel);
+    let mut health = onair_tests::health::HealthClient::new(channel);
     wait_until(Duration::from_secs(5), "gRPC health SERVING", || {
         let mut h = health.clone();
-        async move { h.check("onair.v1.StreamRegistry").await == 1 }
+        async move { h.check("onair.v1.StreamRegistry").await.ok() == Some(1) }
     })
     .await;
-    assert_eq!(health.check("").await, 1);
-}
-
-/// A hand-rolled grpc.health.v1 client (the tests crate does not depend on tonic-health).
-fn tonic_health_client(channel: Channel) -> HealthClient {
-    HealthClient { inner: tonic::client::Grpc::new(channel) }
-}
-
-#[derive(Clone)]
-struct HealthClient {
-    inner: tonic::client::Grpc<Channel>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct HealthCheckRequest {
-    #[prost(string, tag = "1")]
-    service: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct HealthCheckResponse {
-    #[prost(int32, tag = "1")]
-    status: i32,
-}
-
-impl HealthClient {
-    async fn check(&mut self, service: &str) -> i32 {
-        self.inner.ready().await.unwrap();
-        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check");
-        let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default();
-        match self.inner.unary(tonic::Request::new(HealthCheckRequest { service: service.into() }), path, codec).await {
-            Ok(r) => r.into_inner().status,
-            Err(_) => -1,
-        }
-    }
+    assert_eq!(health.check("").await.ok(), Some(1));
 }
 
 #[tokio::test]

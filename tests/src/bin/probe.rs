@@ -17,20 +17,6 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 const RUN: Duration = Duration::from_secs(5);
-
-/// grpc.health.v1 request (the probe does not depend on tonic-health).
-#[derive(Clone, PartialEq, prost::Message)]
-struct HealthCheckRequest {
-    #[prost(string, tag = "1")]
-    service: String,
-}
-
-/// grpc.health.v1 response.
-#[derive(Clone, PartialEq, prost::Message)]
-struct HealthCheckResponse {
-    #[prost(int32, tag = "1")]
-    status: i32,
-}
 const CLIENTS: usize = 16;
 
 struct Stats {
@@ -99,14 +85,10 @@ async fn registry_rows(label: &str, reg: &Onair) {
     let base = reg.grpc_url();
     // Baseline: the gRPC health check on the same server (transport + tonic, no store).
     let ch = tonic::transport::Channel::from_shared(base).unwrap().connect().await.unwrap();
+    let health_client = onair_tests::health::HealthClient::new(ch);
     let health = hammer(CLIENTS, move |_, _| {
-        let mut g = tonic::client::Grpc::new(ch.clone());
-        async move {
-            g.ready().await.unwrap();
-            let path = tonic::codegen::http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check");
-            let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default();
-            g.unary(tonic::Request::new(HealthCheckRequest { service: String::new() }), path, codec).await.is_ok()
-        }
+        let mut h = health_client.clone();
+        async move { h.check("").await.is_ok() }
     })
     .await;
     health.row(&format!("{label}: baseline grpc.health Check"));
