@@ -9,7 +9,7 @@ NEXTEST_PROFILE ?= $(if $(CI),ci,default)
 
 ## run: the all-in-one server (embedded store, in-process bus, recordings in ./data)
 run:
-	cargo run --release -p onair --
+	cargo run --profile fast -p onair --
 
 ## release: the optimized binary the Dockerfile ships ($(CARGO_TARGET_DIR)/release/onair)
 release:

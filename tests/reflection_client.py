@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A gRPC client that knows no .proto file: it discovers onair's services through
 server reflection, then calls StreamRegistry.ListStreams (and CreateStream) with
-messages built from the reflected descriptors. Usage: reflection_client.py HOST:PORT
-Prints the service list and the ListStreams answer as JSON; exits non-zero on failure."""
+messages built from the reflected descriptors. Usage: reflection_client.py HOST:PORT [--list]
+Prints the service list and the ListStreams answer as JSON; exits non-zero on failure.
+With --list it only prints the services the port lists (one line, space-separated)."""
 import json
 import sys
 
@@ -11,12 +12,14 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 
-def main(target: str) -> int:
+def main(target: str, list_only: bool) -> int:
     channel = grpc.insecure_channel(target)
     grpc.channel_ready_future(channel).result(timeout=10)
     db = ProtoReflectionDescriptorDatabase(channel)
     services = sorted(db.get_services())
     print("services:", " ".join(services))
+    if list_only:
+        return 0
     if "onair.v1.StreamRegistry" not in services:
         print("onair.v1.StreamRegistry is not listed", file=sys.stderr)
         return 1
@@ -46,4 +49,4 @@ def main(target: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], "--list" in sys.argv[2:]))

@@ -11,4 +11,4 @@ pub mod procs;
 pub mod registry;
 pub mod ws;
 
-pub use procs::{Mongo, Onair, Proc, Redis, free_port, tools_dir, wait_until};
+pub use procs::{Mongo, Onair, Proc, Redis, free_port, tools_dir, unique, wait_until};

@@ -47,6 +47,7 @@ pub struct Proc {
     name: String,
     program: PathBuf,
     args: Vec<String>,
+    generation: u32,
     envs: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
@@ -61,14 +62,27 @@ fn log_dir() -> PathBuf {
 impl Proc {
     /// Starts `program args` with stdout and stderr appended to a log file.
     pub fn spawn(name: &str, program: impl AsRef<Path>, args: Vec<String>, envs: Vec<(String, String)>) -> Self {
-        let log = log_dir().join(format!("{name}-{}-{}.log", std::process::id(), free_port()));
-        let mut p = Self { name: name.to_owned(), program: program.as_ref().to_owned(), args, envs, log, child: None };
+        let log = log_dir().join(format!("{name}-{}-{}.log", std::process::id(), unique()));
+        let mut p = Self {
+            name: name.to_owned(),
+            program: program.as_ref().to_owned(),
+            args,
+            generation: 0,
+            envs,
+            log,
+            child: None,
+        };
         p.start();
         p
     }
 
     fn start(&mut self) {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        if self.generation > 0 {
+            use std::io::Write;
+            let _ = writeln!(&out, "---- restart {} ----", self.generation);
+        }
+        self.generation += 1;
         let err = out.try_clone().unwrap();
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args).stdin(Stdio::null()).stdout(out).stderr(err);
@@ -120,8 +134,26 @@ impl Proc {
         self.start();
     }
 
-    /// Everything the process printed so far.
+    /// Replaces the value after `flag` in the command line (for the next start).
+    fn set_arg(&mut self, flag: &str, value: String) {
+        if let Some(i) = self.args.iter().position(|a| a == flag)
+            && let Some(v) = self.args.get_mut(i + 1)
+        {
+            *v = value;
+        }
+    }
+
+    /// What the process printed since it was last (re)started.
     pub fn output(&self) -> String {
+        let all = std::fs::read_to_string(&self.log).unwrap_or_default();
+        match all.rfind("---- restart ") {
+            Some(i) => all[i..].to_owned(),
+            None => all,
+        }
+    }
+
+    /// Everything every run of the process printed.
+    pub fn full_output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -221,48 +253,67 @@ pub fn onair_bin() -> PathBuf {
 pub struct Onair {
     /// The process.
     pub proc: Proc,
-    /// gRPC port.
+    /// gRPC port: the registry's in the all-in-one, else the one service's (`--grpc-addr`).
     pub grpc: u16,
     /// Admin HTTP port.
     pub admin: u16,
-    /// Gateway HTTP port (targets that serve it).
+    /// Gateway HTTP port (0 for targets without a gateway).
     pub http: u16,
-    gateway_only: bool,
+    /// Every address the process printed, by service: `registry`, `signaling`, `recorder`,
+    /// `gateway`, `admin`.
+    pub addrs: std::collections::BTreeMap<String, SocketAddr>,
+}
+
+/// What `onair` prints for each listener: "onair: <service> ... listening on [http://]ADDR".
+fn printed_addrs(output: &str) -> std::collections::BTreeMap<String, SocketAddr> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in output.lines().filter_map(|l| l.strip_prefix("onair: ")) {
+        let Some((head, tail)) = line.split_once(" listening on ") else { continue };
+        let service = head.split_whitespace().next().unwrap_or_default();
+        let addr = tail.trim_start_matches("http://").split_whitespace().next().unwrap_or_default();
+        if let Ok(a) = addr.parse() {
+            out.insert(service.to_owned(), a);
+        }
+    }
+    out
 }
 
 impl Onair {
-    /// Starts `onair` with `args` plus fresh listen addresses; waits until /healthz answers.
+    /// Starts `onair` with `args`, every listener on port 0; reads the ports it printed and waits
+    /// until they accept connections.
     pub async fn start(name: &str, args: &[&str]) -> Self {
-        let (grpc, admin, http) = (free_port(), free_port(), free_port());
         let mut all: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-        all.extend([
-            "--grpc-addr".into(),
-            format!("127.0.0.1:{grpc}"),
-            "--admin-addr".into(),
-            format!("127.0.0.1:{admin}"),
-            "--http-addr".into(),
-            format!("127.0.0.1:{http}"),
-        ]);
+        for flag in ["--grpc-addr", "--admin-addr", "--http-addr"] {
+            all.extend([flag.to_owned(), "127.0.0.1:0".to_owned()]);
+        }
         // A private data dir per process unless the test passes --data-dir (flags beat env).
-        let data = std::env::temp_dir().join(format!("onair-data-{name}-{}-{admin}", std::process::id()));
+        let data = std::env::temp_dir().join(format!("onair-data-{name}-{}-{}", std::process::id(), unique()));
         let envs = vec![
             ("RUST_LOG".to_owned(), "info,onair=debug".to_owned()),
             ("ONAIR_DATA_DIR".to_owned(), data.display().to_string()),
         ];
         let proc = Proc::spawn(name, onair_bin(), all, envs);
-        let gateway_only = args.windows(2).any(|w| w == ["--target", "gateway"]);
-        let mut o = Self { proc, grpc, admin, http, gateway_only };
+        let mut o = Self { proc, grpc: 0, admin: 0, http: 0, addrs: Default::default() };
         o.wait_healthy().await;
         o
     }
 
-    /// Waits for the admin port and the service port; fails at once if the process exits.
+    /// Waits until the process printed its admin address and every port accepts connections;
+    /// fails at once if the process exits.
     pub async fn wait_healthy(&mut self) {
         let start = Instant::now();
-        let service = if self.gateway_only { self.http } else { self.grpc };
-        while !(port_open(self.admin) && port_open(service)) {
+        loop {
             assert!(!self.proc.exited(), "onair exited at start-up:\n{}", self.proc.output());
             assert!(start.elapsed() < Duration::from_secs(20), "onair did not listen within 20 s");
+            let addrs = printed_addrs(&self.proc.output());
+            if addrs.contains_key("admin") && addrs.values().all(|a| port_open(a.port())) {
+                let port = |s: &str| addrs.get(s).map_or(0, SocketAddr::port);
+                self.admin = port("admin");
+                self.http = port("gateway");
+                self.grpc = ["registry", "signaling", "recorder"].into_iter().map(port).find(|p| *p != 0).unwrap_or(0);
+                self.addrs = addrs;
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -288,11 +339,24 @@ impl Onair {
         http_get(self.http, path).await
     }
 
-    /// Starts it again with the same ports.
+    /// Starts it again on the ports it had (clients keep their URLs).
     pub async fn restart(&mut self) {
-        self.proc.restart();
+        self.proc.kill();
+        let (grpc, admin, http) = (self.grpc, self.admin, self.http);
+        for (flag, port) in [("--grpc-addr", grpc), ("--admin-addr", admin), ("--http-addr", http)] {
+            if port != 0 {
+                self.proc.set_arg(flag, format!("127.0.0.1:{port}"));
+            }
+        }
+        self.proc.start();
         self.wait_healthy().await;
     }
+}
+
+/// A number unique within this test process (for file and directory names).
+pub fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Minimal HTTP/1.1 GET (no client crate needed); returns (status, body).

@@ -161,3 +161,57 @@ async fn two_concurrent_broadcasts_on_the_all_in_one_binary_make_two_files() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn sigterm_to_the_all_in_one_finalizes_the_recording_before_exit() {
+    let dir = std::env::temp_dir().join(format!("onair-rec-sigterm-{}-{}", std::process::id(), onair_tests::unique()));
+    let args = ["--store", "embedded", "--data-dir", dir.to_str().unwrap()];
+    let mut aio = Onair::start("aio-sigterm", &args).await;
+    aio.wait_ready().await;
+    let base = format!("http://127.0.0.1:{}", aio.http);
+    let b = Browser::start("sigterm-broadcaster").await;
+    let sid = b.go_live(&base, "Stopped by SIGTERM").await;
+    let live_at = Instant::now();
+    let reg = aio.grpc_url();
+    wait_until(LONG, "the recording to hold media", || async {
+        recordings_of(&reg, &sid).await.first().is_some_and(|r| r.bytes > 20_000)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(live_at.elapsed())).await;
+    let broadcast = live_at.elapsed().as_secs_f64();
+    let code = aio.proc.terminate(Duration::from_secs(20)).await;
+    let log = aio.proc.output();
+    assert_eq!(code, Some(0), "onair did not exit cleanly within 20 s of SIGTERM:\n{log}");
+    assert!(!log.contains("not stored"), "the final recording state was lost:\n{log}");
+    // The broadcaster's page would go live again on the restarted server: close it first.
+    drop(b);
+
+    // The file was finalized before exit: seekable, with the broadcast's duration.
+    let recordings = dir.join("recordings");
+    let files: Vec<_> = std::fs::read_dir(&recordings).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(files.len(), 1, "exactly one file (no temporary left behind): {files:?}");
+    let probe = media::probe(&files[0]);
+    let dur = media::duration(&probe).expect("ffprobe reports a duration");
+    assert!((dur - broadcast).abs() < 1.5, "file is {dur:.2} s, broadcast was {broadcast:.2} s");
+
+    // After a restart on the same data: one COMPLETE recording with no error, nothing live.
+    let again = Onair::start("aio-sigterm-restarted", &args).await;
+    let reg = again.grpc_url();
+    let recs = recordings_of(&reg, &sid).await;
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let rec = &recs[0];
+    assert_eq!(rec.state(), pb::RecordingState::Complete, "{rec:?}");
+    assert_eq!(rec.error, "", "{rec:?}");
+    let catalog_s = rec.duration_ms as f64 / 1000.0;
+    assert!((catalog_s - dur).abs() < 0.5, "catalog says {catalog_s:.2} s, the file holds {dur:.2} s");
+    let mut c = client(&reg).await;
+    let live = c
+        .list_streams(pb::ListStreamsRequest { state: pb::StreamState::Live.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .streams;
+    assert!(live.is_empty(), "streams still live after a clean shutdown: {live:?}");
+    drop(again);
+    let _ = std::fs::remove_dir_all(&dir);
+}

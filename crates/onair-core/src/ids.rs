@@ -16,6 +16,9 @@ pub enum IdError {
     /// The string had a character outside `[A-Za-z0-9_.:-]`.
     #[error("id has an invalid character {0:?}")]
     BadChar(char),
+    /// The string was `.` or `..` (a path component, never an id).
+    #[error("id must not be . or ..")]
+    Dots,
 }
 
 fn validate(s: &str) -> Result<(), IdError> {
@@ -24,6 +27,9 @@ fn validate(s: &str) -> Result<(), IdError> {
     }
     if s.len() > 64 {
         return Err(IdError::TooLong);
+    }
+    if s == "." || s == ".." {
+        return Err(IdError::Dots);
     }
     match s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))) {
         Some(c) => Err(IdError::BadChar(c)),
@@ -102,6 +108,13 @@ id_type!(
     RecordingId
 );
 
+impl NodeId {
+    /// The node's bus channel, `onair:node:{id}`: signaling publishes its deliveries there.
+    pub fn channel(&self) -> String {
+        format!("onair:node:{}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +133,8 @@ mod tests {
         assert_eq!("a".repeat(65).parse::<PeerId>(), Err(IdError::TooLong));
         assert_eq!("../etc".parse::<RecordingId>(), Err(IdError::BadChar('/')));
         assert_eq!("a b".parse::<NodeId>(), Err(IdError::BadChar(' ')));
+        assert_eq!("..".parse::<RecordingId>(), Err(IdError::Dots));
+        assert_eq!(".".parse::<StreamId>(), Err(IdError::Dots));
         assert!("gw-1:abc_DEF.9".parse::<NodeId>().is_ok());
     }
 

@@ -11,4 +11,4 @@ pub mod wire;
 pub use bus::{Bus, BusError, BusItem, LocalBus, Subscription};
 pub use directory::{Directory, DirectoryError, MemoryDirectory, PeerRecord};
 pub use ids::{IdError, NodeId, PeerId, RecordingId, StreamId};
-pub use model::{Recording, RecordingState, Stream, StreamEvent, StreamState, TITLE_MAX_CHARS};
+pub use model::{Recording, RecordingState, Stream, StreamEvent, StreamState, TITLE_MAX_CHARS, is_plain_file_name};

@@ -7,6 +7,16 @@ use crate::ids::{NodeId, PeerId, RecordingId, StreamId};
 /// Longest title a stream may have, in characters.
 pub const TITLE_MAX_CHARS: usize = 200;
 
+/// Whether `name` is a plain file name: no directory part, not hidden, not `.`/`..`, at most 255 bytes.
+/// The one check every path built from catalog data goes through.
+pub fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && std::path::Path::new(name).file_name().is_some_and(|f| f == name)
+}
+
 /// Whether a stream is on air.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -96,4 +106,18 @@ pub struct Recording {
     pub state: RecordingState,
     /// Failure reason; empty otherwise.
     pub error: String,
+}
+
+#[cfg(test)]
+mod file_name_tests {
+    use super::is_plain_file_name;
+
+    #[test]
+    fn only_plain_names_pass() {
+        assert!(is_plain_file_name("abc.webm"));
+        for bad in ["", ".", "..", ".hidden", "../x.webm", "a/b", "a\\b", "nul\0"] {
+            assert!(!is_plain_file_name(bad), "{bad:?}");
+        }
+        assert!(!is_plain_file_name(&"a".repeat(256)));
+    }
 }

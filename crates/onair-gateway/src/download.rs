@@ -84,7 +84,7 @@ pub async fn recording(
         Err(_) => return (StatusCode::SERVICE_UNAVAILABLE, "registry unavailable\n").into_response(),
     };
     let name = rec.file_name;
-    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+    if !onair_core::is_plain_file_name(&name) {
         return not_found();
     }
     let path = dir.0.join(&name);

@@ -3,15 +3,16 @@
 //! process: peers reconnect elsewhere with their resume token.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use onair_core::{NodeId, PeerId};
-use onair_node::{LinkState, NodeHandler};
+use onair_node::{NodeHandler, NodeLink};
 use onair_proto::v1 as pb;
 use onair_proto::v1::signaling_client::SignalingClient;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
@@ -64,7 +65,7 @@ pub struct Hub {
     peers: Mutex<HashMap<PeerId, Slot>>,
     streams: RwLock<Vec<StreamJson>>,
     fanout: broadcast::Sender<Arc<str>>,
-    to_signaling: mpsc::Sender<pb::NodeMessage>,
+    link: NodeLink,
     /// Registry client.
     pub registry: StreamRegistryClient<Channel>,
     /// Signaling client (unary calls).
@@ -74,8 +75,6 @@ pub struct Hub {
     /// ICE servers sent in `welcome`.
     pub ice_servers: Vec<Value>,
     next_conn: AtomicU64,
-    /// Health of the signaling link and the registry feed.
-    pub links: LinkState,
     /// Metrics.
     pub metrics: GatewayMetrics,
 }
@@ -89,8 +88,8 @@ impl std::fmt::Debug for Hub {
 /// Parts needed to build a hub.
 #[derive(Debug)]
 pub struct HubParts {
-    /// Node id.
-    pub node: NodeId,
+    /// The node's signaling link.
+    pub link: NodeLink,
     /// Registry client.
     pub registry: StreamRegistryClient<Channel>,
     /// Signaling client.
@@ -102,29 +101,26 @@ pub struct HubParts {
 }
 
 impl Hub {
-    /// A hub and the receiver of messages bound for signaling.
-    pub fn new(parts: HubParts) -> (Arc<Self>, mpsc::Receiver<pb::NodeMessage>) {
-        let (to_signaling, rx) = mpsc::channel(8192);
+    /// A hub over `parts`.
+    pub fn new(parts: HubParts) -> Arc<Self> {
         let (fanout, _) = broadcast::channel(1024);
-        let hub = Arc::new(Self {
-            node: parts.node,
+        Arc::new(Self {
+            node: parts.link.node().clone(),
             peers: Mutex::new(HashMap::new()),
             streams: RwLock::new(Vec::new()),
             fanout,
-            to_signaling,
+            link: parts.link,
             registry: parts.registry,
             signaling: parts.signaling,
             resume_grace: parts.resume_grace,
             ice_servers: parts.ice_servers,
             next_conn: AtomicU64::new(1),
-            links: LinkState::default(),
             metrics: GatewayMetrics::default(),
-        });
-        (hub, rx)
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Slot>> {
-        self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, HashMap<PeerId, Slot>> {
+        self.peers.lock()
     }
 
     /// Subscribes a socket to list changes.
@@ -134,7 +130,7 @@ impl Hub {
 
     /// The live list, newest first.
     pub fn streams(&self) -> Vec<StreamJson> {
-        self.streams.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.streams.read().clone()
     }
 
     /// The `streams` frame for the current list.
@@ -144,10 +140,7 @@ impl Hub {
 
     /// Queues a message for signaling (in order).
     pub fn to_signaling(&self, msg: pb::node_message::Msg) {
-        let m = pb::NodeMessage { node: self.node.to_string(), msg: Some(msg) };
-        if self.to_signaling.try_send(m).is_err() {
-            tracing::warn!("signaling queue full; message dropped");
-        }
+        self.link.send(msg);
     }
 
     /// Registers a new socket's peer; returns its connection number.
@@ -234,6 +227,15 @@ impl Hub {
         self.send_to(peer, Out::Text(ServerFrame::Error { code, message }.to_json()));
     }
 
+    /// Detaches every peer of this gateway now (the all-in-one's shutdown: no other gateway can
+    /// take the sessions over, so their streams end instead of waiting for a resume).
+    pub fn detach_all(&self) {
+        let peers: Vec<PeerId> = self.lock().drain().map(|(p, _)| p).collect();
+        for peer in peers {
+            self.to_signaling(pb::node_message::Msg::Detach(pb::Detach { peer: peer.to_string() }));
+        }
+    }
+
     /// Closes every socket (shutdown: clients reconnect elsewhere).
     pub fn close_all(&self, code: u16, reason: &'static str) {
         for slot in self.lock().values() {
@@ -281,7 +283,7 @@ impl Hub {
     }
 
     fn with_streams<R>(&self, f: impl FnOnce(&mut Vec<StreamJson>) -> R) -> R {
-        f(&mut self.streams.write().unwrap_or_else(std::sync::PoisonError::into_inner))
+        f(&mut self.streams.write())
     }
 
     /// Applies one registry change to the cached list and tells every socket.
@@ -313,11 +315,8 @@ impl Hub {
 }
 
 impl NodeHandler for Hub {
-    fn node(&self) -> &NodeId {
-        &self.node
-    }
-    fn links(&self) -> &LinkState {
-        &self.links
+    fn link(&self) -> &NodeLink {
+        &self.link
     }
     fn node_event(&self, ev: pb::NodeEvent) {
         if let Ok(peer) = ev.peer.parse() {

@@ -2,30 +2,30 @@
 //! `/ws`, and relays everything through signaling and the registry. It holds
 //! sockets and nothing that must survive it.
 
-pub mod api;
-pub mod download;
-pub mod hub;
-pub mod pages;
-pub mod protocol;
-pub mod ratelimit;
-pub mod socket;
+mod api;
+mod download;
+mod hub;
+mod pages;
+mod protocol;
+mod ratelimit;
+mod socket;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
 use onair_core::{Bus, NodeId};
-use onair_ops::{Admin, ReadyCheck, ServeError};
+use onair_node::{Links, NodeLink};
+use onair_ops::{Admin, ServeError};
 use onair_proto::v1::signaling_client::SignalingClient;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use hub::{Hub, HubParts};
+use hub::{Hub, HubParts};
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -40,6 +40,9 @@ pub struct GatewayConfig {
     pub resume_grace: Duration,
     /// Directory the recorder writes WebM files to (shared volume in a cluster).
     pub recordings_dir: std::path::PathBuf,
+    /// End this gateway's sessions at shutdown instead of leaving them to resume elsewhere:
+    /// for the all-in-one, where no other gateway exists and the directory dies with the process.
+    pub end_sessions_on_shutdown: bool,
 }
 
 #[derive(Clone)]
@@ -61,54 +64,31 @@ async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Respons
         .on_upgrade(move |s| socket::run(state.hub, s, state.shutdown))
 }
 
-/// Readiness: both upstream links are up.
-pub struct UpstreamCheck(pub Arc<Hub>);
-
-#[async_trait]
-impl ReadyCheck for UpstreamCheck {
-    fn name(&self) -> &str {
-        "upstreams"
-    }
-    async fn check(&self) -> Result<(), String> {
-        self.0.links.check()
-    }
-}
-
 fn channel(url: &str) -> Result<tonic::transport::Channel, ServeError> {
     onair_node::lazy_channel(url).map_err(ServeError::Transport)
 }
 
-/// Builds the hub (so the caller can register readiness checks) and its signaling queue.
-pub fn hub(
-    config: &GatewayConfig,
-) -> Result<(Arc<Hub>, tokio::sync::mpsc::Receiver<onair_proto::v1::NodeMessage>), ServeError> {
-    let parts = HubParts {
-        node: config.node.clone(),
+/// Prepares the gateway on `listener`: registers its readiness check ("upstreams") and metrics
+/// with `admin`, and returns the future that serves it until `shutdown` fires. Then every
+/// socket is closed with 1012 so browsers reconnect to another gateway, and the queued
+/// messages reach signaling before the future resolves.
+pub fn serve(
+    config: GatewayConfig,
+    bus: Arc<dyn Bus>,
+    admin: &Admin,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<impl Future<Output = Result<(), ServeError>> + Send + 'static, ServeError> {
+    let (link, outbox) = NodeLink::new(config.node.clone());
+    let hub = Hub::new(HubParts {
+        link,
         registry: StreamRegistryClient::new(channel(&config.registry_url)?),
         signaling: SignalingClient::new(channel(&config.signaling_url)?),
         resume_grace: config.resume_grace,
         ice_servers: Vec::new(),
-    };
-    Ok(Hub::new(parts))
-}
-
-/// Serves the gateway on `listener` until `shutdown` fires; then closes every
-/// socket with 1012 so browsers reconnect to another gateway.
-pub async fn serve(
-    config: GatewayConfig,
-    hub: Arc<Hub>,
-    to_signaling: tokio::sync::mpsc::Receiver<onair_proto::v1::NodeMessage>,
-    bus: Arc<dyn Bus>,
-    admin: Admin,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), ServeError> {
+    });
     hub.metrics.register(admin.metrics());
-    let (signaling, registry) = (hub.signaling.clone(), hub.registry.clone());
-    tokio::spawn(onair_node::signaling_link(Arc::clone(&hub), signaling.clone(), to_signaling, shutdown.clone()));
-    tokio::spawn(onair_node::heartbeat(Arc::clone(&hub), signaling, shutdown.clone()));
-    tokio::spawn(onair_node::registry_feed(Arc::clone(&hub), registry, shutdown.clone()));
-    tokio::spawn(onair_node::deliveries(Arc::clone(&hub), bus, shutdown.clone()));
+    admin.add_check(onair_node::ready_check(&hub));
     let state = AppState { hub: Arc::clone(&hub), shutdown: shutdown.clone() };
     let app = Router::new()
         .route("/", get(pages::watcher))
@@ -126,17 +106,27 @@ pub async fn serve(
                 .route("/recordings/{file}", get(download::recording))
                 .with_state((Arc::clone(&hub), download::RecordingsDir(config.recordings_dir.clone()))),
         );
-    tracing::info!(addr = ?listener.local_addr().ok(), node = %hub.node, "gateway HTTP listening");
-    let closing = shutdown.clone();
-    // Signaling frames are small and latency-bound: no Nagle delay.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            closing.cancelled().await;
-            hub.close_all(1012, "server restarting; reconnect");
-        })
-        .await?;
-    Ok(())
+    Ok(async move {
+        let links = Links::spawn(&hub, outbox, hub.signaling.clone(), bus);
+        let feed = tokio::spawn(onair_node::registry_feed(Arc::clone(&hub), hub.registry.clone(), shutdown.clone()));
+        tracing::info!(addr = ?listener.local_addr().ok(), node = %hub.node, "gateway HTTP listening");
+        // Signaling frames are small and latency-bound: no Nagle delay.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let closing = (Arc::clone(&hub), shutdown.clone());
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                closing.1.cancelled().await;
+                closing.0.close_all(1012, "server restarting; reconnect");
+            })
+            .await;
+        if config.end_sessions_on_shutdown {
+            hub.detach_all();
+        }
+        links.close().await;
+        let _ = feed.await;
+        tracing::info!("gateway stopped");
+        Ok(served?)
+    })
 }

@@ -9,11 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use onair_core::{Bus, BusItem, NodeId};
+use onair_ops::ReadyCheck;
 use onair_proto::v1 as pb;
 use onair_proto::v1::signaling_client::SignalingClient;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
 use prost::Message;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -23,10 +25,8 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
 /// What a node does with what its links receive.
 pub trait NodeHandler: Send + Sync + 'static {
-    /// This node's id.
-    fn node(&self) -> &NodeId;
-    /// Where link health is recorded.
-    fn links(&self) -> &LinkState;
+    /// The node's link (id, queue to signaling, link health).
+    fn link(&self) -> &NodeLink;
     /// Signaling refused a request of one of this node's peers.
     fn node_event(&self, ev: pb::NodeEvent);
     /// A delivery for one of this node's peers.
@@ -52,6 +52,86 @@ impl LinkState {
             (false, _) => Err("signaling link down".into()),
             (_, false) => Err("registry feed down".into()),
         }
+    }
+}
+
+/// How many messages may wait for the NodeStream before new ones are dropped (with a warning).
+const OUTBOX_CAPACITY: usize = 8192;
+
+/// A node's side of signaling: its id, the ordered queue of messages for its NodeStream,
+/// and the health of its links. Owned by the node's state; the link tasks drain the queue.
+/// Clones share the queue and the health.
+#[derive(Debug, Clone)]
+pub struct NodeLink {
+    node: NodeId,
+    tx: mpsc::Sender<pb::NodeMessage>,
+    state: Arc<LinkState>,
+}
+
+/// The receiving end of a [`NodeLink`]'s queue, handed to [`Links::spawn`].
+#[derive(Debug)]
+pub struct Outbox(mpsc::Receiver<pb::NodeMessage>);
+
+impl NodeLink {
+    /// The link of node `node` and the queue its NodeStream task drains.
+    pub fn new(node: NodeId) -> (Self, Outbox) {
+        let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        (Self { node, tx, state: Arc::default() }, Outbox(rx))
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// Link health.
+    pub fn state(&self) -> &LinkState {
+        &self.state
+    }
+
+    /// Queues a message for signaling; messages go out in the order they were queued.
+    pub fn send(&self, msg: pb::node_message::Msg) {
+        let m = pb::NodeMessage { node: self.node.to_string(), msg: Some(msg) };
+        if self.tx.try_send(m).is_err() {
+            tracing::warn!("signaling queue full; message dropped");
+        }
+    }
+}
+
+/// Readiness of a node: its signaling link and registry feed are both up.
+pub fn ready_check<H: NodeHandler>(h: &Arc<H>) -> ReadyCheck {
+    let h = Arc::clone(h);
+    ReadyCheck::from_fn("upstreams", move || std::future::ready(h.link().state().check()))
+}
+
+/// The running link tasks of a node (NodeStream, heartbeats, bus deliveries).
+#[derive(Debug)]
+pub struct Links {
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Links {
+    /// Starts the NodeStream (draining `outbox` in order), the heartbeat and the bus subscription
+    /// of node `h`. They run until [`Links::close`].
+    pub fn spawn<H: NodeHandler>(
+        h: &Arc<H>,
+        outbox: Outbox,
+        signaling: SignalingClient<Channel>,
+        bus: Arc<dyn Bus>,
+    ) -> Self {
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(signaling_link(Arc::clone(h), signaling.clone(), outbox.0, cancel.clone()));
+        tasks.spawn(heartbeat(Arc::clone(h), signaling, cancel.clone()));
+        tasks.spawn(deliveries(Arc::clone(h), bus, cancel.clone()));
+        Self { cancel, tasks }
+    }
+
+    /// Stops the links; what is already queued for signaling still goes out first.
+    pub async fn close(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
     }
 }
 
@@ -85,21 +165,21 @@ impl Backoff {
 
 /// Keeps one NodeStream open to signaling and forwards `rx` into it, in order. At shutdown,
 /// what is already queued (final detaches) still goes out before the stream closes.
-pub async fn signaling_link<H: NodeHandler>(
+async fn signaling_link<H: NodeHandler>(
     h: Arc<H>,
     signaling: SignalingClient<Channel>,
     mut rx: mpsc::Receiver<pb::NodeMessage>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new();
-    let node = h.node().to_string();
+    let node = h.link().node().to_string();
     let hello = || pb::NodeMessage { node: node.clone(), msg: Some(pb::node_message::Msg::Hello(pb::Hello {})) };
     loop {
         let (itx, irx) = mpsc::channel::<pb::NodeMessage>(1024);
         let _ = itx.send(hello()).await;
         match signaling.clone().node_stream(ReceiverStream::new(irx)).await {
             Ok(resp) => {
-                h.links().signaling_up.store(true, Ordering::SeqCst);
+                h.link().state().signaling_up.store(true, Ordering::SeqCst);
                 backoff.reset();
                 tracing::info!("signaling link up");
                 let mut events = resp.into_inner();
@@ -110,8 +190,11 @@ pub async fn signaling_link<H: NodeHandler>(
                                 if itx.send(m).await.is_err() { break }
                             }
                             drop(itx);
-                            let _ = tokio::time::timeout(Duration::from_millis(500), events.message()).await;
-                            h.links().signaling_up.store(false, Ordering::SeqCst);
+                            // Signaling handles a node's messages in order and ends the response
+                            // stream after the last one: wait for that (bounded).
+                            let drained = async { while let Ok(Some(ev)) = events.message().await { h.node_event(ev) } };
+                            let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
+                            h.link().state().signaling_up.store(false, Ordering::SeqCst);
                             return;
                         }
                         m = rx.recv() => match m {
@@ -131,7 +214,7 @@ pub async fn signaling_link<H: NodeHandler>(
             }
             Err(e) => tracing::warn!(error = %e, "signaling unreachable"),
         }
-        h.links().signaling_up.store(false, Ordering::SeqCst);
+        h.link().state().signaling_up.store(false, Ordering::SeqCst);
         if !backoff.wait(&shutdown).await {
             return;
         }
@@ -139,14 +222,14 @@ pub async fn signaling_link<H: NodeHandler>(
 }
 
 /// Tells signaling this node is alive, every [`HEARTBEAT_EVERY`].
-pub async fn heartbeat<H: NodeHandler>(h: Arc<H>, signaling: SignalingClient<Channel>, shutdown: CancellationToken) {
+async fn heartbeat<H: NodeHandler>(h: Arc<H>, signaling: SignalingClient<Channel>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let req = pb::HeartbeatRequest { node: h.node().to_string() };
+        let req = pb::HeartbeatRequest { node: h.link().node().to_string() };
         if let Err(e) = signaling.clone().heartbeat(req).await {
             tracing::debug!(error = %e, "heartbeat failed");
         }
@@ -154,8 +237,8 @@ pub async fn heartbeat<H: NodeHandler>(h: Arc<H>, signaling: SignalingClient<Cha
 }
 
 /// Receives this node's deliveries from the bus.
-pub async fn deliveries<H: NodeHandler>(h: Arc<H>, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
-    let channel = format!("onair:node:{}", h.node());
+async fn deliveries<H: NodeHandler>(h: Arc<H>, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
+    let channel = h.link().node().channel();
     let mut backoff = Backoff::new();
     loop {
         match bus.subscribe(&channel).await {
@@ -205,7 +288,7 @@ pub async fn registry_feed<H: NodeHandler>(
                         () = shutdown.cancelled() => return,
                         ev = events.message() => match ev {
                             Ok(Some(pb::StreamEvent { event: Some(e) })) => {
-                                h.links().feed_up.store(true, Ordering::SeqCst);
+                                h.link().state().feed_up.store(true, Ordering::SeqCst);
                                 backoff.reset();
                                 h.stream_event(e);
                             }
@@ -221,7 +304,7 @@ pub async fn registry_feed<H: NodeHandler>(
             }
             Err(e) => tracing::warn!(error = %e, "registry unreachable"),
         }
-        h.links().feed_up.store(false, Ordering::SeqCst);
+        h.link().state().feed_up.store(false, Ordering::SeqCst);
         if !backoff.wait(&shutdown).await {
             return;
         }

@@ -1,35 +1,63 @@
 //! The admin HTTP router every service serves: `/healthz`, `/readyz`, `/metrics`.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use parking_lot::RwLock;
 
 use crate::Metrics;
 
 /// How long one readiness check may take before it counts as failed.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A dependency whose health decides readiness (a store, Redis, an upstream service).
-#[async_trait]
-pub trait ReadyCheck: Send + Sync + 'static {
-    /// Short name shown in `/readyz` output, e.g. `mongodb`.
-    fn name(&self) -> &str;
-    /// `Ok` when the dependency answers.
-    async fn check(&self) -> Result<(), String>;
+type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A dependency whose health decides readiness (a store, Redis, an upstream link).
+#[derive(Clone)]
+pub struct ReadyCheck {
+    name: &'static str,
+    check: Arc<dyn Fn() -> CheckFuture + Send + Sync>,
+}
+
+impl std::fmt::Debug for ReadyCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadyCheck").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl ReadyCheck {
+    /// A check named `name` (shown in `/readyz`, e.g. `mongodb`) that passes when `check` resolves to `Ok`.
+    pub fn from_fn<F, Fut>(name: &'static str, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Self { name, check: Arc::new(move || Box::pin(check())) }
+    }
+
+    /// The name shown in `/readyz`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Runs the check once.
+    pub async fn check(&self) -> Result<(), String> {
+        (self.check)().await
+    }
 }
 
 /// State behind the admin router.
 #[derive(Clone)]
 pub struct Admin {
     metrics: Metrics,
-    checks: Arc<Vec<Arc<dyn ReadyCheck>>>,
+    checks: Arc<RwLock<Vec<ReadyCheck>>>,
     draining: Arc<AtomicBool>,
 }
 
@@ -40,9 +68,14 @@ impl std::fmt::Debug for Admin {
 }
 
 impl Admin {
-    /// Admin state with the given metrics and readiness checks.
-    pub fn new(metrics: Metrics, checks: Vec<Arc<dyn ReadyCheck>>) -> Self {
-        Self { metrics, checks: Arc::new(checks), draining: Arc::new(AtomicBool::new(false)) }
+    /// Admin state with the given metrics and no readiness checks yet (services add theirs).
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics, checks: Arc::default(), draining: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// Adds a readiness check; `/readyz` passes only while every check passes.
+    pub fn add_check(&self, check: ReadyCheck) {
+        self.checks.write().push(check);
     }
 
     /// From now on `/readyz` fails, so load balancers stop sending new work (shutdown).
@@ -55,7 +88,8 @@ impl Admin {
         if self.draining.load(Ordering::SeqCst) {
             return vec!["draining: shutting down".to_owned()];
         }
-        let runs = self.checks.iter().map(|c| async move {
+        let checks = self.checks.read().clone();
+        let runs = checks.iter().map(|c| async move {
             match tokio::time::timeout(CHECK_TIMEOUT, c.check()).await {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(format!("{}: {e}", c.name())),

@@ -1,14 +1,15 @@
-//! What every onair gRPC server carries besides its own service: the gRPC
-//! health protocol (mirroring `/readyz`), server reflection, and call metrics.
+//! The one way an onair gRPC server starts: its own service plus the gRPC health
+//! protocol (mirroring `/readyz`), server reflection listing exactly the services
+//! of this port, call metrics, and TCP_NODELAY on every accepted socket.
 
+use std::convert::Infallible;
+
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic_health::pb::health_server::{Health, HealthServer};
-use tonic_reflection::server::v1::{ServerReflection, ServerReflectionServer};
-use tonic_reflection::server::v1alpha::{
-    ServerReflection as ServerReflectionAlpha, ServerReflectionServer as ServerReflectionServerAlpha,
-};
+use tonic::body::Body;
+use tonic::server::NamedService;
 
-use crate::Admin;
+use crate::{Admin, GrpcMetricsLayer};
 
 /// Why a gRPC server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -19,44 +20,58 @@ pub enum ServeError {
     /// The reflection descriptor set could not be loaded.
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// The admin HTTP server failed.
-    #[error("admin server: {0}")]
+    /// An I/O error (the admin HTTP server, a directory that cannot be created).
+    #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Health and reflection services for a server exposing `services`
-/// (fully qualified names, e.g. `onair.v1.StreamRegistry`). Health follows
-/// `admin`'s readiness until `shutdown` fires.
-pub fn scaffold(
+/// Health and reflection service names every server lists besides its own.
+const STANDARD_SERVICES: [&str; 3] =
+    ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+
+/// Serves `service` on `listener` until `shutdown` fires; in-flight calls finish first.
+/// Health follows `admin`'s readiness; reflection describes `service` (from `descriptor_set`),
+/// health and reflection, and nothing else.
+pub async fn serve<S>(
     admin: &Admin,
-    services: &[&str],
+    service: S,
     descriptor_set: &'static [u8],
-    shutdown: &CancellationToken,
-) -> Result<
-    (
-        HealthServer<impl Health + use<>>,
-        ServerReflectionServer<impl ServerReflection + use<>>,
-        ServerReflectionServerAlpha<impl ServerReflectionAlpha + use<>>,
-    ),
-    ServeError,
-> {
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError>
+where
+    S: tower::Service<http::Request<Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send + 'static,
+{
     let (reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(crate::health::mirror_readiness(
+    let health_task = tokio::spawn(crate::health::mirror_readiness(
         admin.clone(),
         reporter,
-        services.iter().map(|s| (*s).to_owned()).collect(),
+        vec![S::NAME.to_owned()],
         shutdown.clone(),
     ));
-    let builder = || {
-        tonic_reflection::server::Builder::configure()
+    let reflection = || {
+        STANDARD_SERVICES
+            .iter()
+            .fold(tonic_reflection::server::Builder::configure().with_service_name(S::NAME), |b, s| {
+                b.with_service_name(*s)
+            })
             .register_encoded_file_descriptor_set(descriptor_set)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    Ok((health, builder().build_v1()?, builder().build_v1alpha()?))
-}
-
-/// Accepted connections of `listener` with TCP_NODELAY set. (`Server::tcp_nodelay` only applies to
-/// listeners tonic binds itself; without this, responses wait on Nagle + delayed ACK for ~40 ms.)
-pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+    let (v1, v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
+    // `Server::tcp_nodelay` only applies to listeners tonic binds itself; without NODELAY on
+    // the accepted sockets, responses wait on Nagle + delayed ACK for ~40 ms.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let served = tonic::transport::Server::builder()
+        .layer(GrpcMetricsLayer::new(admin.metrics().clone()))
+        .add_service(health)
+        .add_service(v1)
+        .add_service(v1alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await;
+    health_task.abort();
+    Ok(served?)
 }

@@ -1,13 +1,13 @@
 //! Operability shared by every onair service: the admin HTTP router
-//! (`/healthz`, `/readyz`, `/metrics`), Prometheus metrics with a tower layer
-//! that counts gRPC calls by method and status, readiness checks, and a task
-//! that mirrors readiness into the gRPC health protocol.
+//! (`/healthz`, `/readyz`, `/metrics`) with readiness checks services register,
+//! Prometheus metrics, and the one gRPC server scaffold (health mirroring
+//! readiness, reflection, call metrics).
 
 pub mod admin;
 pub mod grpc;
-pub mod grpc_metrics;
-pub mod health;
-pub mod metrics;
+mod grpc_metrics;
+mod health;
+mod metrics;
 
 pub use admin::{Admin, ReadyCheck};
 pub use grpc::ServeError;

@@ -1,6 +1,8 @@
 //! The process-wide Prometheus registry.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -68,7 +70,7 @@ impl Metrics {
 
     /// Registers a service's own metric.
     pub fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
-        self.lock().register(name, help, metric);
+        self.registry.lock().register(name, help, metric);
     }
 
     /// Records one finished gRPC call.
@@ -80,13 +82,9 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.lock()).is_err() {
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry.lock()).is_err() {
             out.clear();
         }
         out
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

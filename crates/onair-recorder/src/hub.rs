@@ -3,65 +3,25 @@
 //! and metrics. Sessions (one per recording) live in `session.rs`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use onair_core::{NodeId, PeerId, Recording, RecordingId, RecordingState, StreamId};
-use onair_node::LinkState;
+use onair_core::{PeerId, Recording, RecordingId, RecordingState, StreamId};
+use onair_node::NodeLink;
 use onair_proto::v1 as pb;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::RecorderConfig;
 use crate::catalog::{Catalog, LiveStream};
 use crate::error::RecorderError;
+use crate::metrics::RecorderMetrics;
 use crate::session::{self, SessionInput, SessionParams};
 
 /// How long shutdown waits for sessions to finalize their files.
 pub const FINALIZE_GRACE: Duration = Duration::from_secs(10);
-
-/// Recorder metrics.
-#[derive(Debug, Clone, Default)]
-pub struct RecorderMetrics {
-    /// Recordings in progress.
-    pub active: Gauge,
-    /// Bytes written to recording files.
-    pub bytes_written: Counter,
-    /// RTP packets received from broadcasters.
-    pub rtp_packets: Counter,
-    /// Recordings started.
-    pub started: Counter,
-    /// Recordings finished COMPLETE.
-    pub completed: Counter,
-    /// Recordings finished FAILED.
-    pub failed: Counter,
-    /// Streams not recorded because the recorder was at its maximum.
-    pub skipped: Counter,
-}
-
-impl RecorderMetrics {
-    /// Registers into `m`.
-    pub fn register(&self, m: &onair_ops::Metrics) {
-        m.register("recorder_active_recordings", "Recordings in progress", self.active.clone());
-        m.register("recorder_bytes_written", "Bytes written to recording files", self.bytes_written.clone());
-        m.register("recorder_rtp_packets", "RTP packets received from broadcasters", self.rtp_packets.clone());
-        m.register("recorder_recordings_started", "Recordings started", self.started.clone());
-        m.register("recorder_recordings_completed", "Recordings finalized as COMPLETE", self.completed.clone());
-        m.register("recorder_recordings_failed", "Recordings finalized as FAILED", self.failed.clone());
-        m.register("recorder_recordings_skipped", "Streams not recorded: at max concurrent", self.skipped.clone());
-    }
-}
-
-/// The link state of the recorder with node id `node` in this process, shared by
-/// [`crate::RecorderCheck`] (built before `serve`) and the running recorder.
-pub fn link_state(node: &NodeId) -> Arc<LinkState> {
-    static LINKS: OnceLock<Mutex<HashMap<NodeId, Arc<LinkState>>>> = OnceLock::new();
-    let mut map = LINKS.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    Arc::clone(map.entry(node.clone()).or_default())
-}
 
 struct Active {
     id: RecordingId,
@@ -76,9 +36,7 @@ pub struct Hub {
     pub config: RecorderConfig,
     /// The registry.
     pub catalog: Catalog,
-    to_signaling: mpsc::Sender<pb::NodeMessage>,
-    /// Link health.
-    pub links: Arc<LinkState>,
+    link: NodeLink,
     /// Metrics.
     pub metrics: RecorderMetrics,
     active: Mutex<HashMap<StreamId, Active>>,
@@ -92,34 +50,18 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Hub {
-    /// A hub and the receiver of messages bound for signaling.
-    pub fn new(config: RecorderConfig, catalog: Catalog) -> (Arc<Self>, mpsc::Receiver<pb::NodeMessage>) {
-        let (to_signaling, rx) = mpsc::channel(8192);
-        let links = link_state(&config.node);
-        let hub = Arc::new(Self {
+    /// A hub speaking to signaling through `link`.
+    pub fn new(config: RecorderConfig, catalog: Catalog, link: NodeLink) -> Arc<Self> {
+        Arc::new(Self {
             config,
             catalog,
-            to_signaling,
-            links,
+            link,
             metrics: RecorderMetrics::default(),
             active: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
-        });
-        (hub, rx)
-    }
-
-    /// Queues a message for signaling (in order).
-    pub fn to_signaling(&self, msg: pb::node_message::Msg) {
-        let m = pb::NodeMessage { node: self.config.node.to_string(), msg: Some(msg) };
-        if self.to_signaling.try_send(m).is_err() {
-            tracing::warn!("signaling queue full; message dropped");
-        }
+        })
     }
 
     /// Starts recording `stream`. Fails if it is already recorded, the recorder is full or
@@ -143,7 +85,7 @@ impl Hub {
         let stop = CancellationToken::new();
         let (done_tx, done) = watch::channel(None);
         {
-            let mut active = lock(&self.active);
+            let mut active = self.active.lock();
             if !self.accepting.load(Ordering::SeqCst) {
                 return Err(RecorderError::ShuttingDown);
             }
@@ -175,7 +117,7 @@ impl Hub {
             Err(e) => Err(RecorderError::Io(e)),
         };
         if let Err(e) = registered {
-            lock(&self.active).remove(&stream.id);
+            self.active.lock().remove(&stream.id);
             let _ = std::fs::remove_file(&path);
             let mut failed = recording;
             failed.state = RecordingState::Failed;
@@ -187,23 +129,35 @@ impl Hub {
         self.metrics.active.inc();
         let peer = PeerId::generate();
         let (inbox_tx, inbox) = mpsc::channel(256);
-        lock(&self.peers).insert(peer.clone(), inbox_tx);
+        self.peers.lock().insert(peer.clone(), inbox_tx);
         tracing::info!(stream = %stream.id, recording = %id, %peer, "recording started");
-        let params = SessionParams { stream, recording: recording.clone(), peer, path, inbox, stop, snapshot };
+        let params = SessionParams {
+            stream,
+            recording: recording.clone(),
+            peer,
+            path,
+            inbox,
+            stop,
+            snapshot,
+            link: self.link.clone(),
+            catalog: self.catalog.clone(),
+            metrics: self.metrics.clone(),
+            rtc_ip: self.config.rtc_ip,
+        };
         let hub = Arc::clone(self);
         tokio::spawn(async move {
             let stream_id = params.stream.id.clone();
             let peer = params.peer.clone();
-            let fin = session::run(Arc::clone(&hub), params).await;
+            let fin = session::run(params).await;
             hub.finished(&stream_id, &peer, fin, done_tx);
         });
         Ok(recording)
     }
 
     fn finished(&self, stream: &StreamId, peer: &PeerId, fin: Recording, done: watch::Sender<Option<Recording>>) {
-        lock(&self.peers).remove(peer);
+        self.peers.lock().remove(peer);
         {
-            let mut active = lock(&self.active);
+            let mut active = self.active.lock();
             if active.get(stream).is_some_and(|a| a.id == fin.id) {
                 active.remove(stream);
             }
@@ -223,7 +177,7 @@ impl Hub {
     /// Stops the recording of `stream` and waits until it is finalized.
     pub async fn stop(&self, stream: &StreamId) -> Result<Recording, RecorderError> {
         let mut done = {
-            let active = lock(&self.active);
+            let active = self.active.lock();
             let a = active
                 .get(stream)
                 .ok_or_else(|| RecorderError::NotFound(format!("stream {stream} is not being recorded")))?;
@@ -238,14 +192,14 @@ impl Hub {
 
     /// Recordings in progress, with their current size and duration.
     pub fn list_active(&self) -> Vec<Recording> {
-        let mut list: Vec<Recording> = lock(&self.active).values().map(|a| lock(&a.snapshot).clone()).collect();
+        let mut list: Vec<Recording> = self.active.lock().values().map(|a| a.snapshot.lock().clone()).collect();
         list.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
         list
     }
 
     /// Ids of the recordings in progress.
     pub fn active_ids(&self) -> HashSet<RecordingId> {
-        lock(&self.active).values().map(|a| a.id.clone()).collect()
+        self.active.lock().values().map(|a| a.id.clone()).collect()
     }
 
     /// Routes one delivery from the node's bus channel to its session.
@@ -272,7 +226,7 @@ impl Hub {
     }
 
     fn to_session(&self, peer: &PeerId, input: SessionInput) {
-        let tx = lock(&self.peers).get(peer).cloned();
+        let tx = self.peers.lock().get(peer).cloned();
         if let Some(tx) = tx
             && tx.try_send(input).is_err()
         {
@@ -289,12 +243,12 @@ impl Hub {
                 let live: Vec<LiveStream> = snap.streams.iter().filter_map(LiveStream::from_pb).collect();
                 let live_ids: HashSet<&StreamId> = live.iter().map(|s| &s.id).collect();
                 let gone: Vec<StreamId> =
-                    lock(&self.active).keys().filter(|id| !live_ids.contains(id)).cloned().collect();
+                    self.active.lock().keys().filter(|id| !live_ids.contains(id)).cloned().collect();
                 for id in gone {
                     self.spawn_stop(id);
                 }
                 if self.config.auto_record {
-                    let active = lock(&self.active).keys().cloned().collect::<HashSet<_>>();
+                    let active = self.active.lock().keys().cloned().collect::<HashSet<_>>();
                     for s in live.into_iter().filter(|s| !active.contains(&s.id)) {
                         self.spawn_start(s);
                     }
@@ -310,7 +264,7 @@ impl Hub {
             Event::Updated(_) => {}
             Event::Ended(s) => {
                 if let Ok(id) = s.id.parse::<StreamId>()
-                    && lock(&self.active).contains_key(&id)
+                    && self.active.lock().contains_key(&id)
                 {
                     self.spawn_stop(id);
                 }
@@ -344,7 +298,7 @@ impl Hub {
     pub async fn stop_all(&self) {
         self.accepting.store(false, Ordering::SeqCst);
         let waits: Vec<_> = {
-            let active = lock(&self.active);
+            let active = self.active.lock();
             active
                 .values()
                 .map(|a| {
@@ -367,11 +321,8 @@ impl Hub {
 }
 
 impl onair_node::NodeHandler for Hub {
-    fn node(&self) -> &NodeId {
-        &self.config.node
-    }
-    fn links(&self) -> &LinkState {
-        &self.links
+    fn link(&self) -> &NodeLink {
+        &self.link
     }
     fn node_event(&self, ev: pb::NodeEvent) {
         Hub::node_event(self, ev);

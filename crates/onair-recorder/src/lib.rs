@@ -3,29 +3,30 @@
 //! in live mode, cataloged in the registry. Serves `onair.v1.Recorder` for manual
 //! control; with auto-record it follows the registry feed and records every stream.
 //!
-//! Modules: [`hub`] (shared state, routing), [`session`] (one recording), [`peer`]
-//! (WebRTC), [`vp8`] / [`timeline`] / [`mux`] (media), [`finalize`] (the seekable rewrite at
-//! stop), [`catalog`] (registry), `onair_node` links (signaling, bus, feed), [`recovery`] (start-up
-//! cleanup), [`service`] (gRPC).
+//! Modules: `hub` (shared state, routing), `session` (one recording, a leaf: it gets the link,
+//! catalog and metrics it needs), `peer` (WebRTC), `vp8` / `timeline` / `mux` (media),
+//! `finalize` (the seekable rewrite at stop), `catalog` (registry), `onair_node` links
+//! (signaling, bus, feed), `recovery` (start-up cleanup), `service` (gRPC).
 
-pub mod catalog;
-pub mod error;
+mod catalog;
+mod error;
 pub mod finalize;
-pub mod hub;
+mod hub;
+mod metrics;
 pub mod mux;
-pub mod peer;
-pub mod recovery;
-pub mod service;
-pub mod session;
-pub mod timeline;
-pub mod vp8;
+mod peer;
+mod recovery;
+mod service;
+mod session;
+mod timeline;
+mod vp8;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use onair_core::Bus;
-use onair_ops::{Admin, GrpcMetricsLayer, ReadyCheck, ServeError};
+use onair_node::{Links, NodeLink};
+use onair_ops::{Admin, ServeError};
 use onair_proto::v1::recorder_server::RecorderServer;
 use onair_proto::v1::signaling_client::SignalingClient;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
@@ -33,12 +34,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::RecorderError;
-pub use hub::{Hub, RecorderMetrics};
-pub use onair_node::LinkState;
-pub use service::RecorderService;
-
-/// Fully qualified gRPC service name.
-pub const SERVICE_NAME: &str = "onair.v1.Recorder";
+use hub::Hub;
+use service::RecorderService;
 
 /// Recorder settings.
 #[derive(Debug, Clone)]
@@ -59,77 +56,50 @@ pub struct RecorderConfig {
     pub signaling_url: String,
 }
 
-/// Readiness: the registry feed and the signaling link of the recorder with this node id
-/// (in this process) are both up. Build it before [`serve`] from the same config.
-pub struct RecorderCheck(Arc<LinkState>);
-
-impl RecorderCheck {
-    /// The check for the recorder that `serve(config, ..)` will run.
-    pub fn new(config: &RecorderConfig) -> Self {
-        Self(hub::link_state(&config.node))
-    }
-}
-
-#[async_trait]
-impl ReadyCheck for RecorderCheck {
-    fn name(&self) -> &str {
-        "upstreams"
-    }
-    async fn check(&self) -> Result<(), String> {
-        self.0.check()
-    }
-}
-
 fn channel(url: &str) -> Result<tonic::transport::Channel, ServeError> {
     onair_node::lazy_channel(url).map_err(ServeError::Transport)
 }
 
-/// Serves onair.v1.Recorder on `listener` until `shutdown`; finalizes active recordings before returning.
-pub async fn serve(
+/// Prepares the recorder on `listener`: registers its readiness check ("upstreams") and metrics
+/// with `admin`, and returns the future that serves onair.v1.Recorder until `shutdown` fires.
+/// Then it stops following the registry, finalizes every active recording (the registry and
+/// signaling must still be up: shutdown stops them after this future resolves), and closes its
+/// signaling link once the final messages went out.
+pub fn serve(
     config: RecorderConfig,
     bus: Arc<dyn Bus>,
-    admin: Admin,
+    admin: &Admin,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), ServeError> {
-    let (health, reflection, reflection_alpha) =
-        onair_ops::grpc::scaffold(&admin, &[SERVICE_NAME], onair_proto::FILE_DESCRIPTOR_SET, &shutdown)?;
+) -> Result<impl Future<Output = Result<(), ServeError>> + Send + 'static, ServeError> {
     std::fs::create_dir_all(&config.recordings_dir)?;
     let catalog = catalog::Catalog::new(StreamRegistryClient::new(channel(&config.registry_url)?));
     let signaling = SignalingClient::new(channel(&config.signaling_url)?);
-    let (hub, to_signaling) = Hub::new(config, catalog);
+    let (link, outbox) = NodeLink::new(config.node.clone());
+    let hub = Hub::new(config, catalog, link);
     hub.metrics.register(admin.metrics());
-    // The links outlive the server: sessions still talk to signaling and the registry while
-    // they finalize after `shutdown`.
-    let links = CancellationToken::new();
-    tokio::spawn(onair_node::signaling_link(Arc::clone(&hub), signaling.clone(), to_signaling, links.clone()));
-    tokio::spawn(onair_node::heartbeat(Arc::clone(&hub), signaling, links.clone()));
-    tokio::spawn(onair_node::deliveries(Arc::clone(&hub), bus, links.clone()));
-    let feed_hub = Arc::clone(&hub);
-    let feed_stop = shutdown.child_token();
-    tokio::spawn(async move {
-        recovery::recover_with_retries(&feed_hub, Duration::from_secs(10), &feed_stop).await;
-        let registry = feed_hub.catalog.client();
-        onair_node::registry_feed(feed_hub, registry, feed_stop).await;
-    });
-    tracing::info!(
-        addr = ?listener.local_addr().ok(), node = %hub.config.node, dir = %hub.config.recordings_dir.display(),
-        auto_record = hub.config.auto_record, "recorder gRPC listening"
-    );
-    let served = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .layer(GrpcMetricsLayer::new(admin.metrics().clone()))
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .add_service(RecorderServer::new(RecorderService::new(Arc::clone(&hub))))
-        .serve_with_incoming_shutdown(onair_ops::grpc::incoming(listener), shutdown.cancelled_owned())
-        .await;
-    hub.stop_all().await;
-    // Give the final Detach messages a moment to reach signaling, then close the links.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    links.cancel();
-    tracing::info!("recorder stopped");
-    served?;
-    Ok(())
+    admin.add_check(onair_node::ready_check(&hub));
+    let admin = admin.clone();
+    Ok(async move {
+        let links = Links::spawn(&hub, outbox, signaling, bus);
+        let feed_hub = Arc::clone(&hub);
+        let feed_stop = shutdown.child_token();
+        let feed = tokio::spawn(async move {
+            recovery::recover_with_retries(&feed_hub, Duration::from_secs(10), &feed_stop).await;
+            let registry = feed_hub.catalog.client();
+            onair_node::registry_feed(feed_hub, registry, feed_stop).await;
+        });
+        tracing::info!(
+            addr = ?listener.local_addr().ok(), node = %hub.config.node, dir = %hub.config.recordings_dir.display(),
+            auto_record = hub.config.auto_record, "recorder gRPC listening"
+        );
+        let service = RecorderServer::new(RecorderService::new(Arc::clone(&hub)));
+        let served =
+            onair_ops::grpc::serve(&admin, service, onair_proto::FILE_DESCRIPTOR_SET, listener, shutdown).await;
+        let _ = feed.await;
+        hub.stop_all().await;
+        links.close().await;
+        tracing::info!("recorder stopped");
+        served
+    })
 }

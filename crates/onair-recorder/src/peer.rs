@@ -198,7 +198,7 @@ pub async fn read_track(
             }
         };
         let Some((rtp_ts, frame)) = frame else { continue };
-        let ts_ns = clock.to_ns(rtp_ts, arrival);
+        let ts_ns = clock.ns_at(rtp_ts, arrival);
         if out.send(TimedFrame { ts_ns, frame }).await.is_err() {
             break;
         }

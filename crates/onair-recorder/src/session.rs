@@ -3,22 +3,25 @@
 //! a WebM file and keeps the catalog entry up to date until it is stopped.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onair_core::{PeerId, Recording, RecordingState};
 use onair_proto::v1 as pb;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCPeerConnectionState, RTCSessionDescription};
 
+use crate::catalog::Catalog;
 use crate::catalog::{AUDIO_CODEC, LiveStream, VIDEO_CODEC};
-use crate::hub::Hub;
+use crate::metrics::RecorderMetrics;
 use crate::mux::{MediaFrame, Mux, MuxStats, Tracks};
 use crate::peer::{self, RtcEvent, TimedFrame, TrackShared};
 use crate::timeline::Reorder;
+use onair_node::NodeLink;
 
 /// A recording that has received no media this long after it started fails.
 pub const NO_MEDIA_TIMEOUT: Duration = Duration::from_secs(15);
@@ -67,6 +70,14 @@ pub struct SessionParams {
     pub stop: CancellationToken,
     /// Current state for ListActive.
     pub snapshot: Arc<Mutex<Recording>>,
+    /// The recorder's signaling link.
+    pub link: NodeLink,
+    /// The registry.
+    pub catalog: Catalog,
+    /// Recorder metrics.
+    pub metrics: RecorderMetrics,
+    /// The IP ICE binds and advertises.
+    pub rtc_ip: std::net::IpAddr,
 }
 
 /// Why a session ended.
@@ -80,7 +91,10 @@ enum End {
 }
 
 struct Session {
-    hub: Arc<Hub>,
+    link: NodeLink,
+    catalog: Catalog,
+    metrics: RecorderMetrics,
+    rtc_ip: std::net::IpAddr,
     peer: PeerId,
     path: PathBuf,
     rec: Recording,
@@ -100,17 +114,20 @@ struct Session {
 }
 
 /// Runs one recording to its end; returns the final catalog entry (already stored).
-pub async fn run(hub: Arc<Hub>, p: SessionParams) -> Recording {
+pub async fn run(p: SessionParams) -> Recording {
     let span = tracing::info_span!("recording", stream_id = %p.stream.id, recording = %p.recording.id, peer = %p.peer);
-    run_inner(hub, p).instrument(span).await
+    run_inner(p).instrument(span).await
 }
 
-async fn run_inner(hub: Arc<Hub>, p: SessionParams) -> Recording {
-    let SessionParams { stream, recording, peer, path, mut inbox, stop, snapshot } = p;
+async fn run_inner(p: SessionParams) -> Recording {
+    let SessionParams { stream, recording, peer, path, mut inbox, stop, snapshot, link, catalog, metrics, rtc_ip } = p;
     let (rtc_tx, mut rtc_rx) = mpsc::unbounded_channel();
     let (media_tx, mut media_rx) = mpsc::channel(2048);
     let mut s = Session {
-        hub,
+        link,
+        catalog,
+        metrics,
+        rtc_ip,
         peer,
         path,
         rec: recording,
@@ -130,11 +147,8 @@ async fn run_inner(hub: Arc<Hub>, p: SessionParams) -> Recording {
     };
     // Join the stream like a browser watcher would.
     let token = uuid::Uuid::new_v4().simple().to_string();
-    s.hub.to_signaling(pb::node_message::Msg::Attach(pb::Attach { peer: s.peer.to_string(), resume_token: token }));
-    s.hub.to_signaling(pb::node_message::Msg::Watch(pb::Watch {
-        peer: s.peer.to_string(),
-        stream_id: stream.id.to_string(),
-    }));
+    s.link.send(pb::node_message::Msg::Attach(pb::Attach { peer: s.peer.to_string(), resume_token: token }));
+    s.link.send(pb::node_message::Msg::Watch(pb::Watch { peer: s.peer.to_string(), stream_id: stream.id.to_string() }));
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_progress = Instant::now();
@@ -169,7 +183,7 @@ async fn run_inner(hub: Arc<Hub>, p: SessionParams) -> Recording {
         Err(reason) if !matches!(end, End::Failed(_)) => End::Failed(reason),
         _ => end,
     };
-    s.hub.to_signaling(pb::node_message::Msg::Detach(pb::Detach { peer: s.peer.to_string() }));
+    s.link.send(pb::node_message::Msg::Detach(pb::Detach { peer: s.peer.to_string() }));
     s.finish(end).await
 }
 
@@ -192,7 +206,7 @@ fn first_mid(sdp: &str) -> String {
 
 impl Session {
     fn send_signal(&self, to: &PeerId, kind: pb::SignalKind, payload: String) {
-        self.hub.to_signaling(pb::node_message::Msg::Signal(pb::Signal {
+        self.link.send(pb::node_message::Msg::Signal(pb::Signal {
             from: self.peer.to_string(),
             to: to.to_string(),
             kind: kind.into(),
@@ -270,7 +284,7 @@ impl Session {
             self.mux = Some(Mux::create(&self.path, tracks).map_err(|e| format!("cannot create the file: {e}"))?);
         }
         self.mid = first_mid(&offer.sdp);
-        let pc = peer::peer_connection(self.hub.config.rtc_ip, self.rtc_tx.clone())
+        let pc = peer::peer_connection(self.rtc_ip, self.rtc_tx.clone())
             .await
             .map_err(|e| format!("peer connection setup failed: {e}"))?;
         self.pc = Some(Arc::clone(&pc));
@@ -329,7 +343,7 @@ impl Session {
                         track,
                         Arc::clone(&self.tracks),
                         self.media_tx.clone(),
-                        self.hub.metrics.rtp_packets.clone(),
+                        self.metrics.rtp_packets.clone(),
                         self.track_stop.clone(),
                     )
                     .in_current_span(),
@@ -357,9 +371,9 @@ impl Session {
         self.rec.duration_ms = stats.duration_ns / 1_000_000;
         self.rec.video_codec = if stats.video_frames > 0 { VIDEO_CODEC.into() } else { String::new() };
         self.rec.audio_codec = if stats.audio_frames > 0 { AUDIO_CODEC.into() } else { String::new() };
-        self.hub.metrics.bytes_written.inc_by(stats.bytes.saturating_sub(self.bytes_counted));
+        self.metrics.bytes_written.inc_by(stats.bytes.saturating_sub(self.bytes_counted));
         self.bytes_counted = stats.bytes;
-        *self.snapshot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = self.rec.clone();
+        *self.snapshot.lock() = self.rec.clone();
     }
 
     fn on_tick(&mut self, started: Instant, last_progress: &mut Instant) -> Result<(), String> {
@@ -378,7 +392,7 @@ impl Session {
         self.refresh(stats);
         if last_progress.elapsed() >= PROGRESS_EVERY && self.progress.as_ref().is_none_or(JoinHandle::is_finished) {
             *last_progress = Instant::now();
-            let catalog = self.hub.catalog.clone();
+            let catalog = self.catalog.clone();
             let rec = self.rec.clone();
             self.progress = Some(tokio::spawn(async move {
                 if let Err(e) = catalog.update(&rec).await {
@@ -445,9 +459,9 @@ impl Session {
         if let Some(p) = self.progress.take() {
             let _ = p.await;
         }
-        *self.snapshot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = self.rec.clone();
+        *self.snapshot.lock() = self.rec.clone();
         for attempt in 1..=3 {
-            match self.hub.catalog.update(&self.rec).await {
+            match self.catalog.update(&self.rec).await {
                 Ok(()) => break,
                 Err(e) if attempt == 3 => tracing::error!(error = %e, "final recording state not stored"),
                 Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,

@@ -44,7 +44,7 @@ impl TrackClock {
     }
 
     /// Timeline nanoseconds of a packet with RTP timestamp `ts` that arrived at `arrival_ns`.
-    pub fn to_ns(&mut self, ts: u32, arrival_ns: i64) -> i64 {
+    pub fn ns_at(&mut self, ts: u32, arrival_ns: i64) -> i64 {
         let ext = self.unwrapper.unwrap(ts);
         let (first, offset) = *self.anchor.get_or_insert((ext, arrival_ns));
         let ticks = i128::from(ext - first);
@@ -112,16 +112,19 @@ impl<T> Reorder<T> {
     }
 
     /// Frames held.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.heap.len()
     }
 
     /// Whether no frame is held.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
 
     /// Adds a frame of track 0.
+    #[cfg(test)]
     pub fn push(&mut self, ts: i64, item: T) {
         self.push_on(0, ts, item);
     }
@@ -180,25 +183,25 @@ mod tests {
     #[test]
     fn track_clock_converts_rtp_ticks_from_the_anchor() {
         let mut video = TrackClock::new(90_000);
-        assert_eq!(video.to_ns(1_000, 0), 0);
-        assert_eq!(video.to_ns(1_000 + 3_000, 99_000_000), 33_333_333, "arrival jitter is ignored");
+        assert_eq!(video.ns_at(1_000, 0), 0);
+        assert_eq!(video.ns_at(1_000 + 3_000, 99_000_000), 33_333_333, "arrival jitter is ignored");
         let mut audio = TrackClock::new(48_000);
         // The audio track started 20 ms after the video track.
-        assert_eq!(audio.to_ns(u32::MAX - 479, 20_000_000), 20_000_000);
-        assert_eq!(audio.to_ns(480, 40_000_000), 40_000_000, "wraps across u32::MAX");
+        assert_eq!(audio.ns_at(u32::MAX - 479, 20_000_000), 20_000_000);
+        assert_eq!(audio.ns_at(480, 40_000_000), 40_000_000, "wraps across u32::MAX");
     }
 
     #[test]
     fn track_clock_handles_a_long_recording() {
         let mut c = TrackClock::new(90_000);
-        c.to_ns(0, 0);
+        c.ns_at(0, 0);
         let mut ts: u32 = 0;
         // ~26.5 h of 90 kHz ticks: more than one full wrap of the 32-bit timestamp.
         for _ in 0..100 {
             ts = ts.wrapping_add(90_000 * 1000);
-            c.to_ns(ts, 0);
+            c.ns_at(ts, 0);
         }
-        assert_eq!(c.to_ns(ts, 0), 100_000 * 1_000_000_000);
+        assert_eq!(c.ns_at(ts, 0), 100_000 * 1_000_000_000);
     }
 
     #[test]

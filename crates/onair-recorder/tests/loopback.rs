@@ -152,17 +152,17 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
     let shutdown = CancellationToken::new();
     let rec_shutdown = CancellationToken::new();
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
-    let admin = Admin::new(Metrics::new(), vec![]);
+    let admin = Admin::new(Metrics::new());
 
     let (l, registry_url) = listener().await;
     let store = Arc::new(onair_registry::LocalStore::memory());
     let config = onair_registry::RegistryConfig { ended_retention: Duration::from_secs(600) };
-    tokio::spawn(onair_registry::serve(config, store, Arc::clone(&bus), admin.clone(), l, shutdown.clone()));
+    tokio::spawn(onair_registry::serve(config, store, "memory-store", Arc::clone(&bus), &admin, l, shutdown.clone()));
     let (l, signaling_url) = listener().await;
     let dirc = Arc::new(MemoryDirectory::new());
     let sconf = onair_signaling::SignalingConfig::default();
-    let (b, a, s, r) = (Arc::clone(&bus), admin.clone(), shutdown.clone(), registry_url.clone());
-    tokio::spawn(onair_signaling::serve(sconf, dirc, b, r, a, l, s));
+    let (b, s, r) = (Arc::clone(&bus), shutdown.clone(), registry_url.clone());
+    tokio::spawn(onair_signaling::serve(sconf, dirc, b, r, &admin, l, s).unwrap());
 
     let rec_dir = dir.join("recordings");
     let (l, recorder_url) = listener().await;
@@ -175,8 +175,8 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
         registry_url: registry_url.clone(),
         signaling_url: signaling_url.clone(),
     };
-    let check = onair_recorder::RecorderCheck::new(&rconf);
-    let recorder = tokio::spawn(onair_recorder::serve(rconf, Arc::clone(&bus), admin.clone(), l, rec_shutdown.clone()));
+    let recorder =
+        tokio::spawn(onair_recorder::serve(rconf, Arc::clone(&bus), &admin, l, rec_shutdown.clone()).unwrap());
 
     // The "gateway" node of the broadcaster.
     let gw: NodeId = "gw1".parse().unwrap();
@@ -190,7 +190,7 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
 
     // Readiness follows the links.
     let t0 = Instant::now();
-    while onair_ops::ReadyCheck::check(&check).await.is_err() {
+    while !admin.failures().await.is_empty() {
         assert!(t0.elapsed() < Duration::from_secs(10), "recorder never ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -212,7 +212,7 @@ impl StreamRegistry for RegistryService {
             return Err(RegistryError::InvalidArgument("recording is required".to_owned()).into());
         };
         let state = recording_state_in(r.state)?.unwrap_or(RecordingState::Recording);
-        if r.file_name.is_empty() || r.file_name.contains(['/', '\\']) || r.file_name.starts_with('.') {
+        if !onair_core::is_plain_file_name(&r.file_name) {
             return Err(RegistryError::InvalidArgument("file_name must be a plain file name".to_owned()).into());
         }
         let recording = Recording {

@@ -13,11 +13,6 @@ use tonic::transport::Channel;
 
 use crate::error::RouteError;
 
-/// The bus channel of a node: every delivery for its peers.
-pub fn node_channel(node: &NodeId) -> String {
-    format!("onair:node:{node}")
-}
-
 fn parse<T: std::str::FromStr<Err = onair_core::IdError>>(field: &str, v: &str) -> Result<T, RouteError> {
     v.parse().map_err(|e| RouteError::BadRequest(format!("{field}: {e}")))
 }
@@ -50,7 +45,7 @@ impl Router {
     /// Publishes one delivery to `node`'s channel.
     pub async fn deliver(&self, node: &NodeId, to: &PeerId, event: pb::delivery::Event) {
         let d = pb::Delivery { to: to.to_string(), event: Some(event) };
-        if let Err(e) = self.bus.publish(&node_channel(node), Bytes::from(d.encode_to_vec())).await {
+        if let Err(e) = self.bus.publish(&node.channel(), Bytes::from(d.encode_to_vec())).await {
             tracing::warn!(error = %e, peer = %to, "delivery failed");
         }
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use onair_core::{Bus, Directory, LocalBus, MemoryDirectory, NodeId};
 use onair_ops::{Admin, Metrics, ReadyCheck, ServeError};
-use onair_registry::{LocalStore, MongoStore, RegistryConfig, StoreCheck, StreamStore};
+use onair_registry::{LocalStore, MongoStore, RegistryConfig, StreamStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -35,19 +35,6 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RunError> {
     let l = TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
     let local = l.local_addr().map_err(|source| RunError::Bind { addr, source })?;
     Ok((l, local))
-}
-
-/// Readiness check on the bus.
-struct BusCheck(Arc<dyn Bus>);
-
-#[async_trait::async_trait]
-impl ReadyCheck for BusCheck {
-    fn name(&self) -> &str {
-        "redis"
-    }
-    async fn check(&self) -> Result<(), String> {
-        self.0.ping().await.map_err(|e| e.to_string())
-    }
 }
 
 fn needs_redis(cli: &Cli) -> Result<&str, RunError> {
@@ -107,56 +94,86 @@ fn node_id(cli: &Cli) -> Result<NodeId, RunError> {
     }
 }
 
-type Tasks = JoinSet<Result<(), ServeError>>;
-/// A service start deferred until the admin state (with every readiness check) exists.
-type Start = Box<dyn FnOnce(&Admin, &mut Tasks) + Send>;
+/// The services of one shutdown tier and the token that stops them.
+struct Tier {
+    name: &'static str,
+    stop: CancellationToken,
+    tasks: JoinSet<Result<(), ServeError>>,
+}
 
-/// Runs `cli.target` until SIGTERM/ctrl-c, then shuts down in order within the grace period.
+impl Tier {
+    fn new(name: &'static str) -> Self {
+        Self { name, stop: CancellationToken::new(), tasks: JoinSet::new() }
+    }
+}
+
+/// Shutdown order: what depends on a service stops before it. Gateways and the recorder drain
+/// first (sockets closed, recordings finalized while signaling and the registry still answer),
+/// then signaling, then the registry, then the admin server.
+const EDGE: usize = 0;
+const SIGNALING: usize = 1;
+const REGISTRY: usize = 2;
+const ADMIN: usize = 3;
+
+/// Runs `cli.target` until SIGTERM/ctrl-c, then shuts down tier by tier within the grace period.
 pub async fn run(cli: Cli) -> Result<(), RunError> {
-    let shutdown = CancellationToken::new();
+    let mut tiers = [Tier::new("gateway+recorder"), Tier::new("signaling"), Tier::new("registry"), Tier::new("admin")];
     let target = cli.target;
     let runs = |t: Target| target == Target::All || target == t;
     if target != Target::All && target != Target::Registry {
         needs_redis(&cli)?;
     }
     let bus = make_bus(&cli).await?;
-    let mut checks: Vec<Arc<dyn ReadyCheck>> = Vec::new();
+    let admin = Admin::new(Metrics::new());
     if cli.redis_url.is_some() {
-        checks.push(Arc::new(BusCheck(Arc::clone(&bus))));
+        let bus = Arc::clone(&bus);
+        admin.add_check(ReadyCheck::from_fn("redis", move || {
+            let bus = Arc::clone(&bus);
+            async move { bus.ping().await.map_err(|e| e.to_string()) }
+        }));
     }
     let node = node_id(&cli)?;
-    let mut tasks: Tasks = JoinSet::new();
-    let mut deferred: Vec<Start> = Vec::new();
 
     // Registry: on --grpc-addr (the public developer API).
     let mut registry_url = cli.registry_url.clone();
     if runs(Target::Registry) {
-        let (store, store_name) = make_store(&cli, &shutdown).await?;
-        checks.push(Arc::new(StoreCheck(Arc::clone(&store), store_name)));
+        let (store, store_name) = make_store(&cli, &tiers[REGISTRY].stop).await?;
         let (grpc, addr) = bind(cli.grpc_addr).await?;
         println!("onair: registry gRPC listening on {addr}");
         registry_url = format!("http://{}", loopback(addr));
         let config = RegistryConfig { ended_retention: cli.ended_retention };
-        let (bus, shutdown) = (Arc::clone(&bus), shutdown.clone());
-        deferred.push(Box::new(move |admin, tasks| {
-            tasks.spawn(onair_registry::serve(config, store, bus, admin.clone(), grpc, shutdown));
-        }));
+        let tier = &mut tiers[REGISTRY];
+        tier.tasks.spawn(onair_registry::serve(
+            config,
+            store,
+            store_name,
+            Arc::clone(&bus),
+            &admin,
+            grpc,
+            tier.stop.clone(),
+        ));
     }
 
     // Signaling: on --grpc-addr alone, or on a private loopback port inside `all`.
     let mut signaling_url = cli.signaling_url.clone();
     if runs(Target::Signaling) {
         let dir = make_directory(&cli).await?;
-        checks.push(Arc::new(onair_signaling::DirectoryCheck(Arc::clone(&dir))));
         let addr = if target == Target::All { SocketAddr::from(([127, 0, 0, 1], 0)) } else { cli.grpc_addr };
         let (grpc, addr) = bind(addr).await?;
         println!("onair: signaling gRPC listening on {addr}");
         signaling_url = format!("http://{}", loopback(addr));
         let config = onair_signaling::SignalingConfig { presence_ttl: cli.presence_ttl };
-        let (bus, shutdown, registry_url) = (Arc::clone(&bus), shutdown.clone(), registry_url.clone());
-        deferred.push(Box::new(move |admin, tasks| {
-            tasks.spawn(onair_signaling::serve(config, dir, bus, registry_url, admin.clone(), grpc, shutdown));
-        }));
+        let tier = &mut tiers[SIGNALING];
+        let serve = onair_signaling::serve(
+            config,
+            dir,
+            Arc::clone(&bus),
+            registry_url.clone(),
+            &admin,
+            grpc,
+            tier.stop.clone(),
+        )?;
+        tier.tasks.spawn(serve);
     }
 
     // Recorder: on --grpc-addr alone, or on a private loopback port inside `all`.
@@ -179,11 +196,8 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             registry_url: registry_url.clone(),
             signaling_url: signaling_url.clone(),
         };
-        checks.push(Arc::new(onair_recorder::RecorderCheck::new(&config)));
-        let (bus, shutdown) = (Arc::clone(&bus), shutdown.clone());
-        deferred.push(Box::new(move |admin, tasks| {
-            tasks.spawn(onair_recorder::serve(config, bus, admin.clone(), grpc, shutdown));
-        }));
+        let tier = &mut tiers[EDGE];
+        tier.tasks.spawn(onair_recorder::serve(config, Arc::clone(&bus), &admin, grpc, tier.stop.clone())?);
     }
 
     // Gateway: on --http-addr.
@@ -194,49 +208,53 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             signaling_url: signaling_url.clone(),
             resume_grace: cli.resume_grace,
             recordings_dir: cli.recordings_dir(),
+            end_sessions_on_shutdown: target == Target::All,
         };
-        let (hub, to_signaling) = onair_gateway::hub(&config)?;
-        checks.push(Arc::new(onair_gateway::UpstreamCheck(Arc::clone(&hub))));
         let (http, addr) = bind(cli.http_addr).await?;
         println!("onair: gateway listening on http://{addr} (node {})", config.node);
         println!("onair:   go live:  http://{}/broadcast", loopback(addr));
         println!("onair:   watch:    http://{}/watcher", loopback(addr));
-        let (bus, shutdown) = (Arc::clone(&bus), shutdown.clone());
-        deferred.push(Box::new(move |admin, tasks| {
-            tasks.spawn(onair_gateway::serve(config, hub, to_signaling, bus, admin.clone(), http, shutdown));
-        }));
+        let tier = &mut tiers[EDGE];
+        tier.tasks.spawn(onair_gateway::serve(config, Arc::clone(&bus), &admin, http, tier.stop.clone())?);
     }
 
-    let admin = Admin::new(Metrics::new(), checks);
     let (admin_listener, admin_addr) = bind(cli.admin_addr).await?;
     println!("onair: admin listening on http://{admin_addr} (/healthz /readyz /metrics)");
     {
-        let (admin, shutdown) = (admin.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            onair_ops::admin::serve(admin, admin_listener, shutdown.cancelled_owned()).await?;
-            Ok(())
-        });
-    }
-    for start in deferred {
-        start(&admin, &mut tasks);
+        let tier = &mut tiers[ADMIN];
+        let (admin, stop) = (admin.clone(), tier.stop.clone());
+        tier.tasks
+            .spawn(async move { Ok(onair_ops::admin::serve(admin, admin_listener, stop.cancelled_owned()).await?) });
     }
 
     let result = tokio::select! {
         () = terminated() => Ok(()),
-        Some(done) = tasks.join_next() => match done {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(RunError::from(e)),
-            Err(e) => Err(RunError::Config(format!("task failed: {e}"))),
-        },
+        failed = first_exit(&mut tiers) => failed,
     };
     tracing::info!("shutting down");
     admin.start_draining();
-    shutdown.cancel();
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(cli.shutdown_grace, drain).await.is_err() {
-        tracing::warn!(grace = ?cli.shutdown_grace, "grace period over; exiting with work in flight");
+    let deadline = tokio::time::Instant::now() + cli.shutdown_grace;
+    for tier in &mut tiers {
+        tier.stop.cancel();
+        let drain = async { while tier.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout_at(deadline, drain).await.is_err() {
+            tracing::warn!(grace = ?cli.shutdown_grace, tier = tier.name, "grace period over; exiting with work in flight");
+            break;
+        }
+        tracing::debug!(tier = tier.name, "stopped");
     }
     result
+}
+
+/// Resolves when the first service of any tier stops by itself (an error, or an unexpected end).
+async fn first_exit(tiers: &mut [Tier]) -> Result<(), RunError> {
+    let exits = tiers.iter_mut().filter(|t| !t.tasks.is_empty()).map(|t| Box::pin(t.tasks.join_next()));
+    let (done, _, _) = futures::future::select_all(exits).await;
+    match done {
+        Some(Ok(Ok(()))) | None => Ok(()),
+        Some(Ok(Err(e))) => Err(RunError::from(e)),
+        Some(Err(e)) => Err(RunError::Config(format!("task failed: {e}"))),
+    }
 }
 
 /// `0.0.0.0:P` → `127.0.0.1:P` (for in-process clients of our own listeners).

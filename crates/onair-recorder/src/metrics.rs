@@ -1,0 +1,36 @@
+//! Recorder metrics.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+/// Recorder metrics.
+#[derive(Debug, Clone, Default)]
+pub struct RecorderMetrics {
+    /// Recordings in progress.
+    pub active: Gauge,
+    /// Bytes written to recording files.
+    pub bytes_written: Counter,
+    /// RTP packets received from broadcasters.
+    pub rtp_packets: Counter,
+    /// Recordings started.
+    pub started: Counter,
+    /// Recordings finished COMPLETE.
+    pub completed: Counter,
+    /// Recordings finished FAILED.
+    pub failed: Counter,
+    /// Streams not recorded because the recorder was at its maximum.
+    pub skipped: Counter,
+}
+
+impl RecorderMetrics {
+    /// Registers into `m`.
+    pub fn register(&self, m: &onair_ops::Metrics) {
+        m.register("recorder_active_recordings", "Recordings in progress", self.active.clone());
+        m.register("recorder_bytes_written", "Bytes written to recording files", self.bytes_written.clone());
+        m.register("recorder_rtp_packets", "RTP packets received from broadcasters", self.rtp_packets.clone());
+        m.register("recorder_recordings_started", "Recordings started", self.started.clone());
+        m.register("recorder_recordings_completed", "Recordings finalized as COMPLETE", self.completed.clone());
+        m.register("recorder_recordings_failed", "Recordings finalized as FAILED", self.failed.clone());
+        m.register("recorder_recordings_skipped", "Streams not recorded: at max concurrent", self.skipped.clone());
+    }
+}
