@@ -196,7 +196,9 @@ impl Browser {
         let v = self.cmd("GET", "/screenshot", None).await;
         let path = std::env::temp_dir().join(format!("onair-{}-{label}.png", self.name));
         if let Some(b64) = v.as_str() {
-            std::fs::write(&path, base64_decode(b64)).unwrap();
+            let png =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).expect("screenshot is base64");
+            std::fs::write(&path, png).unwrap();
         }
         path
     }
@@ -226,27 +228,4 @@ impl Drop for Browser {
             .status();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut map = [255u8; 256];
-    for (i, c) in T.iter().enumerate() {
-        map[*c as usize] = u8::try_from(i).unwrap();
-    }
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut buf, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = map[c as usize];
-        if v == 255 {
-            continue;
-        }
-        buf = (buf << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(u8::try_from((buf >> bits) & 0xff).unwrap());
-        }
-    }
-    out
 }

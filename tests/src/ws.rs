@@ -95,6 +95,23 @@ impl Ws {
         }
     }
 
+    /// Reads every frame for `window` and fails if one of type `ty` matching `pred` arrives
+    /// (a negative check that cannot pass just because another frame came first).
+    pub async fn expect_none_within(&mut self, ty: &str, window: Duration, pred: impl Fn(&Value) -> bool) {
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.next(left).await {
+                Some(v) if v["type"] == ty && pred(&v) => panic!("unexpected {ty:?} frame within {window:?}: {v}"),
+                Some(_) => {}
+                None => return,
+            }
+        }
+    }
+
     /// Expects an `error` frame with `code`.
     pub async fn expect_error(&mut self, code: &str) -> Value {
         self.expect_where("error", |v| v["code"] == code).await

@@ -317,8 +317,8 @@ async fn mongodb_outage_is_unavailable_fast_and_recovers() {
     let (mut mongo, redis) = (Mongo::start().await, Redis::start().await);
     let reg = mongo_registry(&mongo, &redis, "registry-outage", &[]).await;
     let mut c = client(&reg.grpc_url()).await;
-    c.create_stream(create("before", "p1")).await.unwrap();
     wait_until(Duration::from_secs(10), "/readyz to pass", || async { reg.admin_get("/readyz").await.0 == 200 }).await;
+    c.create_stream(create("before", "p1")).await.unwrap();
 
     mongo.proc.kill();
     let t0 = Instant::now();

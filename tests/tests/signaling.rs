@@ -111,7 +111,7 @@ async fn signaling_rules_refuse_unrelated_peers() {
     for ws in [&mut b, &mut w1, &mut w2, &mut stranger] {
         ws.ping().await;
     }
-    assert!(w2.next(Duration::from_millis(300)).await.is_none_or(|v| v["type"] != "signal"));
+    w2.expect_none_within("signal", Duration::from_millis(500), |_| true).await;
 }
 
 #[tokio::test]
@@ -189,7 +189,7 @@ async fn reconnecting_with_the_resume_token_keeps_peer_id_and_stream() {
     b.drop_abruptly();
 
     // The network drop does not end the stream...
-    assert!(w.next(Duration::from_millis(1500)).await.is_none_or(|v| v["type"] != "stream_off"));
+    w.expect_none_within("stream_off", Duration::from_millis(1500), |v| v["stream_id"] == sid.as_str()).await;
     // ...and the broadcaster comes back through the other gateway with its token.
     let mut b2 = Ws::connect(c.gateways[1].http).await;
     b2.send(json!({"type": "resume", "token": token})).await;

@@ -3,12 +3,13 @@
 
 pub mod bus;
 pub mod directory;
+mod error_code;
 pub mod ids;
 pub mod model;
 pub mod time;
-pub mod wire;
 
 pub use bus::{Bus, BusError, BusItem, LocalBus, Subscription};
 pub use directory::{Directory, DirectoryError, MemoryDirectory, PeerRecord};
+pub use error_code::ErrorCode;
 pub use ids::{IdError, NodeId, PeerId, RecordingId, StreamId};
 pub use model::{Recording, RecordingState, Stream, StreamEvent, StreamState, TITLE_MAX_CHARS, is_plain_file_name};

@@ -6,8 +6,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use onair_core::Recording;
 use onair_proto::v1 as pb;
-use serde::Serialize;
 
 use crate::hub::Hub;
 
@@ -16,50 +16,14 @@ pub async fn streams(State(hub): State<Arc<Hub>>) -> Response {
     Json(serde_json::json!({ "streams": hub.streams() })).into_response()
 }
 
-/// A recording as pages see it.
-#[derive(Debug, Serialize)]
-pub struct RecordingJson {
-    id: String,
-    stream_id: String,
-    title: String,
-    file_name: String,
-    started_at: i64,
-    duration_ms: u64,
-    bytes: u64,
-    video_codec: String,
-    audio_codec: String,
-    state: &'static str,
-    error: String,
-}
-
-fn recording_json(r: pb::Recording) -> RecordingJson {
-    let state = match r.state() {
-        pb::RecordingState::Recording => "recording",
-        pb::RecordingState::Complete => "complete",
-        pb::RecordingState::Failed => "failed",
-        pb::RecordingState::Unspecified => "unknown",
-    };
-    RecordingJson {
-        started_at: r.started_at.as_ref().map_or(0, onair_core::wire::millis),
-        id: r.id,
-        stream_id: r.stream_id,
-        title: r.title,
-        file_name: r.file_name,
-        duration_ms: r.duration_ms,
-        bytes: r.bytes,
-        video_codec: r.video_codec,
-        audio_codec: r.audio_codec,
-        state,
-        error: r.error,
-    }
-}
-
 /// `GET /api/recordings`: the newest 100 recordings.
 pub async fn recordings(State(hub): State<Arc<Hub>>) -> Response {
     let mut registry = hub.registry.clone();
     match registry.list_recordings(pb::ListRecordingsRequest { page_size: 100, ..Default::default() }).await {
         Ok(r) => {
-            let list: Vec<RecordingJson> = r.into_inner().recordings.into_iter().map(recording_json).collect();
+            // Entries that do not convert (an older writer's garbage) are left out, not fatal.
+            let list: Vec<Recording> =
+                r.into_inner().recordings.iter().filter_map(|r| Recording::try_from(r).ok()).collect();
             Json(serde_json::json!({ "recordings": list })).into_response()
         }
         Err(e) => {

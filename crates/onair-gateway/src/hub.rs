@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use onair_core::{NodeId, PeerId};
+use onair_core::{NodeId, PeerId, Stream, StreamEvent};
 use onair_node::{NodeHandler, NodeLink};
+use onair_proto::convert::FeedEvent;
 use onair_proto::v1 as pb;
 use onair_proto::v1::signaling_client::SignalingClient;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
@@ -19,7 +20,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 use tonic::transport::Channel;
 
-use crate::protocol::{ErrorCode, ServerFrame, SignalKind, StreamJson};
+use crate::protocol::{ErrorCode, ServerFrame, SignalKind};
 
 /// What a socket task is asked to do.
 #[derive(Debug, Clone)]
@@ -63,7 +64,7 @@ pub struct Hub {
     /// This gateway's node id.
     pub node: NodeId,
     peers: Mutex<HashMap<PeerId, Slot>>,
-    streams: RwLock<Vec<StreamJson>>,
+    streams: RwLock<Vec<Stream>>,
     fanout: broadcast::Sender<Arc<str>>,
     link: NodeLink,
     /// Registry client.
@@ -129,7 +130,7 @@ impl Hub {
     }
 
     /// The live list, newest first.
-    pub fn streams(&self) -> Vec<StreamJson> {
+    pub fn streams(&self) -> Vec<Stream> {
         self.streams.read().clone()
     }
 
@@ -265,7 +266,7 @@ impl Hub {
             Event::WatcherLeft(p) => ServerFrame::WatcherLeft { peer: &p }.to_json(),
             Event::Viewers(v) => ServerFrame::Viewers { stream_id: &v.stream_id, count: v.count }.to_json(),
             Event::Error(e) => {
-                ServerFrame::Error { code: ErrorCode::from_signaling(&e.code), message: &e.message }.to_json()
+                ServerFrame::Error { code: ErrorCode::from_wire(&e.code), message: &e.message }.to_json()
             }
             Event::Evicted(_) => {
                 let slot = self.lock().remove(&to);
@@ -282,31 +283,30 @@ impl Hub {
         let _ = self.fanout.send(Arc::from(text));
     }
 
-    fn with_streams<R>(&self, f: impl FnOnce(&mut Vec<StreamJson>) -> R) -> R {
+    fn with_streams<R>(&self, f: impl FnOnce(&mut Vec<Stream>) -> R) -> R {
         f(&mut self.streams.write())
     }
 
     /// Applies one registry change to the cached list and tells every socket.
-    pub fn apply(&self, event: pb::stream_event::Event) {
-        use pb::stream_event::Event;
+    pub fn apply(&self, event: FeedEvent) {
         match event {
-            Event::Snapshot(snap) => {
-                let fresh: Vec<StreamJson> = snap.streams.iter().map(stream_json).collect();
+            FeedEvent::Snapshot(mut fresh) => {
+                fresh.retain(|s| s.state == onair_core::StreamState::Live);
+                fresh.sort_by(|a, b| (b.started_at, &b.id).cmp(&(a.started_at, &a.id)));
                 self.with_streams(|list| *list = fresh);
                 self.broadcast(self.streams_frame());
             }
-            Event::Started(s) | Event::Updated(s) => {
-                let sj = stream_json(&s);
-                self.with_streams(|list| match list.iter_mut().find(|x| x.id == sj.id) {
-                    Some(x) => *x = sj.clone(),
+            FeedEvent::Change(StreamEvent::Started(s) | StreamEvent::Updated(s)) => {
+                self.with_streams(|list| match list.iter_mut().find(|x| x.id == s.id) {
+                    Some(x) => *x = s.clone(),
                     None => {
-                        list.push(sj.clone());
+                        list.push(s.clone());
                         list.sort_by(|a, b| (b.started_at, &b.id).cmp(&(a.started_at, &a.id)));
                     }
                 });
-                self.broadcast(ServerFrame::StreamOn { stream: &sj }.to_json());
+                self.broadcast(ServerFrame::StreamOn { stream: &s }.to_json());
             }
-            Event::Ended(s) => {
+            FeedEvent::Change(StreamEvent::Ended(s)) => {
                 self.with_streams(|list| list.retain(|x| x.id != s.id));
                 self.broadcast(ServerFrame::StreamOff { stream_id: &s.id }.to_json());
             }
@@ -320,26 +320,13 @@ impl NodeHandler for Hub {
     }
     fn node_event(&self, ev: pb::NodeEvent) {
         if let Ok(peer) = ev.peer.parse() {
-            self.send_error(&peer, ErrorCode::from_signaling(&ev.code), &ev.message);
+            self.send_error(&peer, ErrorCode::from_wire(&ev.code), &ev.message);
         }
     }
     fn deliver(&self, d: pb::Delivery) {
         Hub::deliver(self, d);
     }
-    fn stream_event(self: &Arc<Self>, event: pb::stream_event::Event) {
+    fn stream_event(self: &Arc<Self>, event: FeedEvent) {
         self.apply(event);
-    }
-}
-
-/// Registry stream → page JSON.
-pub fn stream_json(s: &pb::Stream) -> StreamJson {
-    let started_at = s.started_at.as_ref().map_or(0, onair_core::wire::millis);
-    StreamJson {
-        id: s.id.clone(),
-        title: s.title.clone(),
-        broadcaster: s.broadcaster.clone(),
-        started_at,
-        viewers: s.viewers,
-        state: "live",
     }
 }

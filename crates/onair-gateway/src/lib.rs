@@ -64,10 +64,6 @@ async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Respons
         .on_upgrade(move |s| socket::run(state.hub, s, state.shutdown))
 }
 
-fn channel(url: &str) -> Result<tonic::transport::Channel, ServeError> {
-    onair_node::lazy_channel(url).map_err(ServeError::Transport)
-}
-
 /// Prepares the gateway on `listener`: registers its readiness check ("upstreams") and metrics
 /// with `admin`, and returns the future that serves it until `shutdown` fires. Then every
 /// socket is closed with 1012 so browsers reconnect to another gateway, and the queued
@@ -82,8 +78,8 @@ pub fn serve(
     let (link, outbox) = NodeLink::new(config.node.clone());
     let hub = Hub::new(HubParts {
         link,
-        registry: StreamRegistryClient::new(channel(&config.registry_url)?),
-        signaling: SignalingClient::new(channel(&config.signaling_url)?),
+        registry: StreamRegistryClient::new(onair_node::lazy_channel(&config.registry_url)?),
+        signaling: SignalingClient::new(onair_node::lazy_channel(&config.signaling_url)?),
         resume_grace: config.resume_grace,
         ice_servers: Vec::new(),
     });

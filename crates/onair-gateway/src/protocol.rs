@@ -1,43 +1,9 @@
 //! The browser WebSocket protocol (`onair.v1`, JSON text frames). See DESIGN.md.
 
+pub use onair_core::ErrorCode;
+use onair_core::{PeerId, Stream, StreamId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-/// Stable error codes sent in `error.code`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// Not JSON, or not a JSON object.
-    BadJson,
-    /// `type` missing or unknown.
-    UnknownType,
-    /// A known type with missing or invalid fields.
-    BadRequest,
-    /// Frame over the size limit.
-    TooLarge,
-    /// Too many frames; slow down.
-    RateLimited,
-    /// Unknown stream or peer.
-    NotFound,
-    /// Not allowed (e.g. signaling an unrelated peer).
-    Forbidden,
-    /// Conflicts with current state (e.g. already live).
-    Conflict,
-    /// A backend is unavailable; retry.
-    Unavailable,
-}
-
-impl ErrorCode {
-    /// Maps a signaling `NodeEvent.code` to ours.
-    pub fn from_signaling(code: &str) -> Self {
-        match code {
-            "not_found" => Self::NotFound,
-            "forbidden" => Self::Forbidden,
-            "bad_request" => Self::BadRequest,
-            _ => Self::Unavailable,
-        }
-    }
-}
 
 /// Signal kinds in JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,14 +31,14 @@ pub enum ClientFrame {
     /// Watch a stream.
     Watch {
         /// The stream.
-        stream_id: String,
+        stream_id: StreamId,
     },
     /// Stop watching.
     Unwatch,
     /// Signaling to a paired peer.
     Signal {
         /// Recipient peer id.
-        to: String,
+        to: PeerId,
         /// Offer, answer or candidate.
         kind: SignalKind,
         /// SDP or candidate, passed through.
@@ -89,23 +55,6 @@ pub enum ClientFrame {
 
 /// Client frame types, to tell "unknown type" from "bad fields".
 pub const CLIENT_TYPES: &[&str] = &["publish", "unpublish", "watch", "unwatch", "signal", "ping", "resume"];
-
-/// A stream as pages see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StreamJson {
-    /// Stream id.
-    pub id: String,
-    /// Title.
-    pub title: String,
-    /// Broadcaster peer id.
-    pub broadcaster: String,
-    /// Unix milliseconds.
-    pub started_at: i64,
-    /// Watchers now.
-    pub viewers: u32,
-    /// Always "live" in lists.
-    pub state: &'static str,
-}
 
 /// A frame to the browser.
 #[derive(Debug, Clone, Serialize)]
@@ -125,22 +74,22 @@ pub enum ServerFrame<'a> {
     /// The full live list.
     Streams {
         /// Live streams, newest first.
-        streams: &'a [StreamJson],
+        streams: &'a [Stream],
     },
     /// A stream went live (or changed).
     StreamOn {
         /// The stream.
-        stream: &'a StreamJson,
+        stream: &'a Stream,
     },
     /// A stream ended.
     StreamOff {
         /// Its id.
-        stream_id: &'a str,
+        stream_id: &'a StreamId,
     },
     /// Your publish succeeded.
     Published {
         /// Your stream.
-        stream: &'a StreamJson,
+        stream: &'a Stream,
     },
     /// A watcher joined your stream.
     WatcherJoined {
@@ -227,6 +176,13 @@ mod tests {
             parse(r#"{"type":"signal","to":"a","kind":"hug","payload":{}}"#).unwrap_err().code,
             ErrorCode::BadRequest
         );
+        let bad_id = parse(r#"{"type":"watch","stream_id":"../etc"}"#).unwrap_err();
+        assert_eq!(bad_id.code, ErrorCode::BadRequest);
+        assert!(bad_id.message.contains("invalid character"), "{}", bad_id.message);
+        assert_eq!(
+            parse(r#"{"type":"signal","to":"..","kind":"offer","payload":{}}"#).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
     }
 
     #[test]
@@ -234,7 +190,7 @@ mod tests {
         assert_eq!(parse(r#"{"type":"ping"}"#).unwrap(), ClientFrame::Ping);
         assert_eq!(
             parse(r#"{"type":"watch","stream_id":"s1"}"#).unwrap(),
-            ClientFrame::Watch { stream_id: "s1".into() }
+            ClientFrame::Watch { stream_id: "s1".parse().unwrap() }
         );
         let f = parse(r#"{"type":"signal","to":"p","kind":"offer","payload":{"sdp":"v=0"},"from":"spoofed"}"#).unwrap();
         assert!(matches!(f, ClientFrame::Signal { kind: SignalKind::Offer, .. }));

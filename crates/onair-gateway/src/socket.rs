@@ -4,13 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use onair_core::{PeerId, StreamId};
+use onair_core::{PeerId, Stream};
 use onair_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Hub, Out, stream_json};
+use crate::hub::{Hub, Out};
 use crate::protocol::{ClientFrame, ErrorCode, ServerFrame, SignalKind, parse};
 use crate::ratelimit::{RateLimiter, Verdict};
 
@@ -67,21 +67,16 @@ impl Conn {
                 self.hub.to_signaling(Msg::Unpublished(pb::Unpublished { peer }));
                 vec![]
             }
-            ClientFrame::Watch { stream_id } => match stream_id.parse::<StreamId>() {
-                Ok(_) => {
-                    self.hub.to_signaling(Msg::Watch(pb::Watch { peer, stream_id }));
-                    vec![]
-                }
-                Err(e) => self.error(ErrorCode::BadRequest, &format!("stream_id: {e}")).into_iter().collect(),
-            },
+            ClientFrame::Watch { stream_id } => {
+                self.hub.to_signaling(Msg::Watch(pb::Watch { peer, stream_id: stream_id.to_string() }));
+                vec![]
+            }
             ClientFrame::Unwatch => {
                 self.hub.to_signaling(Msg::Unwatch(pb::Unwatch { peer }));
                 vec![]
             }
             ClientFrame::Signal { to, kind, payload } => {
-                if let Err(e) = to.parse::<PeerId>() {
-                    return self.error(ErrorCode::BadRequest, &format!("to: {e}")).into_iter().collect();
-                }
+                let to = to.to_string();
                 let kind = match kind {
                     SignalKind::Offer => pb::SignalKind::Offer,
                     SignalKind::Answer => pb::SignalKind::Answer,
@@ -121,7 +116,13 @@ impl Conn {
             tracing::warn!(error = %e, "signaling did not take the new stream; watchers fall back to the registry");
         }
         tracing::info!(peer = %self.peer, stream_id = %stream.id, "published");
-        Some(ServerFrame::Published { stream: &stream_json(&stream) }.to_json())
+        match Stream::try_from(&stream) {
+            Ok(stream) => Some(ServerFrame::Published { stream: &stream }.to_json()),
+            Err(e) => {
+                tracing::warn!(error = %e, "registry sent a malformed stream");
+                self.error(ErrorCode::Unavailable, "could not go live right now; retry")
+            }
+        }
     }
 
     async fn resume(&mut self, token: String) -> Vec<String> {

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use onair_core::{Bus, BusItem, NodeId};
-use onair_ops::ReadyCheck;
+use onair_ops::{ReadyCheck, ServeError};
+use onair_proto::convert::FeedEvent;
 use onair_proto::v1 as pb;
 use onair_proto::v1::signaling_client::SignalingClient;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
@@ -32,7 +33,7 @@ pub trait NodeHandler: Send + Sync + 'static {
     /// A delivery for one of this node's peers.
     fn deliver(&self, d: pb::Delivery);
     /// A registry change (the first one after each (re)connect is a snapshot).
-    fn stream_event(self: &Arc<Self>, event: pb::stream_event::Event);
+    fn stream_event(self: &Arc<Self>, event: FeedEvent);
 }
 
 /// Health of a node's two upstream links, for readiness.
@@ -136,7 +137,7 @@ impl Links {
 }
 
 /// A lazily connecting gRPC channel with short connect timeouts and keepalives.
-pub fn lazy_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+pub fn lazy_channel(url: &str) -> Result<Channel, ServeError> {
     Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
@@ -290,7 +291,10 @@ pub async fn registry_feed<H: NodeHandler>(
                             Ok(Some(pb::StreamEvent { event: Some(e) })) => {
                                 h.link().state().feed_up.store(true, Ordering::SeqCst);
                                 backoff.reset();
-                                h.stream_event(e);
+                                match FeedEvent::try_from(e) {
+                                    Ok(e) => h.stream_event(e),
+                                    Err(e) => tracing::warn!(error = %e, "malformed registry event ignored"),
+                                }
                             }
                             Ok(Some(_)) => {}
                             Ok(None) => break,

@@ -1,5 +1,7 @@
-//! Generated code for the `onair.v1` gRPC API. Services convert these types to
-//! their own domain types at their edge; nothing here has behaviour.
+//! Generated code for the `onair.v1` gRPC API, and [`convert`]: the one mapping between
+//! these types and the domain types of `onair-core`, validating on the way in.
+
+pub mod convert;
 
 /// `onair.v1`: registry, signaling and recorder contracts.
 pub mod v1 {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use onair_core::wire::{recording_state, recording_to_pb};
 use onair_core::{Recording, RecordingId, RecordingState, StreamId};
+use onair_proto::convert::{recording_state, recording_to_pb};
 use onair_proto::v1 as pb;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
 use tonic::transport::Channel;
@@ -29,12 +29,9 @@ pub struct LiveStream {
 }
 
 impl LiveStream {
-    /// A live stream from a registry message; `None` if it is not live or malformed.
-    pub fn from_pb(s: &pb::Stream) -> Option<Self> {
-        if s.state() != pb::StreamState::Live {
-            return None;
-        }
-        Some(Self { id: s.id.parse().ok()?, title: s.title.clone() })
+    /// The stream if it is live.
+    pub fn live(s: &onair_core::Stream) -> Option<Self> {
+        (s.state == onair_core::StreamState::Live).then(|| Self { id: s.id.clone(), title: s.title.clone() })
     }
 }
 
@@ -65,7 +62,9 @@ impl Catalog {
     pub async fn live_stream(&self, id: &StreamId) -> Result<LiveStream, RecorderError> {
         let not_live = || RecorderError::NotFound(format!("stream {id} is not live"));
         match self.client.clone().get_stream(req(pb::GetStreamRequest { id: id.to_string() })).await {
-            Ok(r) => LiveStream::from_pb(&r.into_inner()).ok_or_else(not_live),
+            Ok(r) => {
+                onair_core::Stream::try_from(r.get_ref()).ok().as_ref().and_then(LiveStream::live).ok_or_else(not_live)
+            }
             Err(s) if s.code() == tonic::Code::NotFound => Err(not_live()),
             Err(s) => Err(RecorderError::registry("GetStream", s)),
         }
@@ -154,12 +153,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_live_well_formed_streams_are_recordable() {
-        let mut s = pb::Stream { id: "abc".into(), title: "t".into(), ..Default::default() };
-        assert_eq!(LiveStream::from_pb(&s), None, "unspecified state");
-        s.set_state(pb::StreamState::Live);
-        assert_eq!(LiveStream::from_pb(&s), Some(LiveStream { id: "abc".parse().unwrap(), title: "t".into() }));
-        s.id = "bad id/../".into();
-        assert_eq!(LiveStream::from_pb(&s), None);
+    fn only_live_streams_are_recordable() {
+        let mut s = onair_core::Stream {
+            id: "abc".parse().unwrap(),
+            title: "t".into(),
+            state: onair_core::StreamState::Live,
+            broadcaster: "p".parse().unwrap(),
+            node: "n".parse().unwrap(),
+            started_at: 0,
+            ended_at: None,
+            viewers: 0,
+        };
+        assert_eq!(LiveStream::live(&s), Some(LiveStream { id: "abc".parse().unwrap(), title: "t".into() }));
+        s.state = onair_core::StreamState::Ended;
+        assert_eq!(LiveStream::live(&s), None);
     }
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use onair_core::{PeerId, Recording, RecordingId, RecordingState, StreamId};
+use onair_core::{PeerId, Recording, RecordingId, RecordingState, StreamEvent, StreamId};
 use onair_node::NodeLink;
+use onair_proto::convert::FeedEvent;
 use onair_proto::v1 as pb;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
@@ -236,11 +237,10 @@ impl Hub {
 
     /// Applies one registry change: records new live streams (with auto-record) and stops
     /// recordings whose stream ended.
-    pub fn apply_feed(self: &Arc<Self>, event: pb::stream_event::Event) {
-        use pb::stream_event::Event;
+    pub fn apply_feed(self: &Arc<Self>, event: FeedEvent) {
         match event {
-            Event::Snapshot(snap) => {
-                let live: Vec<LiveStream> = snap.streams.iter().filter_map(LiveStream::from_pb).collect();
+            FeedEvent::Snapshot(streams) => {
+                let live: Vec<LiveStream> = streams.iter().filter_map(LiveStream::live).collect();
                 let live_ids: HashSet<&StreamId> = live.iter().map(|s| &s.id).collect();
                 let gone: Vec<StreamId> =
                     self.active.lock().keys().filter(|id| !live_ids.contains(id)).cloned().collect();
@@ -254,19 +254,17 @@ impl Hub {
                     }
                 }
             }
-            Event::Started(s) => {
+            FeedEvent::Change(StreamEvent::Started(s)) => {
                 if self.config.auto_record
-                    && let Some(s) = LiveStream::from_pb(&s)
+                    && let Some(s) = LiveStream::live(&s)
                 {
                     self.spawn_start(s);
                 }
             }
-            Event::Updated(_) => {}
-            Event::Ended(s) => {
-                if let Ok(id) = s.id.parse::<StreamId>()
-                    && self.active.lock().contains_key(&id)
-                {
-                    self.spawn_stop(id);
+            FeedEvent::Change(StreamEvent::Updated(_)) => {}
+            FeedEvent::Change(StreamEvent::Ended(s)) => {
+                if self.active.lock().contains_key(&s.id) {
+                    self.spawn_stop(s.id);
                 }
             }
         }
@@ -330,7 +328,7 @@ impl onair_node::NodeHandler for Hub {
     fn deliver(&self, d: pb::Delivery) {
         Hub::deliver(self, d);
     }
-    fn stream_event(self: &Arc<Self>, event: pb::stream_event::Event) {
+    fn stream_event(self: &Arc<Self>, event: FeedEvent) {
         self.apply_feed(event);
     }
 }

@@ -56,10 +56,6 @@ pub struct RecorderConfig {
     pub signaling_url: String,
 }
 
-fn channel(url: &str) -> Result<tonic::transport::Channel, ServeError> {
-    onair_node::lazy_channel(url).map_err(ServeError::Transport)
-}
-
 /// Prepares the recorder on `listener`: registers its readiness check ("upstreams") and metrics
 /// with `admin`, and returns the future that serves onair.v1.Recorder until `shutdown` fires.
 /// Then it stops following the registry, finalizes every active recording (the registry and
@@ -73,8 +69,8 @@ pub fn serve(
     shutdown: CancellationToken,
 ) -> Result<impl Future<Output = Result<(), ServeError>> + Send + 'static, ServeError> {
     std::fs::create_dir_all(&config.recordings_dir)?;
-    let catalog = catalog::Catalog::new(StreamRegistryClient::new(channel(&config.registry_url)?));
-    let signaling = SignalingClient::new(channel(&config.signaling_url)?);
+    let catalog = catalog::Catalog::new(StreamRegistryClient::new(onair_node::lazy_channel(&config.registry_url)?));
+    let signaling = SignalingClient::new(onair_node::lazy_channel(&config.signaling_url)?);
     let (link, outbox) = NodeLink::new(config.node.clone());
     let hub = Hub::new(config, catalog, link);
     hub.metrics.register(admin.metrics());

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::RecorderError;
 use crate::hub::Hub;
-use onair_core::wire::recording_to_pb;
+use onair_proto::convert::recording_to_pb;
 
 /// The gRPC service.
 #[derive(Debug, Clone)]

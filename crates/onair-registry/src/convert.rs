@@ -10,7 +10,7 @@ pub fn parse_id<T: std::str::FromStr<Err = onair_core::IdError>>(field: &str, va
     value.parse().map_err(|e| RegistryError::InvalidArgument(format!("{field}: {e}")))
 }
 
-pub use onair_core::wire::{millis, recording_to_pb, stream_to_pb};
+pub use onair_proto::convert::{millis, recording_to_pb, stream_to_pb};
 
 /// Protobuf filter → domain state (`None` = any).
 pub fn stream_state_filter(raw: i32) -> Result<Option<StreamState>, RegistryError> {

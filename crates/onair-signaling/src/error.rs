@@ -1,7 +1,7 @@
 //! Routing errors: each has a stable code that gateways forward to the browser
 //! as the WebSocket `error.code`, and one gRPC status mapping.
 
-use onair_core::DirectoryError;
+use onair_core::{DirectoryError, ErrorCode};
 
 /// Why a peer's request was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,13 +27,13 @@ impl From<DirectoryError> for RouteError {
 }
 
 impl RouteError {
-    /// The WebSocket error code.
-    pub fn code(&self) -> &'static str {
+    /// The error code the browser sees.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::BadRequest(_) => "bad_request",
-            Self::NotFound(_) => "not_found",
-            Self::Forbidden(_) => "forbidden",
-            Self::Unavailable(_) => "unavailable",
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
         }
     }
 }

@@ -17,6 +17,85 @@ fn parse<T: std::str::FromStr<Err = onair_core::IdError>>(field: &str, v: &str) 
     v.parse().map_err(|e| RouteError::BadRequest(format!("{field}: {e}")))
 }
 
+/// One peer action of a node, validated (converted from `pb::node_message::Msg` at the edge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The node's NodeStream opened.
+    Hello,
+    /// A peer connected to the node.
+    Attach {
+        /// The peer.
+        peer: PeerId,
+        /// Its resume token.
+        resume_token: String,
+    },
+    /// A peer is gone for good.
+    Detach {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A peer went live with `stream` (already created in the registry).
+    Published {
+        /// The broadcaster.
+        peer: PeerId,
+        /// Its stream.
+        stream: StreamId,
+    },
+    /// A peer stopped broadcasting.
+    Unpublished {
+        /// The broadcaster.
+        peer: PeerId,
+    },
+    /// A peer wants to watch `stream`.
+    Watch {
+        /// The watcher.
+        peer: PeerId,
+        /// The stream.
+        stream: StreamId,
+    },
+    /// A peer stops watching.
+    Unwatch {
+        /// The watcher.
+        peer: PeerId,
+    },
+    /// Offer, answer or candidate from `from` to `to`.
+    Signal {
+        /// Sender (stamped by its gateway).
+        from: PeerId,
+        /// Recipient.
+        to: PeerId,
+        /// Offer, answer or candidate (never unspecified).
+        kind: pb::SignalKind,
+        /// Passed through untouched.
+        payload: String,
+    },
+}
+
+impl TryFrom<pb::node_message::Msg> for Action {
+    type Error = RouteError;
+    fn try_from(msg: pb::node_message::Msg) -> Result<Self, RouteError> {
+        use pb::node_message::Msg;
+        Ok(match msg {
+            Msg::Hello(_) => Self::Hello,
+            Msg::Attach(a) => Self::Attach { peer: parse("peer", &a.peer)?, resume_token: a.resume_token },
+            Msg::Detach(d) => Self::Detach { peer: parse("peer", &d.peer)? },
+            Msg::Published(p) => {
+                Self::Published { peer: parse("peer", &p.peer)?, stream: parse("stream_id", &p.stream_id)? }
+            }
+            Msg::Unpublished(u) => Self::Unpublished { peer: parse("peer", &u.peer)? },
+            Msg::Watch(w) => Self::Watch { peer: parse("peer", &w.peer)?, stream: parse("stream_id", &w.stream_id)? },
+            Msg::Unwatch(u) => Self::Unwatch { peer: parse("peer", &u.peer)? },
+            Msg::Signal(s) => {
+                let kind = pb::SignalKind::try_from(s.kind).unwrap_or(pb::SignalKind::Unspecified);
+                if kind == pb::SignalKind::Unspecified {
+                    return Err(RouteError::BadRequest("kind must be offer, answer or candidate".into()));
+                }
+                Self::Signal { from: parse("from", &s.from)?, to: parse("to", &s.to)?, kind, payload: s.payload }
+            }
+        })
+    }
+}
+
 /// Applies the routing rules.
 #[derive(Clone)]
 pub struct Router {
@@ -57,53 +136,42 @@ impl Router {
         Ok(())
     }
 
-    /// Handles one node message.
-    pub async fn handle(&self, node: &NodeId, msg: pb::node_message::Msg) -> Result<(), RouteError> {
-        use pb::node_message::Msg;
-        match msg {
-            Msg::Hello(_) => {
+    /// Handles one node action.
+    pub async fn handle(&self, node: &NodeId, action: Action) -> Result<(), RouteError> {
+        match action {
+            Action::Hello => {
                 self.dir.heartbeat(node, onair_core::time::now_ms()).await?;
                 Ok(())
             }
-            Msg::Attach(a) => {
-                let peer: PeerId = parse("peer", &a.peer)?;
-                self.dir.attach(&peer, node, &a.resume_token).await?;
+            Action::Attach { peer, resume_token } => {
+                self.dir.attach(&peer, node, &resume_token).await?;
                 Ok(())
             }
-            Msg::Detach(d) => self.detach(node, &parse("peer", &d.peer)?).await,
-            Msg::Published(p) => {
-                let peer: PeerId = parse("peer", &p.peer)?;
-                let stream: StreamId = parse("stream_id", &p.stream_id)?;
+            Action::Detach { peer } => self.detach(node, &peer).await,
+            Action::Published { peer, stream } => {
                 let rec = self.dir.peer(&peer).await?.ok_or_else(|| not_connected(&peer))?;
                 self.dir.set_broadcasting(&peer, Some(&stream), rec.broadcasting.as_ref()).await?;
                 Ok(())
             }
-            Msg::Unpublished(u) => {
-                let peer: PeerId = parse("peer", &u.peer)?;
+            Action::Unpublished { peer } => {
                 if let Some(rec) = self.dir.peer(&peer).await? {
                     self.stop_broadcast(&peer, &rec).await?;
                 }
                 Ok(())
             }
-            Msg::Watch(w) => self.watch(&parse("peer", &w.peer)?, &parse("stream_id", &w.stream_id)?).await,
-            Msg::Unwatch(u) => {
-                let peer: PeerId = parse("peer", &u.peer)?;
+            Action::Watch { peer, stream } => self.watch(&peer, &stream).await,
+            Action::Unwatch { peer } => {
                 if let Some(rec) = self.dir.peer(&peer).await? {
                     self.leave(&peer, &rec).await?;
                 }
                 Ok(())
             }
-            Msg::Signal(s) => self.signal(s).await,
+            Action::Signal { from, to, kind, payload } => self.signal(from, to, kind, payload).await,
         }
     }
 
     /// The hot path: checks the pairing and forwards one signaling message.
-    async fn signal(&self, s: pb::Signal) -> Result<(), RouteError> {
-        if pb::SignalKind::try_from(s.kind).unwrap_or(pb::SignalKind::Unspecified) == pb::SignalKind::Unspecified {
-            return Err(RouteError::BadRequest("kind must be offer, answer or candidate".into()));
-        }
-        let from: PeerId = parse("from", &s.from)?;
-        let to: PeerId = parse("to", &s.to)?;
+    async fn signal(&self, from: PeerId, to: PeerId, kind: pb::SignalKind, payload: String) -> Result<(), RouteError> {
         let (from_rec, to_rec) = tokio::try_join!(self.dir.peer(&from), self.dir.peer(&to))?;
         let to_rec = to_rec.ok_or_else(|| not_connected(&to))?;
         let from_rec = from_rec.ok_or_else(|| not_connected(&from))?;
@@ -113,6 +181,7 @@ impl Router {
                 "peer {to} is not the broadcaster of the stream you watch, nor one of your watchers"
             )));
         }
+        let s = pb::Signal { from: from.to_string(), to: to.to_string(), kind: kind.into(), payload };
         self.deliver(&to_rec.node, &to, pb::delivery::Event::Signal(s)).await;
         Ok(())
     }

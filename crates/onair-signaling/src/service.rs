@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::RouteError;
-use crate::router::Router;
+use crate::router::{Action, Router};
 
 /// The signaling service.
 #[derive(Debug, Clone)]
@@ -35,17 +35,18 @@ fn node_id(raw: &str) -> Result<NodeId, Status> {
     raw.parse().map_err(|e| Status::invalid_argument(format!("node: {e}")))
 }
 
-fn peer_of(msg: &pb::node_message::Msg) -> String {
+/// The peer a raw message is about, for an error event when it does not even convert.
+fn raw_peer(msg: &pb::node_message::Msg) -> &str {
     use pb::node_message::Msg;
     match msg {
-        Msg::Hello(_) => String::new(),
-        Msg::Attach(a) => a.peer.clone(),
-        Msg::Detach(d) => d.peer.clone(),
-        Msg::Published(p) => p.peer.clone(),
-        Msg::Unpublished(u) => u.peer.clone(),
-        Msg::Watch(w) => w.peer.clone(),
-        Msg::Unwatch(u) => u.peer.clone(),
-        Msg::Signal(s) => s.from.clone(),
+        Msg::Hello(_) => "",
+        Msg::Attach(a) => &a.peer,
+        Msg::Detach(d) => &d.peer,
+        Msg::Published(p) => &p.peer,
+        Msg::Unpublished(u) => &u.peer,
+        Msg::Watch(w) => &w.peer,
+        Msg::Unwatch(u) => &u.peer,
+        Msg::Signal(s) => &s.from,
     }
 }
 
@@ -82,9 +83,13 @@ impl Signaling for SignalingService {
                     }
                 }
                 let Some(n) = node.as_ref() else { break };
-                let peer = peer_of(&msg);
-                if let Err(e) = router.handle(n, msg).await {
-                    let ev = pb::NodeEvent { peer, code: e.code().to_owned(), message: e.to_string() };
+                let raw = raw_peer(&msg).to_owned();
+                let handled = match Action::try_from(msg) {
+                    Ok(action) => router.handle(n, action).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = handled {
+                    let ev = pb::NodeEvent { peer: raw, code: e.code().as_str().to_owned(), message: e.to_string() };
                     if tx.send(Ok(ev)).await.is_err() {
                         break;
                     }
@@ -98,7 +103,7 @@ impl Signaling for SignalingService {
         let m = req.into_inner();
         let node = node_id(&m.node)?;
         let msg = m.msg.ok_or_else(|| Status::invalid_argument("msg is required"))?;
-        self.router.handle(&node, msg).await?;
+        self.router.handle(&node, Action::try_from(msg)?).await?;
         Ok(Response::new(pb::RelayResponse {}))
     }
 

@@ -1,0 +1,83 @@
+//! The stable error codes of the platform, from the signaling wire (`NodeEvent.code`,
+//! `Delivery.error.code`) to the pages (`error.code` in WebSocket frames). One enum,
+//! so a code is spelled in exactly one place.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a client's request failed. Serialized as `snake_case` (e.g. `rate_limited`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or not a JSON object.
+    BadJson,
+    /// `type` missing or unknown.
+    UnknownType,
+    /// A known type with missing or invalid fields.
+    BadRequest,
+    /// Frame over the size limit.
+    TooLarge,
+    /// Too many frames; slow down.
+    RateLimited,
+    /// Unknown stream or peer.
+    NotFound,
+    /// Not allowed (e.g. signaling an unrelated peer).
+    Forbidden,
+    /// Conflicts with current state (e.g. already live).
+    Conflict,
+    /// A backend is unavailable; retry.
+    Unavailable,
+}
+
+impl ErrorCode {
+    const ALL: [Self; 9] = [
+        Self::BadJson,
+        Self::UnknownType,
+        Self::BadRequest,
+        Self::TooLarge,
+        Self::RateLimited,
+        Self::NotFound,
+        Self::Forbidden,
+        Self::Conflict,
+        Self::Unavailable,
+    ];
+
+    /// The wire spelling, e.g. `not_found`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadJson => "bad_json",
+            Self::UnknownType => "unknown_type",
+            Self::BadRequest => "bad_request",
+            Self::TooLarge => "too_large",
+            Self::RateLimited => "rate_limited",
+            Self::NotFound => "not_found",
+            Self::Forbidden => "forbidden",
+            Self::Conflict => "conflict",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    /// Parses a wire code; an unknown one (a newer peer) reads as `unavailable`.
+    pub fn from_wire(code: &str) -> Self {
+        Self::ALL.into_iter().find(|c| c.as_str() == code).unwrap_or(Self::Unavailable)
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn wire_spelling_matches_serde_and_round_trips() {
+        for c in ErrorCode::ALL {
+            assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{}\"", c.as_str()));
+            assert_eq!(ErrorCode::from_wire(c.as_str()), c);
+        }
+        assert_eq!(ErrorCode::from_wire("something_new"), ErrorCode::Unavailable);
+    }
+}
