@@ -169,7 +169,8 @@ pub async fn read_track(
         tokio::spawn(request_keyframes(Arc::clone(&track), ssrc, Arc::clone(&needs_keyframe), done.clone()));
     }
     let mut clock = TrackClock::new(if kind == Kind::Video { 90_000 } else { 48_000 });
-    let mut assembler = vp8::FrameAssembler::new();
+    // Only video needs one (it holds a 64 Ki-packet ring, ~12 MB); an Opus packet is a frame.
+    let mut assembler = (kind == Kind::Video).then(vp8::FrameAssembler::new);
     let mut frames = Vec::new();
     'packets: loop {
         let ev = tokio::select! {
@@ -190,6 +191,7 @@ pub async fn read_track(
             }
             Kind::Audio => {}
             Kind::Video => {
+                let Some(assembler) = assembler.as_mut() else { continue };
                 assembler.push(packet, |f| {
                     // The clock is anchored: the arrival time is not used.
                     let ts_ns = clock.ns_at(f.rtp_ts, 0);
@@ -205,7 +207,8 @@ pub async fn read_track(
         }
     }
     done.cancel();
-    tracing::debug!(?kind, skipped_video_frames = assembler.dropped(), "track ended");
+    let skipped_video_frames = assembler.as_ref().map_or(0, vp8::FrameAssembler::dropped);
+    tracing::debug!(?kind, skipped_video_frames, "track ended");
 }
 
 /// Sends a PLI now and every [`PLI_EVERY`] while `needed` is set.
