@@ -1,16 +1,16 @@
 //! The recorder: joins live streams as a server-side WebRTC watcher (a signaling
 //! node like a gateway, one peer per recording) and writes each one to a WebM file
-//! in live mode, cataloged in the registry. Serves `onair.v1.Recorder` for manual
-//! control; with auto-record it follows the registry feed and records every stream.
+//! (decodable after a crash, seekable once finished), cataloged in the registry. Serves
+//! `onair.v1.Recorder` for manual control; with auto-record it follows the registry feed
+//! and records every stream.
 //!
 //! Modules: `hub` (shared state, routing), `session` (one recording, a leaf: it gets the link,
 //! catalog and metrics it needs), `peer` (WebRTC), `vp8` / `timeline` / `mux` (media),
-//! `finalize` (the seekable rewrite at stop), `catalog` (registry), `onair_node` links
-//! (signaling, bus, feed), `recovery` (start-up cleanup), `service` (gRPC).
+//! `catalog` (registry), `onair_node` links (signaling, bus, feed), `recovery` (start-up
+//! cleanup), `service` (gRPC).
 
 mod catalog;
 mod error;
-pub mod finalize;
 mod hub;
 mod metrics;
 pub mod mux;

@@ -1,15 +1,26 @@
-//! The WebM writer: libwebm's mkvmuxer (the `webm` crate) in live mode over a
-//! non-seeking file writer, so the file is a valid WebM at every cluster boundary
-//! while it grows and after a crash.
+//! The WebM writer: libwebm's mkvmuxer (the `webm` crate) in file mode over a
+//! seekable, buffered file, so the finished file has a Duration, a SeekHead and Cues
+//! (players show its length and seek), and the file decodes after a crash at any moment.
+//!
+//! Why a crash leaves a decodable file: libwebm writes the Segment and each Cluster with
+//! an "unknown" size and patches the real size in place once it is known (a Cluster when
+//! the next one starts, the Segment at [`Mux::finish`]); Cues go at the end, SeekHead and
+//! Duration into space reserved in the header. Every patch is a seek, and a seek first
+//! pushes the buffered bytes to the OS, so until [`Mux::finish`] the file on disk is an
+//! unknown-size Segment holding complete Clusters (sizes known) and a last Cluster of
+//! unknown size, like a live-mode file; during it, each patch leaves a valid file too.
+//! [`Mux::flush`], called every half second by the session, bounds what a crash loses
+//! inside the open Cluster. A crashed file has no Cues, and its Duration is libwebm's
+//! placeholder (1 ms): ffmpeg decodes all of it and Chromium plays it, growing the
+//! duration as it reads.
 //!
 //! The segment is created lazily on the first frame that may start the file: a VP8
 //! keyframe when the recording has video (its size comes from the keyframe), else the
 //! first Opus frame. Earlier frames are dropped, so audio and video start together.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use webm::mux::{AudioCodecId, AudioTrack, Segment, SegmentBuilder, SegmentMode, VideoCodecId, VideoTrack, Writer};
@@ -81,27 +92,72 @@ pub enum MuxError {
     Webm(&'static str),
 }
 
-/// The file handle shared between libwebm's writer and the mux (which flushes it).
-#[derive(Clone)]
-struct SharedFile {
-    file: Arc<Mutex<BufWriter<File>>>,
-    written: Arc<AtomicU64>,
+/// The recording file as libwebm sees it: buffered and seekable, with the position kept
+/// here so that libwebm's position queries (several per frame) neither make a system call
+/// nor flush the buffer. Seeking flushes the buffer (`BufWriter`), so data always reaches
+/// the OS before the size patched in front of it.
+struct FileSink {
+    file: BufWriter<File>,
+    pos: u64,
+    len: u64,
 }
 
+impl Write for FileSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.pos += n as u64;
+        self.len = self.len.max(self.pos);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for FileSink {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+        }
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek out of range"))?;
+        if target != self.pos {
+            self.file.seek(SeekFrom::Start(target))?;
+            self.pos = target;
+        }
+        Ok(target)
+    }
+    fn stream_position(&mut self) -> std::io::Result<u64> {
+        Ok(self.pos)
+    }
+}
+
+/// The file shared between libwebm's writer and the mux (which flushes and syncs it).
+#[derive(Clone)]
+struct SharedFile(Arc<Mutex<FileSink>>);
+
 impl SharedFile {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BufWriter<File>> {
-        self.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, FileSink> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 impl Write for SharedFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.lock().write(buf)?;
-        self.written.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
+        self.lock().write(buf)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.lock().flush()
+    }
+}
+
+impl Seek for SharedFile {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.lock().seek(to)
+    }
+    fn stream_position(&mut self) -> std::io::Result<u64> {
+        Ok(self.lock().pos)
     }
 }
 
@@ -149,10 +205,8 @@ impl Mux {
     /// Creates (truncates) the file at `path`; nothing is written until the first frame.
     pub fn create(path: &Path, tracks: Tracks) -> Result<Self, MuxError> {
         let file = File::create(path)?;
-        let file = SharedFile {
-            file: Arc::new(Mutex::new(BufWriter::with_capacity(64 * 1024, file))),
-            written: Arc::new(AtomicU64::new(0)),
-        };
+        let sink = FileSink { file: BufWriter::with_capacity(64 * 1024, file), pos: 0, len: 0 };
+        let file = SharedFile(Arc::new(Mutex::new(sink)));
         Ok(Self { tracks, file, open: None, start_ns: 0, last_ns: 0, stats: MuxStats::default(), dirty: false })
     }
 
@@ -163,7 +217,7 @@ impl Mux {
 
     /// Counters so far.
     pub fn stats(&self) -> MuxStats {
-        MuxStats { bytes: self.file.written.load(Ordering::Relaxed), ..self.stats }
+        MuxStats { bytes: self.file.lock().len, ..self.stats }
     }
 
     fn open(&mut self, first: &MediaFrame) -> Result<bool, MuxError> {
@@ -174,8 +228,8 @@ impl Mux {
         if self.tracks.video && video_size.is_none() {
             return Ok(false);
         }
-        let builder = SegmentBuilder::new(Writer::new_non_seek(self.file.clone()))
-            .and_then(|b| b.set_mode(SegmentMode::Live))
+        let builder = SegmentBuilder::new(Writer::new(self.file.clone()))
+            .and_then(|b| b.set_mode(SegmentMode::File))
             .and_then(|b| b.set_writing_app("onair-recorder"))
             .map_err(webm_err)?;
         let (builder, video) = match video_size {
@@ -242,17 +296,18 @@ impl Mux {
         Ok(())
     }
 
-    /// Finalizes the segment, flushes and syncs the file. Returns what it holds.
+    /// Finalizes the segment (libwebm writes the last Cluster's size, the Duration, the Cues
+    /// at the end, the SeekHead and the Segment size), flushes and syncs the file. Returns
+    /// what it holds.
     pub fn finish(mut self) -> Result<MuxStats, MuxError> {
         if let Some(open) = self.open.take() {
-            // In milliseconds (the default timecode scale). libwebm writes it only for seekable
-            // writers in file mode; live files carry none.
+            // In milliseconds (the default timecode scale).
             let duration_ms = self.stats.duration_ns / 1_000_000;
             open.segment.finalize(Some(duration_ms.max(1))).map_err(|_| MuxError::Webm("finalize failed"))?;
         }
         let mut f = self.file.lock();
         f.flush()?;
-        f.get_ref().sync_all()?;
+        f.file.get_ref().sync_all()?;
         drop(f);
         Ok(self.stats())
     }

@@ -3,7 +3,7 @@
 //! the per-track readers that turn RTP into timed frames.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -132,8 +132,6 @@ pub struct TimedFrame {
 pub struct TrackShared {
     /// Arrival of the first packet of any track: timeline zero.
     pub epoch: OnceLock<Instant>,
-    /// RTP packets received.
-    pub packets: AtomicU64,
 }
 
 impl TrackShared {
@@ -171,8 +169,10 @@ pub async fn read_track(
         tokio::spawn(request_keyframes(Arc::clone(&track), ssrc, Arc::clone(&needs_keyframe), done.clone()));
     }
     let mut clock = TrackClock::new(if kind == Kind::Video { 90_000 } else { 48_000 });
-    let mut depack = vp8::Depacketizer::new();
-    loop {
+    // Only video needs one (it holds a 64 Ki-packet ring, ~12 MB); an Opus packet is a frame.
+    let mut assembler = (kind == Kind::Video).then(vp8::FrameAssembler::new);
+    let mut frames = Vec::new();
+    'packets: loop {
         let ev = tokio::select! {
             () = done.cancelled() => break,
             ev = track.poll() => ev,
@@ -182,29 +182,33 @@ pub async fn read_track(
             Some(TrackRemoteEvent::OnEnded) | None => break,
             Some(_) => continue,
         };
-        shared.packets.fetch_add(1, Ordering::Relaxed);
         packets_total.inc();
-        let arrival = shared.arrival_ns();
-        let h = &packet.header;
-        let frame = match kind {
+        // The track's first packet anchors its clock; later timestamps follow the RTP clock.
+        let ts_ns = clock.ns_at(packet.header.timestamp, shared.arrival_ns());
+        match kind {
             Kind::Audio if !packet.payload.is_empty() => {
-                Some((h.timestamp, MediaFrame::Audio { data: packet.payload.to_vec() }))
+                frames.push(TimedFrame { ts_ns, frame: MediaFrame::Audio { data: packet.payload.to_vec() } });
             }
-            Kind::Audio => None,
+            Kind::Audio => {}
             Kind::Video => {
-                let f = depack.push(h.sequence_number, h.timestamp, h.marker, &packet.payload);
-                needs_keyframe.store(depack.needs_keyframe(), Ordering::Relaxed);
-                f.map(|f| (f.rtp_ts, MediaFrame::Video { data: f.data, keyframe: f.keyframe }))
+                let Some(assembler) = assembler.as_mut() else { continue };
+                assembler.push(packet, |f| {
+                    // The clock is anchored: the arrival time is not used.
+                    let ts_ns = clock.ns_at(f.rtp_ts, 0);
+                    frames.push(TimedFrame { ts_ns, frame: MediaFrame::Video { data: f.data, keyframe: f.keyframe } });
+                });
+                needs_keyframe.store(assembler.needs_keyframe(), Ordering::Relaxed);
             }
-        };
-        let Some((rtp_ts, frame)) = frame else { continue };
-        let ts_ns = clock.ns_at(rtp_ts, arrival);
-        if out.send(TimedFrame { ts_ns, frame }).await.is_err() {
-            break;
+        }
+        for f in frames.drain(..) {
+            if out.send(f).await.is_err() {
+                break 'packets;
+            }
         }
     }
     done.cancel();
-    tracing::debug!(?kind, dropped_video_frames = depack.dropped(), "track ended");
+    let skipped_video_frames = assembler.as_ref().map_or(0, vp8::FrameAssembler::dropped);
+    tracing::debug!(?kind, skipped_video_frames, "track ended");
 }
 
 /// Sends a PLI now and every [`PLI_EVERY`] while `needed` is set.

@@ -1,5 +1,5 @@
 //! Crash recovery: recordings a previous run of this recorder left in state
-//! RECORDING. A non-empty file is a valid (truncated) WebM thanks to live mode, so
+//! RECORDING. A non-empty file is a valid (truncated) WebM (see [`crate::mux`]), so
 //! it becomes COMPLETE with a note; an empty one becomes FAILED. Only entries whose
 //! file is in this recorder's directory are touched: others belong to other recorders.
 
@@ -39,10 +39,6 @@ pub async fn recover(hub: &Hub) -> Result<usize, RecorderError> {
             continue;
         }
         let path = hub.config.recordings_dir.join(&file_name);
-        // A rewrite interrupted by the crash (see `finalize`): the live file itself is intact.
-        if std::fs::remove_file(crate::finalize::tmp_path(&path)).is_ok() {
-            tracing::info!(file = %file_name, "removed an interrupted finalize's temporary file");
-        }
         let size = std::fs::metadata(&path).ok().filter(|m| m.is_file());
         let size = size.map(|m| m.len());
         let Some((state, note)) = verdict(size) else { continue };

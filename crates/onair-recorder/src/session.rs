@@ -404,20 +404,9 @@ impl Session {
     }
 
     async fn finish(mut self, end: End) -> Recording {
-        let path = self.path.clone();
         let stats = match self.mux.take() {
-            Some(mux) => match tokio::task::spawn_blocking(move || {
-                let mut stats = mux.finish()?;
-                // Known sizes, Duration and Cues; the live file is kept if that fails.
-                if stats.video_frames + stats.audio_frames > 0
-                    && let Some(bytes) = crate::finalize::finalize_or_keep(&path, Some(stats.duration_ns))
-                {
-                    stats.bytes = bytes;
-                }
-                Ok::<_, crate::mux::MuxError>(stats)
-            })
-            .await
-            {
+            // libwebm writes the sizes, Duration, SeekHead and Cues and the file is synced.
+            Some(mux) => match tokio::task::spawn_blocking(move || mux.finish()).await {
                 Ok(Ok(stats)) => Some(stats),
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "finalizing the file failed");

@@ -1,9 +1,22 @@
-//! VP8 RTP depacketization (RFC 7741): RTP payloads → whole VP8 frames, with
-//! keyframe detection and frame size from the VP8 payload header (RFC 6386 §9.1).
+//! VP8 from RTP: the `rtc` stack's [`SampleBuilder`] (reorders packets by sequence
+//! number and reassembles frames) over its RFC 7741 depacketizer [`Vp8Packet`], plus the
+//! recorder's loss policy and the keyframe facts read from the VP8 frame header
+//! (RFC 6386 §9.1).
 //!
-//! Loss handling is deliberately simple: a frame with a missing packet is dropped
-//! and every frame after it is held back until the next keyframe, which the
-//! caller asks for with a PLI while [`Depacketizer::needs_keyframe`] is true.
+//! Loss handling is deliberately simple: the sample builder drops a frame with a missing
+//! packet, and every frame after that is held back until the next keyframe, which the
+//! caller asks for with a PLI while [`FrameAssembler::needs_keyframe`] is true.
+
+use std::time::{Duration, Instant};
+
+use rtc::media::io::sample_builder::SampleBuilder;
+use rtc::rtp::Packet;
+use rtc::rtp::codec::vp8::Vp8Packet;
+
+/// Packets the sample builder holds while it waits for a missing one (about 2 s of video at 2 Mbit/s).
+pub const MAX_LATE_PACKETS: u16 = 512;
+/// Media time the sample builder waits for a missing packet (room for a NACK round trip).
+pub const MAX_LATE: Duration = Duration::from_millis(500);
 
 /// One complete VP8 frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,46 +41,33 @@ pub fn keyframe_size(frame: &[u8]) -> Option<(u16, u16)> {
     (w > 0 && h > 0).then_some((w, h))
 }
 
-/// Where the VP8 payload starts inside an RTP payload, and whether the packet starts a frame.
-fn parse_descriptor(p: &[u8]) -> Option<(usize, bool)> {
-    let b0 = *p.first()?;
-    let start_of_partition = b0 & 0x10 != 0;
-    let partition_id = b0 & 0x07;
-    let mut i = 1;
-    if b0 & 0x80 != 0 {
-        let x = *p.get(i)?;
-        i += 1;
-        if x & 0x80 != 0 {
-            // PictureID: 7 or 15 bits.
-            let pid = *p.get(i)?;
-            i += if pid & 0x80 != 0 { 2 } else { 1 };
-        }
-        if x & 0x40 != 0 {
-            i += 1; // TL0PICIDX
-        }
-        if x & 0x30 != 0 {
-            i += 1; // TID / Y / KEYIDX
-        }
-    }
-    (i < p.len()).then_some((i, start_of_partition && partition_id == 0))
-}
-
-/// Reassembles VP8 frames from RTP packets of one SSRC, in arrival order.
-#[derive(Debug, Default)]
-pub struct Depacketizer {
-    buf: Vec<u8>,
-    ts: u32,
-    in_frame: bool,
-    corrupt: bool,
-    last_seq: Option<u16>,
+/// Turns the RTP packets of one VP8 SSRC (in any order) into decodable frames.
+pub struct FrameAssembler {
+    builder: SampleBuilder<Vp8Packet>,
     need_keyframe: bool,
     dropped: u64,
 }
 
-impl Depacketizer {
-    /// A depacketizer waiting for its first frame.
+impl std::fmt::Debug for FrameAssembler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameAssembler")
+            .field("need_keyframe", &self.need_keyframe)
+            .field("dropped", &self.dropped)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for FrameAssembler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameAssembler {
+    /// An assembler waiting for its first keyframe.
     pub fn new() -> Self {
-        Self { need_keyframe: true, ..Self::default() }
+        let builder = SampleBuilder::new(MAX_LATE_PACKETS, Vp8Packet::default(), 90_000).with_max_time_delay(MAX_LATE);
+        Self { builder, need_keyframe: true, dropped: 0 }
     }
 
     /// True until a keyframe has been emitted after start or after a loss (send PLIs meanwhile).
@@ -75,68 +75,36 @@ impl Depacketizer {
         self.need_keyframe
     }
 
-    /// Frames dropped so far (incomplete, or waiting for a keyframe).
+    /// Frames skipped so far while waiting for a keyframe (frames lost in the network not included).
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
 
-    fn drop_current(&mut self) {
-        if self.in_frame {
-            self.dropped += 1;
-            self.need_keyframe = true;
-        }
-        self.in_frame = false;
-        self.corrupt = false;
-        self.buf.clear();
-    }
-
-    /// Feeds one RTP packet; returns a frame when `marker` completes one.
-    pub fn push(&mut self, seq: u16, ts: u32, marker: bool, payload: &[u8]) -> Option<Frame> {
-        if let Some(last) = self.last_seq {
-            let delta = seq.wrapping_sub(last);
-            if delta == 0 || delta >= 0x8000 {
-                return None; // duplicate or late (already counted as lost)
+    /// Feeds one RTP packet and calls `out` for every frame that is now complete and decodable.
+    pub fn push(&mut self, packet: Packet, mut out: impl FnMut(Frame)) {
+        let now = Instant::now();
+        self.builder.push(now, packet);
+        while let Some(sample) = self.builder.pop(now) {
+            if sample.prev_dropped_packets > sample.prev_padding_packets {
+                // A frame before this one was lost: what follows cannot be decoded until a keyframe.
+                self.need_keyframe = true;
             }
-            if delta != 1 {
-                self.corrupt = true;
+            let keyframe = keyframe_size(&sample.data).is_some();
+            if self.need_keyframe && !keyframe {
+                self.dropped += 1;
+                continue;
             }
+            self.need_keyframe = false;
+            out(Frame { rtp_ts: sample.packet_timestamp, data: sample.data.to_vec(), keyframe });
         }
-        self.last_seq = Some(seq);
-        let (offset, starts_frame) = parse_descriptor(payload)?;
-        if starts_frame {
-            self.drop_current();
-            self.in_frame = true;
-            self.ts = ts;
-        } else if !self.in_frame || ts != self.ts {
-            // A continuation without its start: the frame is lost.
-            self.drop_current();
-            self.need_keyframe = true;
-            return None;
-        }
-        self.buf.extend_from_slice(&payload[offset..]);
-        if !marker {
-            return None;
-        }
-        let data = std::mem::take(&mut self.buf);
-        let corrupt = std::mem::replace(&mut self.corrupt, false);
-        self.in_frame = false;
-        let keyframe = data.first().is_some_and(|b| b & 0x01 == 0);
-        if corrupt {
-            self.dropped += 1;
-            self.need_keyframe = true;
-            return None;
-        }
-        if self.need_keyframe && !(keyframe && keyframe_size(&data).is_some()) {
-            self.dropped += 1;
-            return None;
-        }
-        self.need_keyframe = false;
-        Some(Frame { rtp_ts: ts, data, keyframe })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use rtc::rtp::Header;
+
     use super::*;
 
     /// A fake keyframe: tag with P=0, start code, 64x48.
@@ -152,27 +120,28 @@ mod tests {
         f
     }
 
-    /// Splits a frame into RTP payloads with a 4-byte descriptor (X, I with 15-bit PictureID).
-    fn packetize(frame: &[u8], chunk: usize, picture_id: u16) -> Vec<Vec<u8>> {
-        frame
-            .chunks(chunk)
+    /// Splits a frame into RTP packets with a 4-byte descriptor (X, I with 15-bit PictureID).
+    fn packetize(seq: &mut u16, ts: u32, frame: &[u8], chunk: usize) -> Vec<Packet> {
+        let chunks: Vec<_> = frame.chunks(chunk).collect();
+        let n = chunks.len();
+        chunks
+            .into_iter()
             .enumerate()
             .map(|(i, c)| {
                 let s = if i == 0 { 0x10 } else { 0x00 };
-                let mut p = vec![0x80 | s, 0x80, 0x80 | (picture_id >> 8) as u8, picture_id as u8];
+                let mut p = vec![0x80 | s, 0x80, 0x80, 7];
                 p.extend_from_slice(c);
-                p
+                let header = Header { sequence_number: *seq, timestamp: ts, marker: i + 1 == n, ..Header::default() };
+                *seq = seq.wrapping_add(1);
+                Packet { header, payload: Bytes::from(p) }
             })
             .collect()
     }
 
-    fn feed(d: &mut Depacketizer, seq: &mut u16, ts: u32, frame: &[u8]) -> Option<Frame> {
-        let pkts = packetize(frame, 100, 7);
-        let n = pkts.len();
-        let mut out = None;
-        for (i, p) in pkts.iter().enumerate() {
-            out = d.push(*seq, ts, i + 1 == n, p);
-            *seq = seq.wrapping_add(1);
+    fn feed(a: &mut FrameAssembler, packets: Vec<Packet>) -> Vec<Frame> {
+        let mut out = Vec::new();
+        for p in packets {
+            a.push(p, |f| out.push(f));
         }
         out
     }
@@ -185,58 +154,69 @@ mod tests {
     }
 
     #[test]
-    fn descriptor_variants() {
-        // Minimal descriptor, S=1 PID=0.
-        assert_eq!(parse_descriptor(&[0x10, 0xaa]), Some((1, true)));
-        // X with I (7-bit), L, T.
-        assert_eq!(parse_descriptor(&[0x90, 0xe0, 0x05, 0x01, 0x20, 0xaa]), Some((5, true)));
-        // Partition 1 does not start a frame.
-        assert_eq!(parse_descriptor(&[0x11, 0xaa]), Some((1, false)));
-        // Truncated.
-        assert_eq!(parse_descriptor(&[0x90, 0x80]), None);
-        assert_eq!(parse_descriptor(&[]), None);
-    }
-
-    #[test]
     fn reassembles_multi_packet_frames_and_waits_for_a_keyframe() {
-        let mut d = Depacketizer::new();
+        let mut a = FrameAssembler::new();
         let mut seq = 65_530; // wraps during the test
-        assert!(d.needs_keyframe());
-        assert_eq!(feed(&mut d, &mut seq, 1000, &delta(250)), None, "delta before keyframe is dropped");
+        assert!(a.needs_keyframe());
         let k = keyframe(350);
-        let f = feed(&mut d, &mut seq, 4000, &k).expect("keyframe");
-        assert!(f.keyframe);
-        assert_eq!(f.data, k);
-        assert_eq!(f.rtp_ts, 4000);
-        assert!(!d.needs_keyframe());
-        let f = feed(&mut d, &mut seq, 7000, &delta(120)).expect("delta");
-        assert!(!f.keyframe);
-        assert_eq!(f.data.len(), 120);
+        let mut packets = packetize(&mut seq, 1000, &delta(250), 100);
+        packets.extend(packetize(&mut seq, 4000, &k, 100));
+        packets.extend(packetize(&mut seq, 7000, &delta(120), 100));
+        // The frame after the last one: the builder emits a frame once the next one starts.
+        packets.extend(packetize(&mut seq, 10_000, &delta(50), 100));
+        let frames = feed(&mut a, packets);
+        assert_eq!(frames.len(), 2, "the delta frame before the keyframe is dropped: {frames:?}");
+        assert!(frames[0].keyframe);
+        assert_eq!(frames[0].data, k);
+        assert_eq!(frames[0].rtp_ts, 4000);
+        assert!(!frames[1].keyframe);
+        assert_eq!(frames[1].data.len(), 120);
+        assert!(!a.needs_keyframe());
+        assert_eq!(a.dropped(), 1);
     }
 
     #[test]
-    fn a_lost_packet_drops_the_frame_until_the_next_keyframe() {
-        let mut d = Depacketizer::new();
+    fn reordered_and_duplicated_packets_are_reassembled() {
+        let mut a = FrameAssembler::new();
+        let mut seq = 100;
+        let k = keyframe(350);
+        let mut packets = packetize(&mut seq, 0, &k, 100);
+        packets.swap(1, 2);
+        packets.insert(1, packets[0].clone());
+        packets.extend(packetize(&mut seq, 3000, &delta(50), 100));
+        let frames = feed(&mut a, packets);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].data, k);
+    }
+
+    #[test]
+    fn a_lost_packet_drops_frames_until_the_next_keyframe() {
+        let mut a = FrameAssembler::new();
         let mut seq = 10;
-        feed(&mut d, &mut seq, 0, &keyframe(100)).expect("keyframe");
-        let pkts = packetize(&delta(250), 100, 8);
-        assert_eq!(d.push(seq, 3000, false, &pkts[0]), None);
-        // pkts[1] lost
-        assert_eq!(d.push(seq + 2, 3000, true, &pkts[2]), None);
-        seq += 3;
-        assert!(d.needs_keyframe());
-        assert_eq!(feed(&mut d, &mut seq, 6000, &delta(50)), None);
-        assert!(feed(&mut d, &mut seq, 9000, &keyframe(80)).is_some_and(|f| f.keyframe));
-        assert!(feed(&mut d, &mut seq, 12000, &delta(50)).is_some());
-        assert_eq!(d.dropped(), 2);
-    }
-
-    #[test]
-    fn duplicates_are_ignored() {
-        let mut d = Depacketizer::new();
-        let pkts = packetize(&keyframe(150), 100, 1);
-        assert_eq!(d.push(1, 0, false, &pkts[0]), None);
-        assert_eq!(d.push(1, 0, false, &pkts[0]), None);
-        assert!(d.push(2, 0, true, &pkts[1]).is_some());
+        let mut packets = packetize(&mut seq, 0, &keyframe(100), 100);
+        let mut lossy = packetize(&mut seq, 3000, &delta(250), 100);
+        lossy.remove(1);
+        packets.extend(lossy);
+        let mut ts = 6000;
+        // Enough delta frames (with no keyframe) for the builder to give up on the lost packet.
+        for _ in 0..20 {
+            packets.extend(packetize(&mut seq, ts, &delta(50), 100));
+            ts += 3000;
+        }
+        let frames = feed(&mut a, packets);
+        assert_eq!(
+            frames.len(),
+            1,
+            "only the first keyframe: {:?}",
+            frames.iter().map(|f| f.rtp_ts).collect::<Vec<_>>()
+        );
+        assert!(a.needs_keyframe());
+        let mut packets = packetize(&mut seq, ts, &keyframe(80), 100);
+        packets.extend(packetize(&mut seq, ts + 3000, &delta(50), 100));
+        packets.extend(packetize(&mut seq, ts + 6000, &delta(50), 100));
+        let frames = feed(&mut a, packets);
+        assert_eq!(frames.len(), 2);
+        assert!(frames[0].keyframe && !frames[1].keyframe);
+        assert!(!a.needs_keyframe());
     }
 }

@@ -1,22 +1,33 @@
 //! Writes WebM files with the recorder's muxer from real VP8 frames (libvpx via ffmpeg)
-//! and Opus silence frames, and checks them with ffprobe / ffmpeg: complete files,
-//! files truncated as if the recorder crashed, and audio-only files; and the seekable
-//! rewrite done at finalize (duration, cues, seeking).
+//! and Opus silence frames, and checks them with ffprobe / ffmpeg: finished files have a
+//! duration and cues and seek; what a crash leaves behind (a copy of the open file, cut
+//! at any point, and files of a writer process killed with SIGKILL) still decodes.
+//!
+//! ffmpeg and ffprobe are required: these tests fail when they are missing.
 
 #![allow(clippy::unwrap_used)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use onair_recorder::finalize;
-use onair_recorder::mux::{MediaFrame, Mux, Tracks};
+use onair_recorder::mux::{MediaFrame, Mux, MuxStats, Tracks};
 
 /// A stereo 20 ms CELT silence frame.
 const OPUS_SILENCE: [u8; 3] = [0xfc, 0xff, 0xfe];
 
-fn tool(name: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(format!("/usr/bin/{name}"));
-    p.exists().then_some(p)
+/// `name` (ffmpeg or ffprobe) as a command; panics with a clear message when they are not installed.
+fn tool(name: &str) -> Command {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        for t in ["ffmpeg", "ffprobe"] {
+            if let Err(e) = Command::new(t).arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
+                panic!("`{t}` is required by this test but cannot be run ({e}); install ffmpeg (e.g. `apt-get install ffmpeg`)");
+            }
+        }
+    });
+    Command::new(name)
 }
 
 fn tempdir(tag: &str) -> PathBuf {
@@ -25,21 +36,25 @@ fn tempdir(tag: &str) -> PathBuf {
     d
 }
 
-/// VP8 frames (data, keyframe) of a 64x48 test pattern at 10 fps, from an IVF file made by ffmpeg.
-fn vp8_frames(dir: &Path) -> Vec<(Vec<u8>, bool)> {
+/// Writes `dir/src.ivf`: 2 s of a 64x48 test pattern at 10 fps, a keyframe every second.
+fn make_ivf(dir: &Path) -> PathBuf {
     let ivf = dir.join("src.ivf");
-    let st = Command::new(tool("ffmpeg").unwrap())
+    let st = tool("ffmpeg")
         .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-t", "2"])
         .args(["-c:v", "libvpx", "-g", "10", "-f", "ivf"])
         .arg(&ivf)
         .status()
         .unwrap();
-    assert!(st.success());
-    let bytes = std::fs::read(&ivf).unwrap();
+    assert!(st.success(), "ffmpeg could not encode VP8 (libvpx)");
+    ivf
+}
+
+/// The frames (data, keyframe) of an IVF file.
+fn read_ivf(ivf: &Path) -> Vec<(Vec<u8>, bool)> {
+    let bytes = std::fs::read(ivf).unwrap();
     assert_eq!(&bytes[..4], b"DKIF");
-    let header_len = usize::from(u16::from_le_bytes([bytes[6], bytes[7]]));
+    let mut i = usize::from(u16::from_le_bytes([bytes[6], bytes[7]]));
     let mut frames = Vec::new();
-    let mut i = header_len;
     while i + 12 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap()) as usize;
         let data = bytes[i + 12..i + 12 + len].to_vec();
@@ -50,8 +65,14 @@ fn vp8_frames(dir: &Path) -> Vec<(Vec<u8>, bool)> {
     frames
 }
 
+fn vp8_frames(dir: &Path) -> Vec<(Vec<u8>, bool)> {
+    let frames = read_ivf(&make_ivf(dir));
+    assert!(frames.len() >= 19 && frames[0].1, "ffmpeg gave {} frames", frames.len());
+    frames
+}
+
 fn ffprobe_streams(file: &Path) -> Vec<serde_json::Value> {
-    let out = Command::new(tool("ffprobe").unwrap())
+    let out = tool("ffprobe")
         .args(["-v", "error", "-show_streams", "-show_format", "-of", "json"])
         .arg(file)
         .output()
@@ -64,25 +85,105 @@ fn ffprobe_streams(file: &Path) -> Vec<serde_json::Value> {
 
 /// Decodes every frame; returns ffmpeg's error output (empty when clean) and the decoded video frame count.
 fn decode(file: &Path) -> (String, u64) {
-    let out = Command::new(tool("ffprobe").unwrap())
+    let out = tool("ffprobe")
         .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames"])
         .args(["-of", "csv=p=0"])
         .arg(file)
         .output()
         .unwrap();
     let n = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
-    let dec = Command::new(tool("ffmpeg").unwrap())
-        .args(["-v", "error", "-i"])
-        .arg(file)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
+    let dec =
+        tool("ffmpeg").args(["-nostdin", "-v", "error", "-i"]).arg(file).args(["-f", "null", "-"]).output().unwrap();
+    assert!(dec.status.success(), "ffmpeg cannot decode {}: {}", file.display(), String::from_utf8_lossy(&dec.stderr));
     (String::from_utf8_lossy(&dec.stderr).into_owned(), n)
 }
 
+/// `format.duration` as ffprobe reports it (`None` for N/A).
+fn ffprobe_duration(file: &Path) -> Option<f64> {
+    let out = tool("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=duration", "-of", "json"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success() && out.stderr.is_empty(), "ffprobe: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["format"]["duration"].as_str().and_then(|d| d.parse().ok())
+}
+
+/// Seeks to `at` seconds and decodes one frame of `stream` (`v` or `a`); returns ffmpeg's errors.
+fn seek_and_decode(file: &Path, at: f64, stream: &str) -> String {
+    let out = tool("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-ss", &format!("{at:.3}"), "-i"])
+        .arg(file)
+        .args([&format!("-frames:{stream}"), "1", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "seek to {at}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+// Just enough EBML to check the file structure libwebm wrote (the tests do not trust the muxer).
+const SEGMENT: u32 = 0x1853_8067;
+const SEEK_HEAD: u32 = 0x114D_9B74;
+const CLUSTER: u32 = 0x1F43_B675;
+const CUES: u32 = 0x1C53_BB6B;
+const CUE_POINT: u32 = 0xBB;
+const SEEK_ID: u32 = 0x53AB;
+
+/// One element: id, offset of its data, data size (`None`: unknown size).
+#[derive(Debug, Clone, Copy)]
+struct El {
+    id: u32,
+    data: usize,
+    size: Option<usize>,
+}
+
+/// The element header at `at`, if it is complete.
+fn element(b: &[u8], at: usize) -> Option<El> {
+    let id_len = b.get(at)?.leading_zeros() as usize + 1;
+    let id = b.get(at..at + id_len)?.iter().fold(0u32, |a, &x| a << 8 | u32::from(x));
+    let first = *b.get(at + id_len)?;
+    let len = first.leading_zeros() as usize + 1;
+    let raw = b.get(at + id_len..at + id_len + len)?;
+    let size = raw[1..].iter().fold(u64::from(first) & (0xff >> len), |a, &x| a << 8 | u64::from(x));
+    let unknown = size == (1u64 << (7 * len)) - 1;
+    Some(El { id, data: at + id_len + len, size: (!unknown).then_some(size as usize) })
+}
+
+/// The children of the element whose data is `start..end`, as far as `b` holds complete headers;
+/// an unknown-size child extends to `end`.
+fn children(b: &[u8], start: usize, end: usize) -> Vec<El> {
+    let mut out = Vec::new();
+    let mut at = start;
+    while at < end.min(b.len()) {
+        let Some(e) = element(b, at) else { break };
+        out.push(e);
+        match e.size {
+            Some(s) => at = e.data + s,
+            None => break,
+        }
+    }
+    out
+}
+
+/// The Segment and its top-level children.
+fn segment(b: &[u8]) -> (El, Vec<El>) {
+    let ebml = element(b, 0).unwrap();
+    let seg = element(b, ebml.data + ebml.size.unwrap()).unwrap();
+    assert_eq!(seg.id, SEGMENT);
+    let end = seg.size.map_or(b.len(), |s| seg.data + s);
+    (seg, children(b, seg.data, end))
+}
+
+fn data<'a>(b: &'a [u8], e: &El) -> &'a [u8] {
+    &b[e.data..e.data + e.size.unwrap()]
+}
+
 /// Interleaves 10 fps video and 50 fps audio on one timeline, with 70 ms of audio and a
-/// delta frame before the first keyframe (the muxer must drop those).
-fn write_av(path: &Path, frames: &[(Vec<u8>, bool)]) -> onair_recorder::mux::MuxStats {
+/// delta frame before the first keyframe (the muxer must drop those), flushing every half
+/// second as the session does. Returns the stats and a copy of the file taken while it was
+/// still open, 60% of the way through: what a crash at that moment leaves.
+fn write_av(path: &Path, frames: &[(Vec<u8>, bool)]) -> (MuxStats, Vec<u8>) {
     let mut mux = Mux::create(path, Tracks { video: true, audio: true, audio_channels: 2 }).unwrap();
     let mut events: Vec<(i64, MediaFrame)> = Vec::new();
     let base = 1_000_000_000; // timeline time of the first keyframe
@@ -96,27 +197,31 @@ fn write_av(path: &Path, frames: &[(Vec<u8>, bool)]) -> onair_recorder::mux::Mux
     }
     events.sort_by_key(|e| e.0);
     let mut written = 0;
-    for (ts, f) in &events {
+    let mut crash_image = None;
+    let mut next_flush = 0;
+    for (n, (ts, f)) in events.iter().enumerate() {
         if mux.write(*ts, f).unwrap() {
             written += 1;
         }
+        if *ts >= next_flush {
+            mux.flush().unwrap();
+            next_flush = ts + 500_000_000;
+        }
+        if n == events.len() * 3 / 5 {
+            mux.flush().unwrap();
+            crash_image = Some(std::fs::read(path).unwrap());
+        }
     }
     assert!(written > frames.len());
-    mux.flush().unwrap();
-    mux.finish().unwrap()
+    (mux.finish().unwrap(), crash_image.unwrap())
 }
 
 #[test]
-fn muxed_vp8_and_opus_pass_ffprobe() {
-    if tool("ffmpeg").is_none() || tool("ffprobe").is_none() {
-        eprintln!("ffmpeg/ffprobe not installed; skipping");
-        return;
-    }
+fn a_finished_file_has_a_duration_and_cues_and_seeks() {
     let dir = tempdir("av");
     let frames = vp8_frames(&dir);
-    assert!(frames.len() >= 19 && frames[0].1, "ffmpeg gave {} frames", frames.len());
     let path = dir.join("rec.webm");
-    let stats = write_av(&path, &frames);
+    let (stats, _) = write_av(&path, &frames);
     assert_eq!(stats.video_frames, frames.len() as u64);
     assert_eq!(stats.bytes, std::fs::metadata(&path).unwrap().len());
     assert!(stats.duration_ns >= 1_900_000_000, "{stats:?}");
@@ -134,42 +239,70 @@ fn muxed_vp8_and_opus_pass_ffprobe() {
     let (errors, n) = decode(&path);
     assert!(errors.is_empty(), "decode errors: {errors}");
     assert_eq!(n, frames.len() as u64);
+
+    let content_s = frames.len() as f64 * 0.1; // 10 fps
+    let duration = ffprobe_duration(&path).expect("a duration");
+    assert!((duration - content_s).abs() < 0.1, "duration {duration} s for {content_s} s of media");
+    for at in [content_s / 2.0, content_s / 2.0 + 0.35, 0.0] {
+        let errors = seek_and_decode(&path, at, "v");
+        assert!(errors.is_empty(), "seek to {at}: {errors}");
+    }
+
+    // Every size known, the SeekHead points at the Cues, one CuePoint per keyframe Cluster.
+    let bytes = std::fs::read(&path).unwrap();
+    let (seg, top) = segment(&bytes);
+    assert_eq!(seg.data + seg.size.expect("a known Segment size"), bytes.len());
+    assert!(top.iter().all(|e| e.size.is_some()), "{top:?}");
+    let seek_head = top.iter().find(|e| e.id == SEEK_HEAD).expect("a SeekHead");
+    let seeks = data(&bytes, seek_head);
+    assert!(
+        seeks.windows(7).any(|w| w == [0x53, 0xAB, 0x84, 0x1C, 0x53, 0xBB, 0x6B]),
+        "no SeekID {SEEK_ID:x} for the Cues"
+    );
+    let cues = top.iter().find(|e| e.id == CUES).expect("Cues");
+    let points = children(&bytes, cues.data, cues.data + cues.size.unwrap());
+    let keyframes = frames.iter().filter(|f| f.1).count();
+    assert_eq!(points.iter().filter(|p| p.id == CUE_POINT).count(), keyframes, "{points:?}");
+    assert!(top.iter().filter(|e| e.id == CLUSTER).count() >= keyframes);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
-fn a_truncated_live_file_still_decodes() {
-    if tool("ffmpeg").is_none() || tool("ffprobe").is_none() {
-        eprintln!("ffmpeg/ffprobe not installed; skipping");
-        return;
-    }
+fn a_crash_at_any_moment_leaves_a_decodable_file() {
     let dir = tempdir("crash");
     let frames = vp8_frames(&dir);
     let path = dir.join("rec.webm");
-    write_av(&path, &frames);
-    // Cut the file in the middle of a frame, as a crash would.
-    let bytes = std::fs::read(&path).unwrap();
-    let cut = dir.join("cut.webm");
-    std::fs::write(&cut, &bytes[..bytes.len() * 3 / 5]).unwrap();
-    let out = Command::new(tool("ffprobe").unwrap())
-        .args(["-v", "error", "-show_streams", "-of", "json"])
-        .arg(&cut)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["streams"].as_array().unwrap().len(), 2);
-    let (_, n) = decode(&cut);
-    assert!(n >= 5, "only {n} frames decodable from the truncated file");
+    let (_, image) = write_av(&path, &frames);
+    // The open file: unknown Segment size, complete Clusters with known sizes, the last one
+    // open (unknown size), no Cues yet.
+    let (seg, top) = segment(&image);
+    assert_eq!(seg.size, None);
+    let clusters: Vec<_> = top.iter().filter(|e| e.id == CLUSTER).collect();
+    assert!(clusters.len() >= 2, "{top:?}");
+    assert!(clusters[..clusters.len() - 1].iter().all(|c| c.size.is_some()));
+    assert_eq!(clusters.last().unwrap().size, None);
+    assert!(!top.iter().any(|e| e.id == CUES));
+
+    // A crash loses the unflushed tail: cut the open file anywhere after its header.
+    let header_end = clusters[0].data;
+    let mut counts = Vec::new();
+    for k in 0..=8 {
+        let cut = header_end + (image.len() - header_end) * k / 8;
+        let file = dir.join(format!("cut-{k}.webm"));
+        std::fs::write(&file, &image[..cut]).unwrap();
+        let (v, _) = probe_and_count(&file);
+        let streams = v["streams"].as_array().unwrap();
+        assert_eq!(streams.len(), 2, "cut at {cut}: {v}");
+        // No count at all when not one frame is in the file.
+        counts.push(streams[0]["nb_read_frames"].as_str().map_or(0, |n| n.parse::<u64>().unwrap()));
+    }
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    assert!(*counts.last().unwrap() >= 5, "only {counts:?} frames decodable");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn audio_only_recording() {
-    if tool("ffprobe").is_none() {
-        eprintln!("ffprobe not installed; skipping");
-        return;
-    }
     let dir = tempdir("audio");
     let path = dir.join("rec.webm");
     let mut mux = Mux::create(&path, Tracks { video: false, audio: true, audio_channels: 2 }).unwrap();
@@ -182,106 +315,13 @@ fn audio_only_recording() {
     let streams = ffprobe_streams(&path);
     assert_eq!(streams.len(), 1);
     assert_eq!(streams[0]["codec_name"], "opus");
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// `format.duration` as ffprobe reports it (`None` for N/A).
-fn ffprobe_duration(file: &Path) -> Option<f64> {
-    let out = Command::new(tool("ffprobe").unwrap())
-        .args(["-v", "error", "-show_entries", "format=duration", "-of", "json"])
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(out.status.success() && out.stderr.is_empty(), "ffprobe: {}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["format"]["duration"].as_str().and_then(|d| d.parse().ok())
-}
-
-/// Seeks to `at` seconds and decodes one frame of `stream` (`v` or `a`); returns ffmpeg's errors.
-fn seek_and_decode(file: &Path, at: f64, stream: &str) -> String {
-    let out = Command::new(tool("ffmpeg").unwrap())
-        .args(["-v", "error", "-ss", &format!("{at:.3}"), "-i"])
-        .arg(file)
-        .args([&format!("-frames:{stream}"), "1", "-f", "null", "-"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "seek to {at}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The Cluster payloads, in order.
-fn cluster_bodies(bytes: &[u8]) -> Vec<Vec<u8>> {
-    let layout = finalize::scan(std::io::Cursor::new(bytes)).unwrap();
-    layout
-        .clusters
-        .iter()
-        .map(|c| bytes[(c.element.offset + c.element.header_len) as usize..c.element.end() as usize].to_vec())
-        .collect()
-}
-
-#[test]
-fn finalized_file_has_a_duration_and_cues_and_seeks() {
-    if tool("ffmpeg").is_none() || tool("ffprobe").is_none() {
-        eprintln!("ffmpeg/ffprobe not installed; skipping");
-        return;
-    }
-    let dir = tempdir("seekable");
-    let frames = vp8_frames(&dir);
-    let path = dir.join("rec.webm");
-    let stats = write_av(&path, &frames);
-    let live = std::fs::read(&path).unwrap();
-    // Live mode: no duration, no cues, unknown sizes.
-    assert_eq!(ffprobe_duration(&path), None);
-    let before = finalize::scan(std::io::Cursor::new(&live)).unwrap();
-    assert!(before.segment.unknown_size && before.cues.is_empty() && before.duration.is_none());
-    assert!(before.clusters.iter().all(|c| c.element.unknown_size));
-
-    let done = finalize::make_seekable(&path, Some(stats.duration_ns)).unwrap();
-    assert!(!finalize::tmp_path(&path).exists());
-    let content_s = frames.len() as f64 * 0.1; // 10 fps
-    let duration = ffprobe_duration(&path).expect("a duration after finalize");
-    assert!((duration - content_s).abs() < 0.1, "duration {duration} s for {content_s} s of media ({done:?})");
-    assert_eq!(done.bytes, std::fs::metadata(&path).unwrap().len());
-
-    let streams = ffprobe_streams(&path);
-    assert_eq!(streams.len(), 2, "{streams:?}");
-    assert!(streams.iter().any(|s| s["codec_name"] == "vp8" && s["width"] == 64));
-    assert!(streams.iter().any(|s| s["codec_name"] == "opus" && s["channels"] == 2));
-    let (errors, n) = decode(&path);
-    assert!(errors.is_empty(), "decode errors: {errors}");
-    assert_eq!(n, frames.len() as u64);
-    for at in [content_s / 2.0, content_s / 2.0 + 0.35, 0.0] {
-        let errors = seek_and_decode(&path, at, "v");
-        assert!(errors.is_empty(), "seek to {at}: {errors}");
-    }
-
-    // Same Clusters byte for byte, now with known sizes; one cue per keyframe Cluster on the video track.
-    let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(cluster_bodies(&bytes), cluster_bodies(&live));
-    let after = finalize::scan(std::io::Cursor::new(&bytes)).unwrap();
-    assert!(!after.segment.unknown_size && after.clusters.iter().all(|c| !c.element.unknown_size));
-    let (video_track, is_video) = after.cue_track().unwrap();
-    assert!(is_video);
-    let keyframe_clusters: Vec<_> = after.clusters.iter().filter(|c| c.first_video.is_some_and(|v| v.1)).collect();
-    assert_eq!(keyframe_clusters.len(), frames.iter().filter(|f| f.1).count());
-    assert_eq!(after.cues.len(), keyframe_clusters.len());
-    let seg_data = after.segment.offset + after.segment.header_len;
-    for ((time, track, pos), c) in after.cues.iter().zip(&keyframe_clusters) {
-        // libwebm puts queued audio before the keyframe that opens a Cluster, so the Cluster
-        // Timecode can be a little earlier than the keyframe; the cue is at the keyframe.
-        let key_time = c.first_video.unwrap().0 as u64;
-        assert!(key_time >= c.timecode && key_time - c.timecode < 100);
-        assert_eq!((*time, *track, *pos), (key_time, video_track, c.element.offset - seg_data));
-    }
+    let duration = ffprobe_duration(&path).unwrap();
+    assert!((duration - 2.0).abs() < 0.05, "{duration}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
-fn finalized_audio_only_file_is_seekable() {
-    if tool("ffmpeg").is_none() || tool("ffprobe").is_none() {
-        eprintln!("ffmpeg/ffprobe not installed; skipping");
-        return;
-    }
+fn a_finished_audio_only_file_is_seekable() {
     let dir = tempdir("audio-seekable");
     let path = dir.join("rec.webm");
     let mut mux = Mux::create(&path, Tracks { video: false, audio: true, audio_channels: 2 }).unwrap();
@@ -290,18 +330,15 @@ fn finalized_audio_only_file_is_seekable() {
         assert!(mux.write(k * 20_000_000, &MediaFrame::Audio { data: OPUS_SILENCE.to_vec() }).unwrap());
     }
     mux.finish().unwrap();
-    // Without the recorder's duration: estimated from the blocks.
-    let done = finalize::make_seekable(&path, None).unwrap();
     let duration = ffprobe_duration(&path).unwrap();
-    assert!((duration - 40.0).abs() < 0.1, "{duration} ({done:?})");
-    let layout = finalize::scan(std::fs::File::open(&path).unwrap()).unwrap();
-    assert!(layout.clusters.len() >= 2);
-    assert_eq!(layout.cues.len(), layout.clusters.len());
-    let (audio_track, is_video) = layout.cue_track().unwrap();
-    assert!(!is_video);
-    assert!(layout.cues.iter().all(|c| c.1 == audio_track));
-    let streams = ffprobe_streams(&path);
-    assert_eq!(streams.len(), 1);
+    assert!((duration - 40.0).abs() < 0.1, "{duration}");
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, top) = segment(&bytes);
+    let clusters = top.iter().filter(|e| e.id == CLUSTER).count();
+    assert!(clusters >= 2);
+    let cues = top.iter().find(|e| e.id == CUES).expect("Cues");
+    let points = children(&bytes, cues.data, cues.data + cues.size.unwrap());
+    assert_eq!(points.iter().filter(|p| p.id == CUE_POINT).count(), clusters);
     let (errors, _) = decode(&path);
     assert!(errors.is_empty(), "decode errors: {errors}");
     let errors = seek_and_decode(&path, 35.0, "a");
@@ -309,22 +346,114 @@ fn finalized_audio_only_file_is_seekable() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Set for the child process of [`a_killed_writer_leaves_decodable_files`]: the directory it writes into.
+const CHILD_DIR: &str = "ONAIR_RECORDER_CRASH_CHILD_DIR";
+
+/// The writer that gets killed: records files `rec-<i>.webm` of 2 to 6 s, one after the
+/// other, flushing every 5 video frames and pausing 2 ms after each flush (so most kills
+/// land in an open file, some in finalize), printing `finished <i>` after each. Does
+/// nothing unless started by the test below.
 #[test]
-fn a_truncated_file_is_not_rewritten() {
-    if tool("ffmpeg").is_none() {
-        eprintln!("ffmpeg not installed; skipping");
-        return;
+#[ignore = "the child process of a_killed_writer_leaves_decodable_files"]
+fn crash_child() {
+    let Some(dir) = std::env::var_os(CHILD_DIR).map(PathBuf::from) else { return };
+    let frames = read_ivf(&dir.join("src.ivf"));
+    for i in 0.. {
+        let path = dir.join(format!("rec-{i}.webm"));
+        let mut mux = Mux::create(&path, Tracks { video: true, audio: true, audio_channels: 2 }).unwrap();
+        let video_frames = 20 + (i * 7) % 41;
+        for j in 0..video_frames {
+            let t = j as i64 * 100_000_000;
+            let (data, keyframe) = &frames[j % frames.len()];
+            mux.write(t, &MediaFrame::Video { data: data.clone(), keyframe: *keyframe }).unwrap();
+            for k in 0..5 {
+                mux.write(t + k * 20_000_000, &MediaFrame::Audio { data: OPUS_SILENCE.to_vec() }).unwrap();
+            }
+            if j % 5 == 4 {
+                mux.flush().unwrap(); // the session flushes every 500 ms
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        mux.finish().unwrap();
+        println!("finished {i}");
+        if i >= 2 {
+            let _ = std::fs::remove_file(dir.join(format!("rec-{}.webm", i - 2)));
+        }
     }
-    let dir = tempdir("truncated-finalize");
-    let frames = vp8_frames(&dir);
-    let path = dir.join("rec.webm");
-    write_av(&path, &frames);
-    let bytes = std::fs::read(&path).unwrap();
-    let cut = &bytes[..bytes.len() * 3 / 5];
-    std::fs::write(&path, cut).unwrap();
-    assert!(finalize::make_seekable(&path, None).is_err());
-    assert_eq!(finalize::finalize_or_keep(&path, Some(1_000_000_000)), None);
-    assert_eq!(std::fs::read(&path).unwrap(), cut);
-    assert!(!finalize::tmp_path(&path).exists());
+}
+
+/// One ffprobe pass that decodes every frame: the JSON (streams with `nb_read_frames`,
+/// format) and what ffprobe complained about. Panics if ffprobe cannot read the file.
+fn probe_and_count(file: &Path) -> (serde_json::Value, String) {
+    let out = tool("ffprobe")
+        .args(["-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ffprobe cannot read {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    (serde_json::from_slice(&out.stdout).unwrap(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_killed_writer_leaves_decodable_files() {
+    let dir = tempdir("sigkill");
+    let ivf = make_ivf(&dir);
+    let delays_ms = [10, 35, 60, 90, 125, 160, 200, 245, 290, 340];
+    let started = Instant::now();
+    let (mut empty, mut open, mut closed) = (0, 0, 0);
+    for (run, delay) in delays_ms.iter().enumerate() {
+        let run_dir = dir.join(format!("run-{run}"));
+        std::fs::create_dir_all(&run_dir).unwrap();
+        std::fs::copy(&ivf, run_dir.join("src.ivf")).unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env(CHILD_DIR, &run_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(*delay));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let done: Vec<usize> = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| l.strip_prefix("finished ").and_then(|n| n.parse().ok()))
+            .collect();
+        // The file being written when the kill came: the one after the last finished.
+        let current = done.last().map_or(0, |n| n + 1);
+        let file = run_dir.join(format!("rec-{current}.webm"));
+        let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        if len == 0 {
+            empty += 1; // nothing flushed yet: recovery marks such a recording FAILED
+        } else {
+            let (v, errors) = probe_and_count(&file);
+            let streams = v["streams"].as_array().unwrap();
+            let codecs: Vec<_> = streams.iter().map(|s| s["codec_name"].as_str().unwrap_or("")).collect();
+            assert_eq!(codecs, ["vp8", "opus"], "run {run}");
+            let frames = &streams[0]["nb_read_frames"];
+            let seg = segment(&std::fs::read(&file).unwrap()).0;
+            eprintln!(
+                "run {run}: killed at {delay} ms in file {current}: {len} bytes, Segment size {}, {frames} video frames decoded, ffprobe errors {errors:?}",
+                seg.size.map_or("unknown (open)".to_owned(), |s| s.to_string()),
+            );
+            if seg.size.is_some() {
+                closed += 1;
+            } else {
+                open += 1;
+            }
+        }
+        if let Some(last) = done.last() {
+            let (v, errors) = probe_and_count(&run_dir.join(format!("rec-{last}.webm")));
+            assert!(v["format"]["duration"].as_str().is_some(), "run {run}: finished file {last} has no duration");
+            assert!(errors.is_empty(), "run {run}: finished file {last}: {errors}");
+        }
+    }
+    eprintln!(
+        "{} kills: {open} in an open file, {closed} after the Segment size was written, {empty} before the first flush; {:?}",
+        delays_ms.len(),
+        started.elapsed()
+    );
+    assert!(open > 0, "no kill landed in an open file");
     std::fs::remove_dir_all(&dir).unwrap();
 }
