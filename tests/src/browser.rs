@@ -223,7 +223,7 @@ impl Drop for Browser {
         self.driver.kill();
         // Chromium outlives a killed chromedriver if the session could not be ended: kill it by its profile.
         let _ = std::process::Command::new("pkill")
-            .arg("-f")
+            .args(["-f", "--"])
             .arg(format!("--user-data-dir={}", self.profile.display()))
             .status();
         let _ = std::fs::remove_dir_all(&self.profile);

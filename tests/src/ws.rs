@@ -26,18 +26,45 @@ pub struct Ws {
 impl Ws {
     /// Connects to `ws://127.0.0.1:PORT/ws` and reads `welcome` and `streams`.
     pub async fn connect(port: u16) -> Self {
+        let (ws, refusal) = Self::open(port, "/ws").await;
+        assert!(refusal.is_none(), "a plain connect got {refusal:?}");
+        ws
+    }
+
+    /// Reconnects like a page does, with `token` on the upgrade (`/ws?resume=TOKEN`). Returns the
+    /// socket (its `peer_id` from the one `welcome`) and the `error` frame that followed the
+    /// `welcome` if the token was refused.
+    pub async fn resume(port: u16, token: &str) -> (Self, Option<Value>) {
+        let encoded: String = token
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        Self::open(port, &format!("/ws?resume={encoded}")).await
+    }
+
+    /// Opens `path` and reads the opening frames: `welcome`, an optional `error`, `streams`.
+    async fn open(port: u16, path: &str) -> (Self, Option<Value>) {
         let (stream, _) =
-            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")))
+            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}{path}")))
                 .await
                 .expect("WebSocket connect timed out")
                 .expect("WebSocket connect failed");
         let mut ws = Self { stream, peer_id: String::new(), token: String::new(), initial_streams: vec![] };
-        let welcome = ws.expect("welcome").await;
+        let welcome = ws.next(WAIT).await.expect("no frame after the upgrade");
+        assert_eq!(welcome["type"], "welcome", "the first frame must be welcome: {welcome}");
         ws.peer_id = welcome["peer_id"].as_str().unwrap().to_owned();
         ws.token = welcome["resume_token"].as_str().unwrap().to_owned();
-        let streams = ws.expect("streams").await;
-        ws.initial_streams = streams["streams"].as_array().cloned().unwrap_or_default();
-        ws
+        let mut next = ws.next(WAIT).await.expect("nothing after welcome");
+        let refusal = (next["type"] == "error").then(|| next.clone());
+        if refusal.is_some() {
+            next = ws.next(WAIT).await.expect("nothing after the refusal");
+        }
+        assert_eq!(next["type"], "streams", "welcome must be followed by streams: {next}");
+        ws.initial_streams = next["streams"].as_array().cloned().unwrap_or_default();
+        (ws, refusal)
     }
 
     /// Sends a JSON value as a text frame.

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use onair_tests::Onair;
 use onair_tests::browser::Browser;
 use onair_tests::cluster::Cluster;
-use serde_json::Value;
+use onair_tests::{Onair, wait_until};
+use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -103,4 +103,61 @@ async fn browsers_broadcast_and_watch_on_the_all_in_one_binary() {
     b.eval("document.getElementById('stop').click(); return true").await;
     w.wait_for("the list to empty", LONG, "return document.querySelectorAll('#streams [data-stream-id]').length === 0")
         .await;
+}
+
+#[tokio::test]
+async fn a_broadcast_survives_its_gateway_being_killed_by_resuming_through_nginx() {
+    let mut c = Cluster::start(2, true).await;
+    let base = format!("http://127.0.0.1:{}", c.front());
+    let b = Browser::start("resume-broadcaster").await;
+    let sid = b.go_live(&base, "Survivor").await;
+    // The broadcaster's gateway: the one holding the only socket so far.
+    let dead = if gateway_sockets(&c.gateways[0]).await == 1 { 0 } else { 1 };
+    let alive = 1 - dead;
+    assert_eq!(gateway_sockets(&c.gateways[dead]).await, 1);
+    let w = Browser::start("resume-watcher").await;
+    w.goto(&format!("{base}/watcher")).await;
+    watch(&w, "Survivor").await;
+    assert_eq!(gateway_sockets(&c.gateways[alive]).await, 1, "least_conn puts the watcher on the other gateway");
+    let peer = b.eval("return window.onair.state.peerId").await;
+    assert!(peer.as_str().is_some_and(|p| !p.is_empty()), "{peer}");
+    b.eval("window.__sessions = []; window.onair.socket.on('session', (s) => window.__sessions.push(s)); return true")
+        .await;
+
+    // The broadcaster's gateway dies without closing anything (SIGKILL).
+    c.gateways[dead].proc.kill();
+    // The page reconnects through nginx to the survivor with its token on the upgrade and gets its
+    // old peer id back in its one welcome.
+    b.wait_for(
+        "the resumed session",
+        LONG,
+        "return window.__sessions.length > 0 && window.onair.state.socket === 'online'",
+    )
+    .await;
+    assert_eq!(b.eval("return window.__sessions").await, json!([{"peerId": peer, "resumed": true}]));
+    assert_eq!(gateway_sockets(&c.gateways[alive]).await, 2);
+    // Past the dead gateway's presence TTL (4 s) the stream is still the same, live, and playing.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let state = b.eval("return window.onair.state").await;
+    assert_eq!((state["live"].clone(), state["stream"]["id"].clone()), (json!(true), json!(sid)), "{state}");
+    assert_eq!(b.eval("return document.getElementById('status').textContent.trim()").await, "Live");
+    let listed = w.eval("return window.onair.state.streams").await;
+    assert!(listed.as_array().unwrap().iter().any(|s| s == sid.as_str()), "{listed}");
+    let time = "return document.getElementById('player').currentTime";
+    let t1 = w.eval(time).await.as_f64().unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let t2 = w.eval(time).await.as_f64().unwrap();
+    assert!(t2 > t1, "the watcher's video stopped ({t1} → {t2})");
+    b.screenshot("resumed").await;
+    w.screenshot("resumed").await;
+    // The token travelled in the upgrade URL; nginx's access log keeps query strings out. nginx logs a
+    // WebSocket when it ends: close the pages, then expect all three sockets (the broadcaster's two).
+    drop((b, w));
+    let log_file = c.nginx.as_ref().unwrap().dir.join("access.log");
+    let read = || std::fs::read_to_string(&log_file).unwrap_or_default();
+    wait_until(Duration::from_secs(10), "three /ws lines in nginx's access log", || async {
+        read().matches("\"GET /ws HTTP/1.1\" 101").count() >= 3
+    })
+    .await;
+    assert!(!read().contains("resume="), "a resume token in the access log: {}", read());
 }

@@ -130,6 +130,8 @@ async fn bad_input_gets_error_frames_and_the_connection_stays_up() {
         (json!({"type": "signal", "kind": "offer", "payload": {}}).to_string(), "bad_request"),
         (json!({"type": "watch", "stream_id": "../../etc"}).to_string(), "bad_request"),
         (json!({"type": "signal", "to": "p", "kind": "offer", "payload": "x".repeat(70_000)}).to_string(), "too_large"),
+        // Resuming is done on the upgrade (`/ws?resume=`), not with a frame.
+        (json!({"type": "resume", "token": "nobody.secret"}).to_string(), "unknown_type"),
     ];
     for (frame, code) in cases {
         ws.send_text(frame.clone()).await;
@@ -140,10 +142,29 @@ async fn bad_input_gets_error_frames_and_the_connection_stays_up() {
     ws.send_binary(vec![1, 2, 3]).await;
     ws.expect_error("bad_json").await;
     ws.ping().await;
-    // resume with a token nobody issued
-    ws.send(json!({"type": "resume", "token": "nobody.secret"})).await;
-    ws.expect_error("not_found").await;
-    ws.ping().await;
+    // Resume tokens nobody issued, or that are not even shaped like one: a new peer, told why.
+    for token in ["nobody.secret", "", "../..", "\u{e9}t\u{e9} 1"] {
+        let (mut fresh, refusal) = Ws::resume(gw.http, token).await;
+        if token.is_empty() {
+            assert!(refusal.is_none(), "an empty resume parameter is no resume: {refusal:?}");
+        } else {
+            assert_eq!(refusal.as_ref().map(|e| e["code"].clone()), Some(json!("not_found")), "{token:?}");
+        }
+        assert_ne!(fresh.peer_id, ws.peer_id);
+        fresh.ping().await;
+    }
+}
+
+/// Reads frames up to the `pong` answering a `ping`; panics if another `welcome` comes first.
+async fn no_second_welcome(ws: &mut Ws) {
+    ws.send(json!({"type": "ping"})).await;
+    loop {
+        let v = ws.next(Duration::from_secs(5)).await.expect("no pong");
+        assert_ne!(v["type"], "welcome", "a socket gets exactly one welcome");
+        if v["type"] == "pong" {
+            return;
+        }
+    }
 }
 
 #[tokio::test]
@@ -190,21 +211,32 @@ async fn reconnecting_with_the_resume_token_keeps_peer_id_and_stream() {
 
     // The network drop does not end the stream...
     w.expect_none_within("stream_off", Duration::from_millis(1500), |v| v["stream_id"] == sid.as_str()).await;
-    // ...and the broadcaster comes back through the other gateway with its token.
-    let mut b2 = Ws::connect(c.gateways[1].http).await;
-    b2.send(json!({"type": "resume", "token": token})).await;
-    let welcome = b2.expect("welcome").await;
-    assert_eq!(welcome["peer_id"], peer.as_str());
-    let list = b2.expect("streams").await;
-    assert!(list["streams"].as_array().unwrap().iter().any(|s| s["id"] == sid.as_str()));
+    // ...and the broadcaster comes back through the other gateway with its token on the upgrade:
+    // one welcome, already with its old peer id.
+    let (mut b2, refusal) = Ws::resume(c.gateways[1].http, &token).await;
+    assert!(refusal.is_none(), "resume refused: {refusal:?}");
+    assert_eq!(b2.peer_id, peer);
+    assert_eq!(b2.token, token);
+    assert!(b2.initial_streams.iter().any(|s| s["id"] == sid.as_str()));
+    no_second_welcome(&mut b2).await;
     // Signaling now routes to the new gateway, and the pairing is intact.
     w.send(json!({"type": "signal", "to": peer, "kind": "candidate", "payload": {"c": 1}})).await;
     let got = b2.expect("signal").await;
     assert_eq!(got["from"], w.peer_id.as_str());
-    // A stale token is refused.
-    let mut other = Ws::connect(c.gateways[0].http).await;
-    other.send(json!({"type": "resume", "token": format!("{peer}.forged")})).await;
-    other.expect_error("not_found").await;
+    // A forged token is refused: a fresh peer, and the real one keeps its session.
+    let (mut other, refusal) = Ws::resume(c.gateways[0].http, &format!("{peer}.forged")).await;
+    assert_eq!(refusal.map(|e| e["code"].clone()), Some(json!("not_found")));
+    assert_ne!(other.peer_id, peer);
+    no_second_welcome(&mut other).await;
+    w.send(json!({"type": "signal", "to": peer, "kind": "candidate", "payload": {"c": 2}})).await;
+    assert_eq!(b2.expect("signal").await["payload"], json!({"c": 2}));
+    // Resuming again on the same gateway replaces the socket holding the peer (closed with 4009).
+    let (mut b3, refusal) = Ws::resume(c.gateways[1].http, &token).await;
+    assert!(refusal.is_none(), "resume refused: {refusal:?}");
+    assert_eq!(b3.peer_id, peer);
+    assert_eq!(b2.expect_close(Duration::from_secs(5)).await, Some(4009));
+    w.send(json!({"type": "signal", "to": peer, "kind": "candidate", "payload": {"c": 3}})).await;
+    assert_eq!(b3.expect("signal").await["payload"], json!({"c": 3}));
 }
 
 #[tokio::test]

@@ -1,9 +1,9 @@
 // onair — broadcast page: camera preview, go live, one RTCPeerConnection per watcher.
 import { OnairSocket } from './ws.js';
-import { Peer, descJSON, preferCodec, webrtcSupported } from './rtc.js';
+import { Peer, preferCodec, webrtcSupported } from './rtc.js';
 import {
   h, icon, hydrateIcons, showBanner, clearBanner, showServerError, bindConnectionIndicator,
-  setStatus, parseTime, formatClock, hueOf, peerIdOf, shortId, exposeDebug,
+  setStatus, setOverlay, copyLink, watchUrl, parseTime, formatClock, hueOf, shortId, exposeDebug,
 } from './ui.js';
 
 const TITLE_MAX = 200;
@@ -19,8 +19,6 @@ const els = {
   stop: $('stop'),
   preview: $('preview'),
   overlay: $('preview-overlay'),
-  overlayTitle: $('preview-title'),
-  overlaySub: $('preview-sub'),
   cameraRetry: $('camera-retry'),
   liveBadge: $('live-badge'),
   previewBadge: $('preview-badge'),
@@ -63,17 +61,8 @@ bindConnectionIndicator(sock);
 
 // ------------------------------------------------------------------ camera
 
-function previewOverlay(title, sub = '', { spinner = false, iconName = '', button = '' } = {}) {
-  if (!title) { els.overlay.hidden = true; return; }
-  els.overlay.hidden = false;
-  els.overlayTitle.textContent = title;
-  els.overlaySub.textContent = sub;
-  const spin = els.overlay.querySelector('.spinner');
-  spin.hidden = !spinner;
-  els.overlay.querySelector('.overlay-icon')?.remove();
-  if (iconName) els.overlay.insertBefore(h('div', { class: 'overlay-icon' }, icon(iconName)), spin);
-  els.cameraRetry.hidden = !button;
-  if (button) els.cameraRetry.textContent = button;
+function previewOverlay(title, sub, opts) {
+  setOverlay(els.overlay, title, sub, opts);
 }
 
 function describeMediaError(err) {
@@ -131,13 +120,13 @@ function startCamera() {
       applyToggles();
       startMeter(s);
       if (v) previewOverlay(null);
-      else previewOverlay('Audio only', 'No camera was found; viewers will hear you.', { iconName: 'mic' });
+      else previewOverlay('Audio only', 'No camera was found; viewers will hear you.', { icon: 'mic' });
       if (!wantLive) setStatus(els.status, 'ready', 'Ready to go live');
       return s;
     } catch (err) {
       cameraError = err;
       const [title, sub] = describeMediaError(err);
-      previewOverlay(title, sub, { iconName: 'cameraOff', button: 'Try again' });
+      previewOverlay(title, sub, { icon: 'cameraOff', button: 'Try again' });
       setStatus(els.status, 'error', title);
       return null;
     } finally {
@@ -160,7 +149,7 @@ function onTrackEnded(track) {
   if (!media || !media.getTracks().includes(track)) return;
   const what = track.kind === 'video' ? 'camera' : 'microphone';
   showBanner({ kind: 'error', title: `Your ${what} stopped`, message: 'It may have been unplugged or taken by another app.', key: 'track-ended' });
-  if (track.kind === 'video') previewOverlay(`Your ${what} stopped`, 'Stop and go live again to pick it back up.', { iconName: 'cameraOff' });
+  if (track.kind === 'video') previewOverlay(`Your ${what} stopped`, 'Stop and go live again to pick it back up.', { icon: 'cameraOff' });
 }
 
 els.cameraRetry.addEventListener('click', () => startCamera());
@@ -182,7 +171,7 @@ function applyToggles() {
   els.toggleCam.title = camOff ? 'Turn camera on' : 'Turn camera off';
   els.toggleCam.setAttribute('aria-label', els.toggleCam.title);
   if (media && media.getVideoTracks().length) {
-    if (camOff) previewOverlay('Camera is off', 'Viewers see a black picture until you turn it back on.', { iconName: 'cameraOff' });
+    if (camOff) previewOverlay('Camera is off', 'Viewers see a black picture until you turn it back on.', { icon: 'cameraOff' });
     else previewOverlay(null);
   }
 }
@@ -250,7 +239,7 @@ function renderControls() {
   els.viewersChip.hidden = !live;
   els.previewBadge.hidden = live;
   els.shareBox.hidden = !live;
-  if (live) els.shareLink.value = `${location.origin}/watcher?stream=${encodeURIComponent(published.id)}`;
+  if (live) els.shareLink.value = watchUrl(published.id);
   document.title = live ? `● Live: ${published.title || els.title.value} · onair` : 'Go live · onair';
   renderViewers();
   tick();
@@ -291,14 +280,7 @@ function tick() {
 }
 setInterval(tick, 1000);
 
-els.copyShare.addEventListener('click', async () => {
-  try {
-    await navigator.clipboard.writeText(els.shareLink.value);
-    showBanner({ kind: 'success', title: 'Link copied', message: els.shareLink.value, key: 'copy', timeout: 3000 });
-  } catch {
-    els.shareLink.select();
-  }
-});
+els.copyShare.addEventListener('click', () => copyLink(els.shareLink.value));
 
 // ------------------------------------------------------------- go live
 
@@ -312,7 +294,6 @@ async function goLive() {
     return;
   }
   titleError('');
-  clearBanner('err-conflict');
   if (unpublishOwed && sock.ready) { sock.send({ type: 'unpublish' }); unpublishOwed = false; }
   wantLive = true;
   published = null;
@@ -350,7 +331,7 @@ function stop({ status = true } = {}) {
   stopCamera();
   stoppedOnce = true;
   if (status) setStatus(els.status, 'stopped', 'Stopped');
-  previewOverlay('Your broadcast has ended', 'The camera is off. Go live again whenever you are ready.', { iconName: 'cameraOff', button: 'Turn camera on' });
+  previewOverlay('Your broadcast has ended', 'The camera is off. Go live again whenever you are ready.', { icon: 'cameraOff', button: 'Turn camera on' });
   renderControls();
   renderPeers();
 }
@@ -362,9 +343,7 @@ els.stop.addEventListener('click', () => stop());
 
 async function createPeer(id) {
   closePeer(id);
-  const peer = new Peer(id, sock.iceServers);
-  peer.offerSent = false;
-  peer.outbox = [];
+  const peer = new Peer(id, sock);
   peers.set(id, peer);
   const pc = peer.pc;
   for (const track of media.getTracks()) {
@@ -372,11 +351,6 @@ async function createPeer(id) {
     // VP8 first: every browser and the recorder decode it.
     if (track.kind === 'video') preferCodec(tr, 'video', 'video/VP8');
   }
-  pc.onicecandidate = (ev) => {
-    if (!ev.candidate || peer.closed) return;
-    const frame = { type: 'signal', to: id, kind: 'candidate', payload: ev.candidate.toJSON() };
-    if (peer.offerSent) sock.send(frame); else peer.outbox.push(frame);
-  };
   pc.onconnectionstatechange = () => {
     if (peer.closed) return;
     renderPeers();
@@ -385,12 +359,7 @@ async function createPeer(id) {
   renderPeers();
   renderViewers();
   try {
-    const offer = await pc.createOffer();
-    await pc.setLocalDescription(offer);
-    if (peer.closed) return;
-    sock.send({ type: 'signal', to: id, kind: 'offer', payload: descJSON(pc.localDescription) });
-    peer.offerSent = true;
-    for (const f of peer.outbox.splice(0)) sock.send(f);
+    await peer.offer();
   } catch (err) {
     if (peer.closed) return;
     console.error('[onair] offer failed', err);
@@ -429,35 +398,25 @@ sock.on('published', (msg) => {
   renderPeers();
 });
 
-sock.on('watcher_joined', (msg) => {
-  const id = peerIdOf(msg.peer);
-  if (!id || !published || !media) return;
-  createPeer(id);
+sock.on('watcher_joined', ({ peer }) => {
+  if (!peer || !published || !media) return;
+  createPeer(peer);
 });
 
-sock.on('watcher_left', (msg) => {
-  const id = peerIdOf(msg.peer);
-  if (!id) return;
-  closePeer(id);
+sock.on('watcher_left', ({ peer }) => {
+  closePeer(peer);
   renderPeers();
   renderViewers();
 });
 
 sock.on('signal', async (msg) => {
-  const from = peerIdOf(msg.from);
-  const peer = peers.get(from);
+  const peer = peers.get(msg.from);
   if (!peer) return;
   try {
-    if (msg.kind === 'answer') {
-      const p = msg.payload;
-      const desc = typeof p === 'string' ? { type: 'answer', sdp: p } : { type: p?.type || 'answer', sdp: p?.sdp };
-      if (peer.pc.signalingState !== 'have-local-offer') return;
-      await peer.setRemote(desc);
-    } else if (msg.kind === 'candidate') {
-      await peer.addCandidate(msg.payload);
-    }
+    if (msg.kind === 'answer') await peer.accept(msg.payload);
+    else if (msg.kind === 'candidate') await peer.addCandidate(msg.payload);
   } catch (err) {
-    if (!peer.closed) console.warn('[onair] bad signal from', from, err);
+    if (!peer.closed) console.warn('[onair] bad signal from', msg.from, err);
   }
 });
 
@@ -483,11 +442,12 @@ sock.on('stream_off', (msg) => {
 
 sock.on('error', (msg) => {
   if (wantLive && !published && publishSent) {
-    // Our publish was refused.
+    // Our publish was refused: the status says why (no banner repeating it).
     wantLive = false;
     publishSent = false;
     setStatus(els.status, 'error', msg.message || 'Could not go live');
     renderControls();
+    return;
   }
   showServerError(msg);
 });

@@ -127,6 +127,46 @@ export function showServerError(msg, extra = {}) {
   });
 }
 
+// ---------------------------------------------------------------- overlay
+
+/**
+ * Show a message over a video frame, or hide it (no `title`). `el` is an `.overlay` holding
+ * `.spinner`, `.overlay-title`, `.overlay-sub` and optionally one button, shown with the text
+ * `button`; `icon` names an icon shown above the title.
+ */
+export function setOverlay(el, title, sub = '', { spinner = false, icon: iconName = '', button = '' } = {}) {
+  if (!title) { el.hidden = true; return; }
+  el.hidden = false;
+  el.querySelector('.overlay-title').textContent = title;
+  el.querySelector('.overlay-sub').textContent = sub;
+  const spin = el.querySelector('.spinner');
+  spin.hidden = !spinner;
+  el.querySelector('.overlay-icon')?.remove();
+  if (iconName) el.insertBefore(h('div', { class: 'overlay-icon' }, icon(iconName)), spin);
+  const btn = el.querySelector('button');
+  if (btn) {
+    btn.hidden = !button;
+    if (button) btn.textContent = button;
+  }
+}
+
+// -------------------------------------------------------------- share links
+
+/** The watcher page for stream `id`. */
+export function watchUrl(id) {
+  return `${location.origin}/watcher?stream=${encodeURIComponent(id)}`;
+}
+
+/** Copy `link` to the clipboard and say so; where the clipboard is refused, show the link instead. */
+export async function copyLink(link) {
+  try {
+    await navigator.clipboard.writeText(link);
+    showBanner({ kind: 'success', title: 'Link copied', message: link, key: 'copy', timeout: 3000 });
+  } catch {
+    showBanner({ kind: 'info', title: 'Share this link', message: link, key: 'copy', timeout: 10000 });
+  }
+}
+
 // ------------------------------------------------------ connection indicator
 
 /** Bind the header indicator (#connection) to an OnairSocket. */
@@ -227,13 +267,6 @@ export function hueOf(str) {
 export function shortId(id) {
   const s = String(id ?? '');
   return s.length > 10 ? `${s.slice(0, 8)}…` : s;
-}
-
-/** A peer reference may be a plain id or an object carrying one. */
-export function peerIdOf(p) {
-  if (p === null || p === undefined) return null;
-  if (typeof p === 'string' || typeof p === 'number') return String(p);
-  return p.id ?? p.peer_id ?? p.peer ?? null;
 }
 
 /** Debug hook for tests / the console: window.onair.state */

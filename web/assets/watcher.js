@@ -1,9 +1,9 @@
 // onair — watcher page: live list in real time, one stream played over WebRTC.
 import { OnairSocket } from './ws.js';
-import { Peer, descJSON, webrtcSupported } from './rtc.js';
+import { Peer, webrtcSupported } from './rtc.js';
 import {
   h, icon, hydrateIcons, showBanner, clearBanner, showServerError, bindConnectionIndicator,
-  setStatus, parseTime, formatClock, formatSince, plural, hueOf, peerIdOf,
+  setStatus, setOverlay, copyLink, watchUrl, parseTime, formatClock, formatSince, plural, hueOf,
   exposeDebug,
 } from './ui.js';
 
@@ -18,8 +18,6 @@ const els = {
   frame: $('player-frame'),
   player: $('player'),
   overlay: $('player-overlay'),
-  overlayTitle: $('overlay-title'),
-  overlaySub: $('overlay-sub'),
   retry: $('retry'),
   unmute: $('unmute'),
   fullscreen: $('fullscreen'),
@@ -170,13 +168,9 @@ els.list.addEventListener('click', (ev) => {
 
 // ---------------------------------------------------------------- player
 
-function setOverlay(title, sub = '', { spinner = true, retry = false } = {}) {
-  if (!title) { els.overlay.hidden = true; return; }
-  els.overlay.hidden = false;
-  els.overlayTitle.textContent = title;
-  els.overlaySub.textContent = sub;
-  els.overlay.querySelector('.spinner').hidden = !spinner;
-  els.retry.hidden = !retry;
+/** The player overlay: a spinner unless `spinner: false`; `retry` shows "Try again". */
+function playerOverlay(title, sub = '', { spinner = true, retry = false } = {}) {
+  setOverlay(els.overlay, title, sub, { spinner, button: retry ? 'Try again' : '' });
 }
 
 function renderStage() {
@@ -232,7 +226,7 @@ els.fullscreen.addEventListener('click', () => {
 els.player.addEventListener('playing', () => {
   if (!current) return;
   current.playing = true;
-  setOverlay(null);
+  playerOverlay(null);
   setStatus(els.status, 'live', 'Live');
   tickStage();
 });
@@ -240,16 +234,7 @@ els.player.addEventListener('resize', tickStage);
 
 els.retry.addEventListener('click', () => { if (current) rewatch(); });
 els.leave.addEventListener('click', () => leave());
-els.copyLink.addEventListener('click', async () => {
-  if (!current) return;
-  const link = `${location.origin}/watcher?stream=${encodeURIComponent(current.id)}`;
-  try {
-    await navigator.clipboard.writeText(link);
-    showBanner({ kind: 'success', title: 'Link copied', message: link, key: 'copy', timeout: 3000 });
-  } catch {
-    showBanner({ kind: 'info', title: 'Share this link', message: link, key: 'copy', timeout: 10000 });
-  }
-});
+els.copyLink.addEventListener('click', () => { if (current) copyLink(watchUrl(current.id)); });
 els.endedDismiss.addEventListener('click', () => { els.ended.hidden = true; endedFor = null; });
 
 // ------------------------------------------------------------- watching
@@ -291,14 +276,14 @@ function sendWatch() {
   current.watchSent = sock.ready && sock.send({ type: 'watch', stream_id: current.id });
   if (current.watchSent) {
     setStatus(els.status, 'connecting', 'Connecting…');
-    setOverlay('Connecting to the broadcast…', '');
+    playerOverlay('Connecting to the broadcast…', '');
     const c = current;
     c.offerTimer = setTimeout(() => {
-      if (current === c && !c.peer) setOverlay('Waiting for the broadcaster…', 'The broadcaster’s browser has not answered yet. This usually takes a second or two.');
+      if (current === c && !c.peer) playerOverlay('Waiting for the broadcaster…', 'The broadcaster’s browser has not answered yet. This usually takes a second or two.');
     }, OFFER_PATIENCE_MS);
   } else {
     setStatus(els.status, 'connecting', 'Waiting for connection…');
-    setOverlay('Waiting for connection…', 'We’ll start the stream as soon as we’re connected.');
+    playerOverlay('Waiting for connection…', 'We’ll start the stream as soon as we’re connected.');
   }
   tickStage();
 }
@@ -364,13 +349,11 @@ async function onOffer(from, payload) {
   // A new offer always means a new connection on the broadcaster's side.
   c.peer?.close();
   c.remoteStream = new MediaStream();
-  const peer = new Peer(from, sock.iceServers);
+  const peer = new Peer(from, sock);
   c.peer = peer;
   // Candidates that arrived before this offer wait for the remote description.
-  peer.pending.push(...c.early.filter((e) => e.from === from).map((e) => e.payload));
+  for (const e of c.early) if (e.from === from) peer.addCandidate(e.payload);
   c.early = c.early.filter((e) => e.from !== from);
-  peer.outbox = [];
-  peer.answered = false;
   const pc = peer.pc;
 
   pc.ontrack = (ev) => {
@@ -379,47 +362,35 @@ async function onOffer(from, payload) {
     if (els.player.srcObject !== c.remoteStream) els.player.srcObject = c.remoteStream;
     els.player.play().catch((err) => {
       if (err?.name === 'NotAllowedError' && current === c) {
-        setOverlay('Click to start playback', 'Your browser blocked autoplay.', { spinner: false });
+        playerOverlay('Click to start playback', 'Your browser blocked autoplay.', { spinner: false });
         els.overlay.onclick = () => { els.overlay.onclick = null; els.player.play().catch(() => {}); };
       }
     });
-  };
-  pc.onicecandidate = (ev) => {
-    if (!ev.candidate || peer.closed) return;
-    const frame = { type: 'signal', to: from, kind: 'candidate', payload: ev.candidate.toJSON() };
-    if (peer.answered) sock.send(frame); else peer.outbox.push(frame);
   };
   pc.onconnectionstatechange = () => {
     if (current !== c || c.peer !== peer) return;
     const st = pc.connectionState;
     tickStage();
     if (st === 'connected') {
-      if (!c.playing) setOverlay('Starting video…', '');
+      if (!c.playing) playerOverlay('Starting video…', '');
       if (c.playing) setStatus(els.status, 'live', 'Live');
     } else if (st === 'disconnected') {
       setStatus(els.status, 'waiting', 'Reconnecting…');
-      setOverlay('Connection interrupted', 'Trying to get the picture back…');
+      playerOverlay('Connection interrupted', 'Trying to get the picture back…');
     } else if (st === 'failed') {
       setStatus(els.status, 'error', 'Connection failed');
-      setOverlay('Could not connect to the broadcaster', 'A firewall or network change may be blocking the video.', { spinner: false, retry: true });
+      playerOverlay('Could not connect to the broadcaster', 'A firewall or network change may be blocking the video.', { spinner: false, retry: true });
     }
   };
 
-  setOverlay('Connecting to the broadcast…', '');
+  playerOverlay('Connecting to the broadcast…', '');
   try {
-    const desc = typeof payload === 'string' ? { type: 'offer', sdp: payload } : { type: payload?.type || 'offer', sdp: payload?.sdp };
-    await peer.setRemote(desc);
-    const answer = await pc.createAnswer();
-    await pc.setLocalDescription(answer);
-    if (peer.closed) return;
-    sock.send({ type: 'signal', to: from, kind: 'answer', payload: descJSON(pc.localDescription) });
-    peer.answered = true;
-    for (const f of peer.outbox.splice(0)) sock.send(f);
+    await peer.answer(payload);
   } catch (err) {
     if (peer.closed) return;
     console.error('[onair] negotiation failed', err);
     setStatus(els.status, 'error', 'Could not start the video');
-    setOverlay('Could not start the video', err?.message || String(err), { spinner: false, retry: true });
+    playerOverlay('Could not start the video', err?.message || String(err), { spinner: false, retry: true });
   }
 }
 
@@ -454,7 +425,7 @@ sock.on('viewers', (msg) => {
 
 sock.on('signal', (msg) => {
   if (!current) return;
-  const from = peerIdOf(msg.from);
+  const { from } = msg;
   if (msg.kind === 'offer') {
     onOffer(from, msg.payload);
   } else if (msg.kind === 'candidate') {
@@ -470,8 +441,10 @@ sock.on('error', (msg) => {
     return;
   }
   if (current && !current.peer && (msg.code === 'forbidden' || msg.code === 'unavailable' || msg.code === 'bad_request')) {
+    // Shown on the player and in the status; no banner repeating it.
     setStatus(els.status, 'error', msg.message || 'Could not watch this stream');
-    setOverlay('Could not watch this stream', msg.message || '', { spinner: false, retry: true });
+    playerOverlay('Could not watch this stream', msg.message || '', { spinner: false, retry: true });
+    return;
   }
   showServerError(msg);
 });

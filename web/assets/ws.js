@@ -2,8 +2,9 @@
 //
 // One socket per page to `ws(s)://<host>/ws`, JSON text frames with a `type`.
 // - reconnects with exponential backoff (0.5 s … 10 s, jittered);
-// - after a reconnect the first frame sent is `{type:"resume", token}` with the
-//   last `resume_token` from `welcome`;
+// - reconnects to `/ws?resume=<token>` with the last `resume_token` from `welcome`;
+//   the server answers with one `welcome`: our old peer id if it took the token, else a
+//   fresh one followed by an `error` saying why (swallowed here, emitted as `resume_refused`);
 // - sends `ping` every 20 s and drops a socket that has been silent for 50 s;
 // - emits a `session` event once the server has (re)established who we are:
 //   `{peerId, resumed}` where `resumed` is true when a reconnect kept our peer id.
@@ -16,9 +17,6 @@ const PING_INTERVAL_MS = 20_000;
 const SILENCE_LIMIT_MS = 50_000;
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 10_000;
-// After a resume attempt, how long to wait for a `welcome` carrying our old
-// peer id before accepting a fresh identity.
-const RESUME_WAIT_MS = 2_000;
 
 export function defaultSocketUrl(loc = window.location) {
   const scheme = loc.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -44,7 +42,8 @@ export class OnairSocket {
     this._retryTimer = 0;
     this._pingTimer = 0;
     this._lastRx = 0;
-    this._resume = null;        // {oldPeerId, timer, welcome, refused} while a resume is pending
+    this._resuming = null;      // our old peer id, from open until the welcome answering our token
+    this._refusal = false;      // the frame after a welcome that refused our token explains why
     this._onOnline = () => { if (this.state === 'reconnecting') this._reconnectNow(); };
   }
 
@@ -81,7 +80,6 @@ export class OnairSocket {
     window.removeEventListener('online', this._onOnline);
     clearTimeout(this._retryTimer);
     this._stopPing();
-    this._clearResume();
     if (this._ws) {
       try { this._ws.close(code, reason); } catch { /* ignore */ }
     }
@@ -110,9 +108,11 @@ export class OnairSocket {
     clearTimeout(this._retryTimer);
     this.hasSession = false;
     this._setState(this._everConnected ? 'reconnecting' : 'connecting');
+    this._resuming = this.resumeToken ? this.peerId : null;
+    this._refusal = false;
     let ws;
     try {
-      ws = new WebSocket(this.url);
+      ws = new WebSocket(this._urlFor(this.resumeToken));
     } catch (err) {
       console.warn('[onair] cannot open socket', err);
       this._scheduleReconnect();
@@ -123,11 +123,6 @@ export class OnairSocket {
     ws.onopen = () => {
       if (this._ws !== ws) return;
       this._lastRx = Date.now();
-      if (this.resumeToken) {
-        // Must be the very first frame on the new socket.
-        ws.send(JSON.stringify({ type: 'resume', token: this.resumeToken }));
-        this._resume = { oldPeerId: this.peerId, timer: 0, welcome: null, refused: false };
-      }
       this._startPing();
     };
 
@@ -138,16 +133,16 @@ export class OnairSocket {
       let msg;
       try { msg = JSON.parse(ev.data); } catch { console.warn('[onair] non-JSON frame ignored'); return; }
       if (!msg || typeof msg.type !== 'string') return;
-      if (msg.type === 'welcome') this._onWelcome(msg);
-      else if (msg.type === 'error' && this._resume) {
-        // The server refused our resume token: accept the fresh identity as soon as we have one.
-        // Not shown to the user: the page simply starts a fresh session.
+      const refusal = this._refusal;
+      this._refusal = false;
+      if (refusal && msg.type === 'error') {
+        // Why the server did not take our resume token. Not shown to the user: the page
+        // simply starts a fresh session.
         console.info('[onair] resume refused:', msg.code, msg.message);
-        if (this._resume.welcome) this._finishResume(false);
-        else this._resume.refused = true;
         this._emit('resume_refused', msg);
         return;
       }
+      if (msg.type === 'welcome') this._onWelcome(msg);
       this._emit('message', msg);
       this._emit(msg.type, msg);
     };
@@ -159,7 +154,6 @@ export class OnairSocket {
       this._ws = null;
       this.hasSession = false;
       this._stopPing();
-      this._clearResume();
       this.lastClose = { code: ev.code, reason: ev.reason };
       this._emit('close', this.lastClose);
       if (this._stopped) { this._setState('closed'); return; }
@@ -167,39 +161,23 @@ export class OnairSocket {
     };
   }
 
+  /** The socket URL, carrying `token` (if any) as `?resume=`. */
+  _urlFor(token) {
+    if (!token) return this.url;
+    const u = new URL(this.url, window.location.href);
+    u.searchParams.set('resume', token);
+    return u.href;
+  }
+
   _onWelcome(msg) {
     if (Array.isArray(msg.ice_servers)) this.iceServers = msg.ice_servers;
     if (msg.resume_token) this.resumeToken = msg.resume_token;
-    const r = this._resume;
-    if (r) {
-      if (msg.peer_id && msg.peer_id === r.oldPeerId) {
-        this.peerId = msg.peer_id;
-        this._finishResume(true);
-        return;
-      }
-      // A welcome with a new id: either the server will follow up with our old
-      // id once it has read the resume frame, or the resume failed. Wait a bit.
-      r.welcome = msg;
-      this.peerId = msg.peer_id || this.peerId;
-      if (r.refused || !r.oldPeerId) { this._finishResume(false); return; }
-      if (!r.timer) r.timer = setTimeout(() => this._finishResume(false), RESUME_WAIT_MS);
-      return;
-    }
-    const first = !this.hasSession;
+    const old = this._resuming;
+    this._resuming = null;
     this.peerId = msg.peer_id || this.peerId;
-    if (first) this._sessionUp(false);
-  }
-
-  _finishResume(resumed) {
-    const r = this._resume;
-    if (!r) return;
-    this._clearResume();
-    this._sessionUp(resumed);
-  }
-
-  _clearResume() {
-    if (this._resume) clearTimeout(this._resume.timer);
-    this._resume = null;
+    const resumed = !!old && msg.peer_id === old;
+    if (old && !resumed) this._refusal = true;
+    if (!this.hasSession) this._sessionUp(resumed);
   }
 
   _sessionUp(resumed) {

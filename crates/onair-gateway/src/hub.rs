@@ -144,31 +144,22 @@ impl Hub {
         self.link.send(msg);
     }
 
-    /// Registers a new socket's peer; returns its connection number.
-    pub fn attach(&self, peer: &PeerId, token: &str, tx: mpsc::Sender<Out>) -> u64 {
-        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(peer.clone(), Slot { tx: Some(tx), conn });
-        self.to_signaling(pb::node_message::Msg::Attach(pb::Attach {
-            peer: peer.to_string(),
-            resume_token: token.to_owned(),
-        }));
-        conn
-    }
-
-    /// Binds a resumed peer id to a socket; returns its new connection number.
-    pub fn adopt(&self, peer: &PeerId, tx: mpsc::Sender<Out>) -> u64 {
+    /// Binds `peer` to a new socket; returns its connection number. A new peer is announced to
+    /// signaling with its resume `token`; a `resumed` one was moved here by the `Resume` call
+    /// already. An older socket of the same peer on this gateway is closed (4009).
+    pub fn attach(&self, peer: &PeerId, token: &str, tx: mpsc::Sender<Out>, resumed: bool) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let old = self.lock().insert(peer.clone(), Slot { tx: Some(tx), conn });
         if let Some(Slot { tx: Some(old_tx), .. }) = old {
             let _ = old_tx.try_send(Out::Close(4009, "session resumed on another connection"));
         }
+        if !resumed {
+            self.to_signaling(pb::node_message::Msg::Attach(pb::Attach {
+                peer: peer.to_string(),
+                resume_token: token.to_owned(),
+            }));
+        }
         conn
-    }
-
-    /// Forgets a peer now and tells signaling it is gone.
-    pub fn detach_now(&self, peer: &PeerId) {
-        self.lock().remove(peer);
-        self.to_signaling(pb::node_message::Msg::Detach(pb::Detach { peer: peer.to_string() }));
     }
 
     /// The client closed connection `conn` deliberately: detach its peer now (if still bound to it).

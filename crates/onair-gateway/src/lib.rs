@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
 use onair_core::{Bus, NodeId};
@@ -57,11 +57,19 @@ impl axum::extract::FromRef<AppState> for Arc<Hub> {
     }
 }
 
-async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+/// Query of the `/ws` upgrade.
+#[derive(Debug, serde::Deserialize)]
+struct WsQuery {
+    /// The `resume_token` of a previous `welcome`: reclaim that peer id and its stream.
+    resume: Option<String>,
+}
+
+async fn ws(State(state): State<AppState>, Query(q): Query<WsQuery>, upgrade: WebSocketUpgrade) -> Response {
+    let resume = q.resume.filter(|t| !t.is_empty());
     upgrade
         .max_message_size(socket::HARD_FRAME_LIMIT)
         .max_frame_size(socket::HARD_FRAME_LIMIT)
-        .on_upgrade(move |s| socket::run(state.hub, s, state.shutdown))
+        .on_upgrade(move |s| socket::run(state.hub, s, resume, state.shutdown))
 }
 
 /// Prepares the gateway on `listener`: registers its readiness check ("upstreams") and metrics

@@ -46,15 +46,10 @@ pub enum ClientFrame {
     },
     /// Keep-alive.
     Ping,
-    /// First frame after a reconnect.
-    Resume {
-        /// The token from the previous `welcome`.
-        token: String,
-    },
 }
 
 /// Client frame types, to tell "unknown type" from "bad fields".
-pub const CLIENT_TYPES: &[&str] = &["publish", "unpublish", "watch", "unwatch", "signal", "ping", "resume"];
+pub const CLIENT_TYPES: &[&str] = &["publish", "unpublish", "watch", "unwatch", "signal", "ping"];
 
 /// A frame to the browser.
 #[derive(Debug, Clone, Serialize)]
@@ -68,7 +63,7 @@ pub enum ServerFrame<'a> {
         peer_id: &'a str,
         /// ICE servers for RTCPeerConnection.
         ice_servers: &'a [Value],
-        /// Present it in `resume` after a reconnect.
+        /// Reconnect with it on the upgrade (`/ws?resume=<token>`) to keep this peer id.
         resume_token: &'a str,
     },
     /// The full live list.

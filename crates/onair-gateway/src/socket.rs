@@ -28,6 +28,8 @@ pub const RATE_BURST: u32 = 100;
 pub const MAX_STRIKES: u32 = 200;
 /// Window for counting strikes.
 pub const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+/// How long the `Resume` call on the upgrade may take before the socket goes on as a new peer.
+pub const RESUME_DEADLINE: Duration = Duration::from_secs(3);
 
 fn new_token(peer: &PeerId) -> String {
     format!("{peer}.{}", uuid::Uuid::new_v4().simple())
@@ -38,7 +40,6 @@ struct Conn {
     peer: PeerId,
     token: String,
     conn: u64,
-    tx: mpsc::Sender<Out>,
 }
 
 impl Conn {
@@ -57,7 +58,7 @@ impl Conn {
     }
 
     /// Handles one parsed frame; returns frames to send back right away.
-    async fn handle(&mut self, frame: ClientFrame) -> Vec<String> {
+    async fn handle(&self, frame: ClientFrame) -> Vec<String> {
         use pb::node_message::Msg;
         let peer = self.peer.to_string();
         match frame {
@@ -87,7 +88,6 @@ impl Conn {
                 self.hub.to_signaling(Msg::Signal(s));
                 vec![]
             }
-            ClientFrame::Resume { token } => self.resume(token).await,
         }
     }
 
@@ -124,35 +124,24 @@ impl Conn {
             }
         }
     }
+}
 
-    async fn resume(&mut self, token: String) -> Vec<String> {
-        let Some(old) = token.split('.').next().and_then(|p| p.parse::<PeerId>().ok()) else {
-            return self
-                .error(ErrorCode::NotFound, "unknown resume token; continuing as a new peer")
-                .into_iter()
-                .collect();
-        };
-        if old == self.peer {
-            return vec![];
+/// Moves the peer named in resume `token` to this gateway (signaling checks the token, and tells
+/// the peer's old gateway to close its socket); on failure, the `error` frame for the client.
+async fn resume(hub: &Hub, token: &str) -> Result<PeerId, (ErrorCode, &'static str)> {
+    let old = token
+        .split('.')
+        .next()
+        .and_then(|p| p.parse::<PeerId>().ok())
+        .ok_or((ErrorCode::NotFound, "unknown resume token; continuing as a new peer"))?;
+    let mut signaling = hub.signaling.clone();
+    let req = pb::ResumeRequest { peer: old.to_string(), resume_token: token.to_owned(), node: hub.node.to_string() };
+    match tokio::time::timeout(RESUME_DEADLINE, signaling.resume(req)).await {
+        Ok(Ok(_)) => Ok(old),
+        Ok(Err(s)) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::PermissionDenied) => {
+            Err((ErrorCode::NotFound, "that session has expired; continuing as a new peer"))
         }
-        let mut signaling = self.hub.signaling.clone();
-        let req =
-            pb::ResumeRequest { peer: old.to_string(), resume_token: token.clone(), node: self.hub.node.to_string() };
-        match signaling.resume(req).await {
-            Ok(_) => {
-                self.hub.detach_now(&self.peer);
-                self.peer = old;
-                self.token = token;
-                self.conn = self.hub.adopt(&self.peer, self.tx.clone());
-                tracing::info!(peer = %self.peer, "resumed");
-                vec![self.welcome(), self.hub.streams_frame()]
-            }
-            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::PermissionDenied) => self
-                .error(ErrorCode::NotFound, "that session has expired; continuing as a new peer")
-                .into_iter()
-                .collect(),
-            Err(_) => self.error(ErrorCode::Unavailable, "could not resume right now").into_iter().collect(),
-        }
+        Ok(Err(_)) | Err(_) => Err((ErrorCode::Unavailable, "could not resume right now; continuing as a new peer")),
     }
 }
 
@@ -162,20 +151,47 @@ async fn send(socket: &mut WebSocket, hub: &Hub, text: String) -> bool {
 }
 
 /// Runs one socket until it closes, the client is evicted, or `shutdown` fires (close 1012).
-pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, shutdown: CancellationToken) {
+///
+/// `resume` is the token the client put on the upgrade (`/ws?resume=`): the socket takes that
+/// peer's id and stream if signaling accepts it, before anything is sent, so the client gets
+/// exactly one `welcome`. Otherwise it is a new peer, and the frame after `welcome` is the
+/// `error` saying why the token was not taken.
+pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, resume_token: Option<String>, shutdown: CancellationToken) {
     hub.metrics.sockets.inc();
-    let peer = PeerId::generate();
-    let token = new_token(&peer);
+    let resumed = match resume_token {
+        Some(token) => Some(resume(&hub, &token).await.map(|peer| (peer, token))),
+        None => None,
+    };
+    let (peer, token, refusal, is_resumed) = match resumed {
+        Some(Ok((peer, token))) => (peer, token, None, true),
+        other => {
+            let peer = PeerId::generate();
+            let token = new_token(&peer);
+            (peer, token, other.and_then(Result::err), false)
+        }
+    };
     let (tx, mut rx) = mpsc::channel::<Out>(512);
-    let conn = hub.attach(&peer, &token, tx.clone());
-    let mut c = Conn { hub: Arc::clone(&hub), peer, token, conn, tx };
+    let conn = hub.attach(&peer, &token, tx, is_resumed);
+    let c = Conn { hub: Arc::clone(&hub), peer, token, conn };
     let mut list = hub.subscribe_list();
     let mut limiter = RateLimiter::new(RATE_PER_SEC, RATE_BURST, MAX_STRIKES, STRIKE_WINDOW, std::time::Instant::now());
     let mut deadline = Instant::now() + IDLE_TIMEOUT;
     let mut clean_close = false;
+    if is_resumed {
+        tracing::info!(peer = %c.peer, "resumed");
+    }
     tracing::debug!(peer = %c.peer, "socket open");
 
-    let ok = send(&mut socket, &hub, c.welcome()).await && send(&mut socket, &hub, hub.streams_frame()).await;
+    let mut first = vec![c.welcome()];
+    first.extend(refusal.and_then(|(code, message)| c.error(code, message)));
+    first.push(hub.streams_frame());
+    let mut ok = true;
+    for text in first {
+        if !send(&mut socket, &hub, text).await {
+            ok = false;
+            break;
+        }
+    }
     let close: Option<(u16, &'static str)> = if ok {
         loop {
             let replies: Vec<String> = tokio::select! {
@@ -188,7 +204,7 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, shutdown: CancellationTok
                         Message::Text(text) => {
                             hub.metrics.frames_in.inc();
                             match limiter.check(std::time::Instant::now()) {
-                                Verdict::Allow => handle_text(&mut c, &text).await,
+                                Verdict::Allow => handle_text(&c, &text).await,
                                 Verdict::Reject => {
                                     c.error(ErrorCode::RateLimited, "too many messages; slow down").into_iter().collect()
                                 }
@@ -253,7 +269,7 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, shutdown: CancellationTok
     hub.metrics.sockets.dec();
 }
 
-async fn handle_text(c: &mut Conn, text: &str) -> Vec<String> {
+async fn handle_text(c: &Conn, text: &str) -> Vec<String> {
     if text.len() > MAX_FRAME_BYTES {
         return c
             .error(ErrorCode::TooLarge, &format!("frame is {} bytes; the limit is {MAX_FRAME_BYTES}", text.len()))

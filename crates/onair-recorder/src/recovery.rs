@@ -3,7 +3,6 @@
 //! it becomes COMPLETE with a note; an empty one becomes FAILED. Only entries whose
 //! file is in this recorder's directory are touched: others belong to other recorders.
 
-use std::path::Path;
 use std::time::Duration;
 
 use onair_core::RecordingState;
@@ -25,17 +24,13 @@ pub fn verdict(size: Option<u64>) -> Option<(RecordingState, &'static str)> {
     }
 }
 
-fn is_plain_file_name(name: &str) -> bool {
-    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\']) && Path::new(name).file_name().is_some()
-}
-
 /// One pass over the catalog; returns how many recordings were closed.
 pub async fn recover(hub: &Hub) -> Result<usize, RecorderError> {
     let orphans = hub.catalog.recording_now().await?;
     let active = hub.active_ids();
     let mut closed = 0;
     for (id, file_name) in orphans {
-        if active.contains(&id) || !is_plain_file_name(&file_name) {
+        if active.contains(&id) || !onair_core::is_plain_file_name(&file_name) {
             continue;
         }
         let path = hub.config.recordings_dir.join(&file_name);
@@ -85,13 +80,5 @@ mod tests {
         assert_eq!(verdict(None), None);
         assert_eq!(verdict(Some(0)), Some((RecordingState::Failed, EMPTY)));
         assert_eq!(verdict(Some(10)), Some((RecordingState::Complete, TRUNCATED)));
-    }
-
-    #[test]
-    fn only_plain_names_are_looked_up() {
-        assert!(is_plain_file_name("abc.webm"));
-        assert!(!is_plain_file_name("../x.webm"));
-        assert!(!is_plain_file_name(".hidden"));
-        assert!(!is_plain_file_name(""));
     }
 }
