@@ -31,11 +31,14 @@ pub fn duration(probe: &Value) -> Option<f64> {
 }
 
 /// Decodes the whole file; returns ffmpeg's error output (empty = clean) and the decoded video frame count.
+/// Frames keep the file's own timestamps (`-fps_mode passthrough`, the demuxer's time base): without
+/// that, ffmpeg re-times them onto a guessed frame rate and reports two frames closer than a frame
+/// apart as "non monotonically increasing dts", a complaint about its re-timing, not the file.
 pub fn decode(path: &Path) -> (String, u64) {
     let out = std::process::Command::new("ffmpeg")
         .args(["-nostdin", "-v", "error", "-i"])
         .arg(path)
-        .args(["-f", "null", "-"])
+        .args(["-enc_time_base", "-1", "-fps_mode", "passthrough", "-f", "null", "-"])
         .output()
         .expect("ffmpeg not installed");
     let frames = std::process::Command::new("ffprobe")

@@ -10,7 +10,25 @@ pub fn tools_dir() -> PathBuf {
     std::env::var_os("ONAIR_TOOLS_DIR").map_or_else(|| PathBuf::from("/var/tmp/onair-tools"), PathBuf::from)
 }
 
-/// A port nobody listens on right now.
+/// Starts a server that cannot bind port 0 itself (redis-server, secantusd, nginx) on a port that
+/// was free a moment ago; if another process took it meanwhile (the server exits), tries a new one.
+pub async fn start_on_free_port(name: &str, program: PathBuf, args: impl Fn(u16) -> Vec<String>) -> (Proc, u16) {
+    for _ in 0..3 {
+        let port = free_port();
+        let mut proc = Proc::spawn(name, &program, args(port), vec![]);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(40) && !proc.exited() {
+            if port_open(port) {
+                return (proc, port);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("{name} did not come up on {port}; retrying on another port:\n{}", proc.output());
+    }
+    panic!("{name} ({}) would not start on any free port", program.display());
+}
+
+/// A port nobody listens on right now (only for servers that cannot bind port 0 and report it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -183,12 +201,12 @@ pub struct Redis {
 impl Redis {
     /// Starts redis-server and waits until it accepts connections.
     pub async fn start() -> Self {
-        let port = free_port();
-        let args = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            .map(String::from)
-            .to_vec();
-        let proc = Proc::spawn("redis", "redis-server", args, vec![]);
-        wait_port(port, "redis-server").await;
+        let (proc, port) = start_on_free_port("redis", "redis-server".into(), |port| {
+            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+                .map(String::from)
+                .to_vec()
+        })
+        .await;
         Self { proc, port }
     }
 
@@ -215,13 +233,13 @@ pub struct Mongo {
 impl Mongo {
     /// Starts the server and waits until it accepts connections.
     pub async fn start() -> Self {
-        let port = free_port();
         let bin = tools_dir().join("venv/bin/secantusd-py");
-        let args = ["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path", ":memory:"]
-            .map(String::from)
-            .to_vec();
-        let proc = Proc::spawn("mongo", bin, args, vec![]);
-        wait_port(port, "secantusd").await;
+        let (proc, port) = start_on_free_port("mongo", bin, |port| {
+            ["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path", ":memory:"]
+                .map(String::from)
+                .to_vec()
+        })
+        .await;
         Self { proc, port }
     }
 

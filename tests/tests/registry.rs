@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 type Client = StreamRegistryClient<Channel>;
 
 fn create(title: &str, peer: &str) -> pb::CreateStreamRequest {
-    pb::CreateStreamRequest { title: title.into(), broadcaster: peer.into(), node: "gw-test".into() }
+    pb::CreateStreamRequest { title: title.into(), broadcaster: peer.into(), node: "gw-test".into(), id: String::new() }
 }
 
 fn list(state: pb::StreamState, page_size: u32, page_token: &str) -> pb::ListStreamsRequest {
@@ -164,6 +164,16 @@ async fn contract(mut c: Client) {
     assert_eq!(two.recordings.len(), 1);
     assert_ne!(one.recordings[0].id, two.recordings[0].id);
     assert!(two.next_page_token.is_empty());
+
+    // a caller-chosen id (signaling picks it) is kept; taken or malformed ids are refused
+    let chosen = pb::CreateStreamRequest { id: "chosen-id-1".into(), ..create("chosen", "peer-chosen") };
+    assert_eq!(c.create_stream(chosen).await.unwrap().into_inner().id, "chosen-id-1");
+    let taken = pb::CreateStreamRequest { id: "chosen-id-1".into(), ..create("taken", "peer-other") };
+    assert_eq!(code_of(c.create_stream(taken)).await, Code::AlreadyExists);
+    for bad in ["..", "a/b", "has space"] {
+        let req = pb::CreateStreamRequest { id: bad.into(), ..create("bad id", "peer-bad") };
+        assert_eq!(code_of(c.create_stream(req)).await, Code::InvalidArgument, "id {bad:?}");
+    }
 }
 
 async fn mongo_registry(mongo: &Mongo, redis: &Redis, name: &str, extra: &[&str]) -> Onair {

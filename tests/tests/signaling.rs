@@ -264,7 +264,8 @@ async fn all_in_one_binary_relays_signaling_without_redis() {
     let sid = id(&b.publish("solo").await);
     w.expect_where("stream_on", |v| v["stream"]["id"] == sid.as_str()).await;
     w.send(json!({"type": "watch", "stream_id": sid})).await;
-    b.expect("watcher_joined").await;
+    // The recorder joins too (auto-record): wait for this watcher.
+    b.expect_where("watcher_joined", |v| v["peer"] == w.peer_id.as_str()).await;
     b.send(json!({"type": "signal", "to": w.peer_id, "kind": "offer", "payload": {"sdp": "x"}})).await;
     assert_eq!(w.expect("signal").await["from"], b.peer_id.as_str());
     let (status, page) = gw.http_get("/broadcast").await;

@@ -259,6 +259,17 @@ impl Hub {
             Event::Error(e) => {
                 ServerFrame::Error { code: ErrorCode::from_wire(&e.code), message: &e.message }.to_json()
             }
+            Event::Published(stream) => match Stream::try_from(&stream) {
+                Ok(stream) => {
+                    tracing::info!(peer = %to, stream_id = %stream.id, "published");
+                    ServerFrame::Published { stream: &stream }.to_json()
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "signaling sent a malformed stream");
+                    ServerFrame::Error { code: ErrorCode::Unavailable, message: "could not go live right now; retry" }
+                        .to_json()
+                }
+            },
             Event::Evicted(_) => {
                 let slot = self.lock().remove(&to);
                 if let Some(Slot { tx: Some(tx), .. }) = slot {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use onair_core::{PeerId, Stream};
+use onair_core::PeerId;
 use onair_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
@@ -63,7 +63,11 @@ impl Conn {
         let peer = self.peer.to_string();
         match frame {
             ClientFrame::Ping => vec![ServerFrame::Pong.to_json()],
-            ClientFrame::Publish { title } => self.publish(title).await.into_iter().collect(),
+            ClientFrame::Publish { title } => {
+                // Signaling creates the stream and answers with `published` (or an error frame).
+                self.hub.to_signaling(Msg::Publish(pb::Publish { peer, title }));
+                vec![]
+            }
             ClientFrame::Unpublish => {
                 self.hub.to_signaling(Msg::Unpublished(pb::Unpublished { peer }));
                 vec![]
@@ -87,40 +91,6 @@ impl Conn {
                 let s = pb::Signal { from: peer, to, kind: kind.into(), payload: payload.to_string() };
                 self.hub.to_signaling(Msg::Signal(s));
                 vec![]
-            }
-        }
-    }
-
-    async fn publish(&self, title: String) -> Option<String> {
-        let mut registry = self.hub.registry.clone();
-        let req =
-            pb::CreateStreamRequest { title, broadcaster: self.peer.to_string(), node: self.hub.node.to_string() };
-        let stream = match registry.create_stream(req).await {
-            Ok(r) => r.into_inner(),
-            Err(s) => {
-                let (code, msg) = match s.code() {
-                    tonic::Code::InvalidArgument => (ErrorCode::BadRequest, s.message().to_owned()),
-                    tonic::Code::AlreadyExists => (ErrorCode::Conflict, "you are already live".to_owned()),
-                    _ => (ErrorCode::Unavailable, "could not go live right now; retry".to_owned()),
-                };
-                return self.error(code, &msg);
-            }
-        };
-        let msg = pb::node_message::Msg::Published(pb::Published {
-            peer: self.peer.to_string(),
-            stream_id: stream.id.clone(),
-        });
-        let mut signaling = self.hub.signaling.clone();
-        let relay = pb::NodeMessage { node: self.hub.node.to_string(), msg: Some(msg) };
-        if let Err(e) = signaling.relay(relay).await {
-            tracing::warn!(error = %e, "signaling did not take the new stream; watchers fall back to the registry");
-        }
-        tracing::info!(peer = %self.peer, stream_id = %stream.id, "published");
-        match Stream::try_from(&stream) {
-            Ok(stream) => Some(ServerFrame::Published { stream: &stream }.to_json()),
-            Err(e) => {
-                tracing::warn!(error = %e, "registry sent a malformed stream");
-                self.error(ErrorCode::Unavailable, "could not go live right now; retry")
             }
         }
     }

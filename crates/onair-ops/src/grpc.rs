@@ -44,6 +44,7 @@ where
     S::Response: axum::response::IntoResponse,
     S::Future: Send + 'static,
 {
+    tracing::info!(service = S::NAME, addr = ?listener.local_addr().ok(), "gRPC listening");
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(crate::health::mirror_readiness(
         admin.clone(),

@@ -86,8 +86,8 @@ pub fn serve(
             onair_node::registry_feed(feed_hub, registry, feed_stop).await;
         });
         tracing::info!(
-            addr = ?listener.local_addr().ok(), node = %hub.config.node, dir = %hub.config.recordings_dir.display(),
-            auto_record = hub.config.auto_record, "recorder gRPC listening"
+            node = %hub.config.node, dir = %hub.config.recordings_dir.display(),
+            auto_record = hub.config.auto_record, "recorder starting"
         );
         let service = RecorderServer::new(RecorderService::new(Arc::clone(&hub)));
         let served =

@@ -187,9 +187,15 @@ pub struct Mux {
     open: Option<Open>,
     start_ns: i64,
     last_ns: u64,
+    /// Last timestamp written per track (video, audio): each track's must strictly increase.
+    last_track_ns: [Option<u64>; 2],
     stats: MuxStats,
     dirty: bool,
 }
+
+/// The file's time resolution (libwebm's default timecode scale): frames of one track closer than
+/// this would share a timestamp, which players reject as non-monotonic.
+const TICK_NS: u64 = 1_000_000;
 
 impl std::fmt::Debug for Mux {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -201,13 +207,32 @@ fn webm_err(_: webm::mux::Error) -> MuxError {
     MuxError::Webm("segment setup failed")
 }
 
+/// Where a frame at `rel` goes: never before the last frame written (`last`), and at least one
+/// tick after its own track's last frame (`last_of_track`).
+fn rel_timestamp(rel: u64, last: u64, last_of_track: Option<u64>) -> u64 {
+    let rel = rel.max(last);
+    match last_of_track {
+        Some(t) if rel < t + TICK_NS => t + TICK_NS,
+        _ => rel,
+    }
+}
+
 impl Mux {
     /// Creates (truncates) the file at `path`; nothing is written until the first frame.
     pub fn create(path: &Path, tracks: Tracks) -> Result<Self, MuxError> {
         let file = File::create(path)?;
         let sink = FileSink { file: BufWriter::with_capacity(64 * 1024, file), pos: 0, len: 0 };
         let file = SharedFile(Arc::new(Mutex::new(sink)));
-        Ok(Self { tracks, file, open: None, start_ns: 0, last_ns: 0, stats: MuxStats::default(), dirty: false })
+        Ok(Self {
+            tracks,
+            file,
+            open: None,
+            start_ns: 0,
+            last_ns: 0,
+            last_track_ns: [None; 2],
+            stats: MuxStats::default(),
+            dirty: false,
+        })
     }
 
     /// Whether the file has started (its header is written).
@@ -265,7 +290,11 @@ impl Mux {
         }
         let Some(open) = self.open.as_mut() else { return Ok(false) };
         let Ok(rel) = u64::try_from(ts_ns - self.start_ns) else { return Ok(false) };
-        let rel = rel.max(self.last_ns);
+        // libwebm needs timestamps that never go back across tracks; players need each track's to
+        // go forward. A frame that comes late (a track that started behind the other) is moved
+        // just after what was already written instead of sharing a timestamp with it.
+        let track = usize::from(matches!(frame, MediaFrame::Audio { .. }));
+        let rel = rel_timestamp(rel, self.last_ns, self.last_track_ns[track]);
         let result = match frame {
             MediaFrame::Video { data, keyframe } => match open.video {
                 Some(t) => open.segment.add_frame(t, data, rel, *keyframe).map(|()| self.stats.video_frames += 1),
@@ -279,6 +308,7 @@ impl Mux {
         };
         result.map_err(|_| MuxError::Webm("frame rejected"))?;
         self.last_ns = rel;
+        self.last_track_ns[track] = Some(rel);
         // One 20 ms Opus frame / 33 ms video frame after the last timestamp.
         let frame_ns = if matches!(frame, MediaFrame::Audio { .. }) { 20_000_000 } else { 33_333_333 };
         self.stats.duration_ns = self.stats.duration_ns.max(rel + frame_ns);
@@ -316,6 +346,18 @@ impl Mux {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn late_frames_move_forward_and_never_share_a_tick_with_their_track() {
+        // In order: unchanged.
+        assert_eq!(rel_timestamp(33_000_000, 20_000_000, Some(0)), 33_000_000);
+        // Older than the last frame written (of the other track): moved up to it...
+        assert_eq!(rel_timestamp(33_000_000, 69_000_000, Some(0)), 69_000_000);
+        // ...but a second late frame of the same track goes one tick later, not onto the same one.
+        assert_eq!(rel_timestamp(66_000_000, 69_000_000, Some(69_000_000)), 69_000_000 + TICK_NS);
+        // The first frame of a track only respects the global order.
+        assert_eq!(rel_timestamp(5, 10, None), 10);
+    }
 
     #[test]
     fn opus_head_layout() {

@@ -138,8 +138,30 @@ async fn next(d: &mut onair_core::Subscription) -> Result<pb::Delivery, tokio::t
     tokio::time::timeout(Duration::from_secs(10), fut).await
 }
 
-fn relay(node: &NodeId, msg: pb::node_message::Msg) -> pb::NodeMessage {
-    pb::NodeMessage { node: node.to_string(), msg: Some(msg) }
+/// The test's "gateway": one ordered NodeStream to signaling, as a real gateway keeps.
+struct FakeNode {
+    node: NodeId,
+    tx: mpsc::Sender<pb::NodeMessage>,
+}
+
+impl FakeNode {
+    async fn open(signaling: &mut SignalingClient<tonic::transport::Channel>, node: NodeId) -> Self {
+        let (tx, rx) = mpsc::channel(256);
+        let n = Self { node, tx };
+        n.send(pb::node_message::Msg::Hello(pb::Hello {})).await;
+        let mut events =
+            signaling.node_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        tokio::spawn(async move {
+            while let Ok(Some(ev)) = events.message().await {
+                eprintln!("signaling refused a message of the fake gateway: {ev:?}");
+            }
+        });
+        n
+    }
+
+    async fn send(&self, msg: pb::node_message::Msg) {
+        self.tx.send(pb::NodeMessage { node: self.node.to_string(), msg: Some(msg) }).await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,8 +205,9 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
     let mut signaling = SignalingClient::connect(signaling_url.clone()).await.unwrap();
     signaling.heartbeat(pb::HeartbeatRequest { node: gw.to_string() }).await.unwrap();
     let me = PeerId::generate();
+    let node = FakeNode::open(&mut signaling, gw.clone()).await;
     let attach = pb::Attach { peer: me.to_string(), resume_token: "t".into() };
-    signaling.relay(relay(&gw, pb::node_message::Msg::Attach(attach))).await.unwrap();
+    node.send(pb::node_message::Msg::Attach(attach)).await;
 
     // Readiness follows the links.
     let t0 = Instant::now();
@@ -193,10 +216,14 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let create = pb::CreateStreamRequest { title: "e2e".into(), broadcaster: me.to_string(), node: gw.to_string() };
-    let stream = registry.create_stream(create).await.unwrap().into_inner();
-    let published = pb::Published { peer: me.to_string(), stream_id: stream.id.clone() };
-    signaling.relay(relay(&gw, pb::node_message::Msg::Published(published))).await.unwrap();
+    // Go live through signaling, as a gateway does; it answers on the node's bus channel.
+    node.send(pb::node_message::Msg::Publish(pb::Publish { peer: me.to_string(), title: "e2e".into() })).await;
+    let stream = loop {
+        let d = next(&mut deliveries).await.expect("no published");
+        if let Some(pb::delivery::Event::Published(s)) = d.event {
+            break s;
+        }
+    };
 
     // Auto-record: the recorder joins as a watcher.
     let watcher = loop {
@@ -235,10 +262,7 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
         payload,
     };
     let offer_json = serde_json::json!({"type": "offer", "sdp": sdp}).to_string();
-    signaling
-        .relay(relay(&gw, pb::node_message::Msg::Signal(signal(pb::SignalKind::Offer, offer_json))))
-        .await
-        .unwrap();
+    node.send(pb::node_message::Msg::Signal(signal(pb::SignalKind::Offer, offer_json))).await;
 
     // Exchange answer and candidates until connected.
     let t0 = Instant::now();
@@ -250,7 +274,7 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
             Some(ev) = erx.recv() => match ev {
                 Ev::Candidate(c) => {
                     let m = signal(pb::SignalKind::Candidate, serde_json::to_string(&c).unwrap());
-                    signaling.relay(relay(&gw, pb::node_message::Msg::Signal(m))).await.unwrap();
+                    node.send(pb::node_message::Msg::Signal(m)).await;
                 }
                 Ev::State(RTCPeerConnectionState::Connected) => break,
                 Ev::State(s) => assert!(s != RTCPeerConnectionState::Failed, "broadcaster connection failed"),

@@ -92,8 +92,13 @@ fn decode(file: &Path) -> (String, u64) {
         .output()
         .unwrap();
     let n = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
-    let dec =
-        tool("ffmpeg").args(["-nostdin", "-v", "error", "-i"]).arg(file).args(["-f", "null", "-"]).output().unwrap();
+    // The file's own timestamps (see tests/src/media.rs `decode`): no re-timing onto a guessed frame rate.
+    let dec = tool("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(file)
+        .args(["-enc_time_base", "-1", "-fps_mode", "passthrough", "-f", "null", "-"])
+        .output()
+        .unwrap();
     assert!(dec.status.success(), "ffmpeg cannot decode {}: {}", file.display(), String::from_utf8_lossy(&dec.stderr));
     (String::from_utf8_lossy(&dec.stderr).into_owned(), n)
 }
@@ -299,6 +304,36 @@ fn a_crash_at_any_moment_leaves_a_decodable_file() {
     assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
     assert!(*counts.last().unwrap() >= 5, "only {counts:?} frames decodable");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn video_frames_that_arrive_behind_the_audio_still_decode_in_order() {
+    // As at the start of a browser broadcast: the first keyframe, then audio running ahead
+    // while the next video frames are still in the jitter buffer.
+    let dir = tempdir("late-video");
+    let frames = vp8_frames(&dir);
+    let path = dir.join("late.webm");
+    let mut mux = Mux::create(&path, Tracks { video: true, audio: true, audio_channels: 2 }).unwrap();
+    let audio = || MediaFrame::Audio { data: OPUS_SILENCE.to_vec() };
+    assert!(mux.write(0, &MediaFrame::Video { data: frames[0].0.clone(), keyframe: true }).unwrap());
+    for k in 1..=5 {
+        assert!(mux.write(k * 20_000_000, &audio()).unwrap());
+    }
+    // Three video frames older than the audio already written (33, 66, 99 ms < 100 ms).
+    for (i, (data, key)) in frames[1..4].iter().enumerate() {
+        let ts = (i as i64 + 1) * 33_000_000;
+        assert!(mux.write(ts, &MediaFrame::Video { data: data.clone(), keyframe: *key }).unwrap());
+    }
+    for (i, (data, key)) in frames[4..].iter().enumerate() {
+        let ts = 200_000_000 + i as i64 * 100_000_000;
+        assert!(mux.write(ts - 10_000_000, &audio()).unwrap());
+        assert!(mux.write(ts, &MediaFrame::Video { data: data.clone(), keyframe: *key }).unwrap());
+    }
+    let stats = mux.finish().unwrap();
+    assert_eq!(stats.video_frames, frames.len() as u64);
+    let (errors, decoded) = decode(&path);
+    assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
+    assert_eq!(decoded, frames.len() as u64);
 }
 
 #[test]

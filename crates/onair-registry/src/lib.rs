@@ -69,7 +69,6 @@ pub fn serve(
     async move {
         let purge = tokio::spawn(purge_loop(Arc::clone(&store), config.ended_retention, shutdown.clone()));
         let service = RegistryService::new(store, bus, shutdown.clone());
-        tracing::info!(addr = ?listener.local_addr().ok(), "registry gRPC listening");
         let served = onair_ops::grpc::serve(
             &admin,
             StreamRegistryServer::new(service),

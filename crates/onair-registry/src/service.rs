@@ -92,8 +92,12 @@ type EventStream = Pin<Box<dyn FutStream<Item = Result<pb::StreamEvent, Status>>
 impl StreamRegistry for RegistryService {
     async fn create_stream(&self, req: Request<pb::CreateStreamRequest>) -> Result<Response<pb::Stream>, Status> {
         let req = req.into_inner();
+        let id = match req.id.as_str() {
+            "" => onair_core::StreamId::generate(),
+            given => parse_id("id", given)?,
+        };
         let stream = Stream {
-            id: onair_core::StreamId::generate(),
+            id,
             title: validate_title(&req.title)?,
             state: StreamState::Live,
             broadcaster: parse_id("broadcaster", &req.broadcaster)?,

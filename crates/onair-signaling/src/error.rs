@@ -15,6 +15,12 @@ pub enum RouteError {
     /// The sender may not do this (e.g. signal a peer it is not paired with).
     #[error("{0}")]
     Forbidden(String),
+    /// Conflicts with current state (e.g. already live).
+    #[error("{0}")]
+    Conflict(String),
+    /// The registry did not answer; the message says what to retry.
+    #[error("{0}")]
+    RegistryUnavailable(String),
     /// Presence state is unreachable.
     #[error("signaling state unavailable")]
     Unavailable(#[source] DirectoryError),
@@ -33,7 +39,8 @@ impl RouteError {
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Forbidden(_) => ErrorCode::Forbidden,
-            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Conflict(_) => ErrorCode::Conflict,
+            Self::Unavailable(_) | Self::RegistryUnavailable(_) => ErrorCode::Unavailable,
         }
     }
 }
@@ -44,6 +51,8 @@ impl From<RouteError> for tonic::Status {
             RouteError::BadRequest(m) => tonic::Status::invalid_argument(m.clone()),
             RouteError::NotFound(m) => tonic::Status::not_found(m.clone()),
             RouteError::Forbidden(m) => tonic::Status::permission_denied(m.clone()),
+            RouteError::Conflict(m) => tonic::Status::already_exists(m.clone()),
+            RouteError::RegistryUnavailable(m) => tonic::Status::unavailable(m.clone()),
             RouteError::Unavailable(source) => {
                 tracing::warn!(error = %source, "directory unavailable");
                 tonic::Status::unavailable("signaling state is unavailable; retry later")

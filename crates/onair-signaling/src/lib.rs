@@ -58,7 +58,6 @@ pub fn serve(
     Ok(async move {
         let reaper = tokio::spawn(service::reap_dead_nodes(router.clone(), config.presence_ttl, shutdown.clone()));
         let service = SignalingService::new(router, config.presence_ttl, shutdown.clone());
-        tracing::info!(addr = ?listener.local_addr().ok(), "signaling gRPC listening");
         let served = onair_ops::grpc::serve(
             &admin,
             SignalingServer::new(service),

@@ -34,12 +34,12 @@ pub enum Action {
         /// The peer.
         peer: PeerId,
     },
-    /// A peer went live with `stream` (already created in the registry).
-    Published {
+    /// A peer wants to go live with a stream titled `title`.
+    Publish {
         /// The broadcaster.
         peer: PeerId,
-        /// Its stream.
-        stream: StreamId,
+        /// The title (validated by the registry).
+        title: String,
     },
     /// A peer stopped broadcasting.
     Unpublished {
@@ -79,9 +79,7 @@ impl TryFrom<pb::node_message::Msg> for Action {
             Msg::Hello(_) => Self::Hello,
             Msg::Attach(a) => Self::Attach { peer: parse("peer", &a.peer)?, resume_token: a.resume_token },
             Msg::Detach(d) => Self::Detach { peer: parse("peer", &d.peer)? },
-            Msg::Published(p) => {
-                Self::Published { peer: parse("peer", &p.peer)?, stream: parse("stream_id", &p.stream_id)? }
-            }
+            Msg::Publish(p) => Self::Publish { peer: parse("peer", &p.peer)?, title: p.title },
             Msg::Unpublished(u) => Self::Unpublished { peer: parse("peer", &u.peer)? },
             Msg::Watch(w) => Self::Watch { peer: parse("peer", &w.peer)?, stream: parse("stream_id", &w.stream_id)? },
             Msg::Unwatch(u) => Self::Unwatch { peer: parse("peer", &u.peer)? },
@@ -148,11 +146,7 @@ impl Router {
                 Ok(())
             }
             Action::Detach { peer } => self.detach(node, &peer).await,
-            Action::Published { peer, stream } => {
-                let rec = self.dir.peer(&peer).await?.ok_or_else(|| not_connected(&peer))?;
-                self.dir.set_broadcasting(&peer, Some(&stream), rec.broadcasting.as_ref()).await?;
-                Ok(())
-            }
+            Action::Publish { peer, title } => self.publish(node, &peer, title).await,
             Action::Unpublished { peer } => {
                 if let Some(rec) = self.dir.peer(&peer).await? {
                     self.stop_broadcast(&peer, &rec).await?;
@@ -186,12 +180,48 @@ impl Router {
         Ok(())
     }
 
+    /// Creates the peer's stream in the registry under an id chosen here, after recording the peer
+    /// as its broadcaster, so a watcher who sees the stream announced can always be routed; then
+    /// tells the broadcaster's node (`Delivery.published`).
+    async fn publish(&self, node: &NodeId, peer: &PeerId, title: String) -> Result<(), RouteError> {
+        let rec = self.dir.peer(peer).await?.ok_or_else(|| not_connected(peer))?;
+        if rec.broadcasting.is_some() {
+            return Err(RouteError::Conflict("you are already live".into()));
+        }
+        let stream = StreamId::generate();
+        self.dir.set_broadcasting(peer, Some(&stream), None).await?;
+        let req = pb::CreateStreamRequest {
+            title,
+            broadcaster: peer.to_string(),
+            node: node.to_string(),
+            id: stream.to_string(),
+        };
+        let created = match self.registry.clone().create_stream(req).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                self.dir.set_broadcasting(peer, None, Some(&stream)).await?;
+                return Err(match status.code() {
+                    tonic::Code::InvalidArgument => RouteError::BadRequest(status.message().to_owned()),
+                    tonic::Code::AlreadyExists => RouteError::Conflict("you are already live".into()),
+                    _ => {
+                        tracing::warn!(error = %status, "registry did not create the stream");
+                        RouteError::RegistryUnavailable("could not go live right now; retry".into())
+                    }
+                });
+            }
+        };
+        tracing::info!(%peer, %stream, "published");
+        self.deliver(&rec.node, peer, pb::delivery::Event::Published(created)).await;
+        Ok(())
+    }
+
     async fn watch(&self, peer: &PeerId, stream: &StreamId) -> Result<(), RouteError> {
         let rec = self.dir.peer(peer).await?.ok_or_else(|| not_connected(peer))?;
-        let broadcaster = match self.dir.broadcaster(stream).await? {
-            Some(b) => b,
-            None => self.broadcaster_from_registry(stream).await?,
-        };
+        let broadcaster = self
+            .dir
+            .broadcaster(stream)
+            .await?
+            .ok_or_else(|| RouteError::NotFound(format!("stream {stream} is not live")))?;
         if &broadcaster == peer {
             return Err(RouteError::BadRequest("you cannot watch your own stream".into()));
         }
@@ -206,28 +236,6 @@ impl Router {
         tracing::debug!(%peer, %stream, count, "watcher joined");
         self.deliver_to_peer(&broadcaster, pb::delivery::Event::WatcherJoined(peer.to_string())).await?;
         self.viewers_changed(&broadcaster, stream, count).await
-    }
-
-    /// The registry knows every live stream's broadcaster even if this stream's `Published`
-    /// has not reached signaling yet (a watcher faster than the broadcaster's gateway).
-    async fn broadcaster_from_registry(&self, stream: &StreamId) -> Result<PeerId, RouteError> {
-        let not_live = || RouteError::NotFound(format!("stream {stream} is not live"));
-        let mut registry = self.registry.clone();
-        let s = match registry.get_stream(pb::GetStreamRequest { id: stream.to_string() }).await {
-            Ok(r) => r.into_inner(),
-            Err(e) if e.code() == tonic::Code::NotFound => return Err(not_live()),
-            Err(e) => {
-                tracing::warn!(error = %e, "registry unavailable");
-                return Err(RouteError::NotFound(format!("stream {stream} is not available right now")));
-            }
-        };
-        if s.state() != pb::StreamState::Live {
-            return Err(not_live());
-        }
-        let b: PeerId = s.broadcaster.parse().map_err(|_| not_live())?;
-        let rec = self.dir.peer(&b).await?.ok_or_else(not_live)?;
-        self.dir.set_broadcasting(&b, Some(stream), rec.broadcasting.as_ref()).await?;
-        Ok(b)
     }
 
     /// Removes `peer` from the stream it watches, telling the broadcaster.

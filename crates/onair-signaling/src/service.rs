@@ -42,7 +42,7 @@ fn raw_peer(msg: &pb::node_message::Msg) -> &str {
         Msg::Hello(_) => "",
         Msg::Attach(a) => &a.peer,
         Msg::Detach(d) => &d.peer,
-        Msg::Published(p) => &p.peer,
+        Msg::Publish(p) => &p.peer,
         Msg::Unpublished(u) => &u.peer,
         Msg::Watch(w) => &w.peer,
         Msg::Unwatch(u) => &u.peer,
@@ -97,14 +97,6 @@ impl Signaling for SignalingService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn relay(&self, req: Request<pb::NodeMessage>) -> Result<Response<pb::RelayResponse>, Status> {
-        let m = req.into_inner();
-        let node = node_id(&m.node)?;
-        let msg = m.msg.ok_or_else(|| Status::invalid_argument("msg is required"))?;
-        self.router.handle(&node, Action::try_from(msg)?).await?;
-        Ok(Response::new(pb::RelayResponse {}))
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {

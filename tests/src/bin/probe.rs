@@ -100,6 +100,7 @@ async fn registry_rows(label: &str, reg: &Onair) {
                 title: format!("load {w}-{i}"),
                 broadcaster: format!("p{w}-{i}"),
                 node: "probe".into(),
+                id: String::new(),
             };
             c.create_stream(req).await.is_ok()
         }
