@@ -116,6 +116,8 @@ impl Cluster {
                 &sig_url,
                 "--recordings-dir",
                 &rec_dir,
+                "--resume-secret",
+                "cluster-test-resume-secret",
             ];
             gws.push(Onair::start(&node, &args).await);
         }

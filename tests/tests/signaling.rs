@@ -223,11 +223,19 @@ async fn reconnecting_with_the_resume_token_keeps_peer_id_and_stream() {
     w.send(json!({"type": "signal", "to": peer, "kind": "candidate", "payload": {"c": 1}})).await;
     let got = b2.expect("signal").await;
     assert_eq!(got["from"], w.peer_id.as_str());
-    // A forged token is refused: a fresh peer, and the real one keeps its session.
-    let (mut other, refusal) = Ws::resume(c.gateways[0].http, &format!("{peer}.forged")).await;
-    assert_eq!(refusal.map(|e| e["code"].clone()), Some(json!("not_found")));
-    assert_ne!(other.peer_id, peer);
-    no_second_welcome(&mut other).await;
+    // Forged tokens are refused: a fresh peer, and the real one keeps its session. The cluster's
+    // gateways share a resume secret, so tokens carry a MAC bound to the peer id.
+    let (nonce_part, mac) = token.rsplit_once('.').expect("a signed token: peer.nonce.mac");
+    let last = if mac.ends_with('0') { '1' } else { '0' };
+    let flipped = format!("{nonce_part}.{}{last}", &mac[..mac.len() - 1]);
+    let stranger = Ws::connect(c.gateways[0].http).await;
+    let borrowed = token.replacen(peer.as_str(), stranger.peer_id.as_str(), 1);
+    for forged in [format!("{peer}.forged"), nonce_part.to_owned(), flipped, borrowed] {
+        let (mut other, refusal) = Ws::resume(c.gateways[0].http, &forged).await;
+        assert_eq!(refusal.map(|e| e["code"].clone()), Some(json!("not_found")), "token {forged:?}");
+        assert_ne!(other.peer_id, peer);
+        no_second_welcome(&mut other).await;
+    }
     w.send(json!({"type": "signal", "to": peer, "kind": "candidate", "payload": {"c": 2}})).await;
     assert_eq!(b2.expect("signal").await["payload"], json!({"c": 2}));
     // Resuming again on the same gateway replaces the socket holding the peer (closed with 4009).

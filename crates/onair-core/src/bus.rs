@@ -6,7 +6,9 @@
 //! [`BusItem::Gap`] and must resynchronise from the source of truth.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -106,15 +108,8 @@ impl FanOut {
         }
     }
 
-    /// Channels that still have local subscribers.
-    pub fn channels(&self) -> Vec<String> {
-        let mut map = self.lock();
-        map.retain(|_, tx| tx.receiver_count() > 0);
-        map.keys().cloned().collect()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<BusItem>>> {
-        self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, broadcast::Sender<BusItem>>> {
+        self.channels.lock()
     }
 }
 

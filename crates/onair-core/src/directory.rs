@@ -2,8 +2,8 @@
 //! broadcasts and who watches which stream, and which nodes are alive. In the
 //! cluster it lives in Redis (`onair-redis`), in one process in [`MemoryDirectory`].
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 
@@ -98,8 +98,8 @@ impl MemoryDirectory {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 }
 

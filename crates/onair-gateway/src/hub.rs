@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::transport::Channel;
 
 use crate::protocol::{ErrorCode, ServerFrame, SignalKind};
+use crate::resume_token::TokenSigner;
 
 /// What a socket task is asked to do.
 #[derive(Debug, Clone)]
@@ -75,6 +76,8 @@ pub struct Hub {
     pub resume_grace: Duration,
     /// ICE servers sent in `welcome`.
     pub ice_servers: Vec<Value>,
+    /// Mints and checks resume tokens.
+    pub tokens: TokenSigner,
     next_conn: AtomicU64,
     /// Metrics.
     pub metrics: GatewayMetrics,
@@ -99,6 +102,8 @@ pub struct HubParts {
     pub resume_grace: Duration,
     /// ICE servers.
     pub ice_servers: Vec<Value>,
+    /// Resume tokens.
+    pub tokens: TokenSigner,
 }
 
 impl Hub {
@@ -115,6 +120,7 @@ impl Hub {
             signaling: parts.signaling,
             resume_grace: parts.resume_grace,
             ice_servers: parts.ice_servers,
+            tokens: parts.tokens,
             next_conn: AtomicU64::new(1),
             metrics: GatewayMetrics::default(),
         })

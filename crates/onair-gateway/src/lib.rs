@@ -8,6 +8,7 @@ mod hub;
 mod pages;
 mod protocol;
 mod ratelimit;
+mod resume_token;
 mod socket;
 
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct GatewayConfig {
     pub resume_grace: Duration,
     /// Directory the recorder writes WebM files to (shared volume in a cluster).
     pub recordings_dir: std::path::PathBuf,
+    /// Secret every gateway of the cluster shares to sign resume tokens (`None`: unsigned random tokens).
+    pub resume_secret: Option<String>,
     /// End this gateway's sessions at shutdown instead of leaving them to resume elsewhere:
     /// for the all-in-one, where no other gateway exists and the directory dies with the process.
     pub end_sessions_on_shutdown: bool,
@@ -90,6 +93,7 @@ pub fn serve(
         signaling: SignalingClient::new(onair_node::lazy_channel(&config.signaling_url)?),
         resume_grace: config.resume_grace,
         ice_servers: Vec::new(),
+        tokens: resume_token::TokenSigner::new(config.resume_secret.as_deref()),
     });
     hub.metrics.register(admin.metrics());
     admin.add_check(onair_node::ready_check(&hub));

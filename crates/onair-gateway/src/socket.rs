@@ -31,10 +31,6 @@ pub const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 /// How long the `Resume` call on the upgrade may take before the socket goes on as a new peer.
 pub const RESUME_DEADLINE: Duration = Duration::from_secs(3);
 
-fn new_token(peer: &PeerId) -> String {
-    format!("{peer}.{}", uuid::Uuid::new_v4().simple())
-}
-
 struct Conn {
     hub: Arc<Hub>,
     peer: PeerId,
@@ -99,11 +95,8 @@ impl Conn {
 /// Moves the peer named in resume `token` to this gateway (signaling checks the token, and tells
 /// the peer's old gateway to close its socket); on failure, the `error` frame for the client.
 async fn resume(hub: &Hub, token: &str) -> Result<PeerId, (ErrorCode, &'static str)> {
-    let old = token
-        .split('.')
-        .next()
-        .and_then(|p| p.parse::<PeerId>().ok())
-        .ok_or((ErrorCode::NotFound, "unknown resume token; continuing as a new peer"))?;
+    let old =
+        hub.tokens.peer_of(token).ok_or((ErrorCode::NotFound, "unknown resume token; continuing as a new peer"))?;
     let mut signaling = hub.signaling.clone();
     let req = pb::ResumeRequest { peer: old.to_string(), resume_token: token.to_owned(), node: hub.node.to_string() };
     match tokio::time::timeout(RESUME_DEADLINE, signaling.resume(req)).await {
@@ -136,7 +129,7 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, resume_token: Option<Stri
         Some(Ok((peer, token))) => (peer, token, None, true),
         other => {
             let peer = PeerId::generate();
-            let token = new_token(&peer);
+            let token = hub.tokens.mint(&peer);
             (peer, token, other.and_then(Result::err), false)
         }
     };

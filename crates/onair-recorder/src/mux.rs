@@ -21,7 +21,9 @@
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use webm::mux::{AudioCodecId, AudioTrack, Segment, SegmentBuilder, SegmentMode, VideoCodecId, VideoTrack, Writer};
 
@@ -138,8 +140,8 @@ impl Seek for FileSink {
 struct SharedFile(Arc<Mutex<FileSink>>);
 
 impl SharedFile {
-    fn lock(&self) -> std::sync::MutexGuard<'_, FileSink> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, FileSink> {
+        self.0.lock()
     }
 }
 

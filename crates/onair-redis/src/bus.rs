@@ -74,12 +74,6 @@ impl RedisBus {
         subscriber.init().await.map_err(unavailable)?;
         Ok(Self { client, subscriber, fan })
     }
-
-    /// Closes both connections.
-    pub async fn quit(&self) {
-        let _ = self.subscriber.quit().await;
-        let _ = self.client.quit().await;
-    }
 }
 
 #[async_trait]

@@ -66,8 +66,9 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_SIGNALING_URL", default_value = "http://127.0.0.1:50051")]
     pub signaling_url: String,
 
-    /// Reserved for signed (stateless) resume tokens. Not used yet: resume tokens are random secrets
-    /// that signaling checks against the directory, so gateways need no shared key today.
+    /// Secret that signs resume tokens (HMAC-SHA256, bound to the peer id); every gateway of a cluster
+    /// must share it. Gateways refuse unsigned or forged tokens before asking signaling. Without it,
+    /// tokens are unsigned random secrets (signaling still checks them against the directory).
     #[arg(long, env = "ONAIR_RESUME_SECRET", hide_env_values = true)]
     pub resume_secret: Option<String>,
 

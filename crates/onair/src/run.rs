@@ -208,6 +208,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             signaling_url: signaling_url.clone(),
             resume_grace: cli.resume_grace,
             recordings_dir: cli.recordings_dir(),
+            resume_secret: cli.resume_secret.clone(),
             end_sessions_on_shutdown: target == Target::All,
         };
         let (http, addr) = bind(cli.http_addr).await?;

@@ -2,11 +2,11 @@
 //! `<dir>/registry.jsonl` (one JSON record per change, compacted at start-up)
 //! so that a restart of the all-in-one binary keeps every stream and recording.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 use onair_core::{Recording, RecordingId, Stream, StreamId, StreamState};
@@ -135,8 +135,8 @@ impl LocalStore {
         Ok(Self { inner: Mutex::new(Inner { state, journal: Some(journal) }) })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        self.inner.lock()
     }
 }
 
