@@ -188,6 +188,36 @@ async fn flooding_is_rate_limited_and_sustained_flooding_closes_the_socket() {
 }
 
 #[tokio::test]
+async fn the_per_socket_rate_limit_is_a_flag() {
+    // A closed-loop tool may need more than a browser: --ws-rate/--ws-burst set the limit.
+    let fast = Onair::start("all-rate-high", &["--store", "memory", "--ws-rate", "2000", "--ws-burst", "1000"]).await;
+    let mut ws = Ws::connect(fast.http).await;
+    for _ in 0..500 {
+        ws.send(json!({"type": "ping"})).await;
+    }
+    let mut pongs = 0;
+    while let Some(v) = ws.next(Duration::from_millis(500)).await {
+        assert_ne!(v["type"], "error", "500 frames within a burst of 1000 were refused: {v}");
+        pongs += usize::from(v["type"] == "pong");
+    }
+    assert_eq!(pongs, 500);
+    // ...and a tight one refuses a burst the default accepts.
+    let slow = Onair::start("all-rate-low", &["--store", "memory", "--ws-rate", "2", "--ws-burst", "3"]).await;
+    let mut ws = Ws::connect(slow.http).await;
+    for _ in 0..10 {
+        ws.send(json!({"type": "ping"})).await;
+    }
+    ws.expect_error("rate_limited").await;
+    // A limit of zero is a configuration error, said at start.
+    let out = std::process::Command::new(onair_tests::procs::onair_bin())
+        .args(["--ws-rate", "0", "--store", "memory"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ws-rate"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
 async fn broadcaster_closing_its_tab_ends_the_stream_within_a_second() {
     let c = Cluster::start(2, false).await;
     let mut b = Ws::connect(c.gateways[0].http).await;

@@ -78,6 +78,8 @@ pub struct Hub {
     pub ice_servers: Vec<Value>,
     /// Mints and checks resume tokens.
     pub tokens: TokenSigner,
+    /// Per-socket frame rate limit: (sustained per second, burst).
+    pub ws_rate: (u32, u32),
     next_conn: AtomicU64,
     /// Metrics.
     pub metrics: GatewayMetrics,
@@ -104,6 +106,8 @@ pub struct HubParts {
     pub ice_servers: Vec<Value>,
     /// Resume tokens.
     pub tokens: TokenSigner,
+    /// Per-socket frame rate limit: (sustained per second, burst).
+    pub ws_rate: (u32, u32),
 }
 
 impl Hub {
@@ -121,6 +125,7 @@ impl Hub {
             resume_grace: parts.resume_grace,
             ice_servers: parts.ice_servers,
             tokens: parts.tokens,
+            ws_rate: parts.ws_rate,
             next_conn: AtomicU64::new(1),
             metrics: GatewayMetrics::default(),
         })

@@ -41,6 +41,8 @@ pub struct GatewayConfig {
     pub resume_grace: Duration,
     /// Directory the recorder writes WebM files to (shared volume in a cluster).
     pub recordings_dir: std::path::PathBuf,
+    /// Sustained frames per second one socket may send, and the burst above it (then `rate_limited`).
+    pub ws_rate: (u32, u32),
     /// Secret every gateway of the cluster shares to sign resume tokens (`None`: unsigned random tokens).
     pub resume_secret: Option<String>,
     /// End this gateway's sessions at shutdown instead of leaving them to resume elsewhere:
@@ -72,6 +74,11 @@ async fn ws(State(state): State<AppState>, Query(q): Query<WsQuery>, upgrade: We
     upgrade
         .max_message_size(socket::HARD_FRAME_LIMIT)
         .max_frame_size(socket::HARD_FRAME_LIMIT)
+        // tungstenite allocates its read buffer eagerly (128 KiB by default): an idle socket should
+        // cost a few KiB. Frames are small; the buffer grows for a rare large one.
+        .read_buffer_size(socket::READ_BUFFER_BYTES)
+        // Every send is flushed at once anyway (signaling is latency-bound): no write buffer to keep.
+        .write_buffer_size(0)
         .on_upgrade(move |s| socket::run(state.hub, s, resume, state.shutdown))
 }
 
@@ -94,6 +101,7 @@ pub fn serve(
         resume_grace: config.resume_grace,
         ice_servers: Vec::new(),
         tokens: resume_token::TokenSigner::new(config.resume_secret.as_deref()),
+        ws_rate: config.ws_rate,
     });
     hub.metrics.register(admin.metrics());
     admin.add_check(onair_node::ready_check(&hub));

@@ -20,10 +20,8 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const HARD_FRAME_LIMIT: usize = 1024 * 1024;
 /// A socket silent for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Sustained frames per second a client may send, and its burst.
-pub const RATE_PER_SEC: u32 = 50;
-/// Burst allowance.
-pub const RATE_BURST: u32 = 100;
+/// Initial capacity of a socket's read buffer (it grows for larger frames).
+pub const READ_BUFFER_BYTES: usize = 1024;
 /// Rejected frames within [`STRIKE_WINDOW`] before the socket is closed with 4029.
 pub const MAX_STRIKES: u32 = 200;
 /// Window for counting strikes.
@@ -137,7 +135,8 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, resume_token: Option<Stri
     let conn = hub.attach(&peer, &token, tx, is_resumed);
     let c = Conn { hub: Arc::clone(&hub), peer, token, conn };
     let mut list = hub.subscribe_list();
-    let mut limiter = RateLimiter::new(RATE_PER_SEC, RATE_BURST, MAX_STRIKES, STRIKE_WINDOW, std::time::Instant::now());
+    let mut limiter =
+        RateLimiter::new(hub.ws_rate.0, hub.ws_rate.1, MAX_STRIKES, STRIKE_WINDOW, std::time::Instant::now());
     let mut deadline = Instant::now() + IDLE_TIMEOUT;
     let mut clean_close = false;
     if is_resumed {

@@ -72,6 +72,14 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_RESUME_SECRET", hide_env_values = true)]
     pub resume_secret: Option<String>,
 
+    /// Frames per second one browser socket may send, sustained (gateway); more get `rate_limited`.
+    #[arg(long, env = "ONAIR_WS_RATE", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ws_rate: u32,
+
+    /// Frames a browser socket may send in a burst above --ws-rate (e.g. a trickle of ICE candidates).
+    #[arg(long, env = "ONAIR_WS_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ws_burst: u32,
+
     /// Registry store backend. Default: embedded for `all`, mongodb for `registry`.
     #[arg(long, env = "ONAIR_STORE", value_enum)]
     pub store: Option<StoreKind>,

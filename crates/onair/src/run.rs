@@ -209,6 +209,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             resume_grace: cli.resume_grace,
             recordings_dir: cli.recordings_dir(),
             resume_secret: cli.resume_secret.clone(),
+            ws_rate: (cli.ws_rate, cli.ws_burst),
             end_sessions_on_shutdown: target == Target::All,
         };
         let (http, addr) = bind(cli.http_addr).await?;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use onair_proto::v1 as pb;
 use onair_tests::cluster::Cluster;
 use onair_tests::registry::client;
@@ -222,6 +223,37 @@ async fn signaling() {
     }
 }
 
+/// RSS of the all-in-one with N idle WebSockets open (each got its `welcome` and `streams`).
+async fn idle() {
+    let counts: Vec<usize> = std::env::var("PROBE_IDLE_SOCKETS")
+        .ok()
+        .map_or_else(|| vec![1000, 5000], |v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    println!("\n### Idle WebSockets (all-in-one, memory store; RSS of the onair process)\n");
+    println!("| sockets | onair RSS (MiB) | RSS per socket (KiB) |\n|---|---|---|");
+    for n in counts {
+        let aio = Onair::start("probe-idle", &["--store", "memory"]).await;
+        aio.wait_ready().await;
+        let pid = aio.proc.pid().unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, before) = proc_usage(pid);
+        let mut open = Vec::with_capacity(n);
+        for _ in 0..n {
+            let url = format!("ws://127.0.0.1:{}/ws", aio.http);
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+            // welcome + streams: the server has set the socket up completely.
+            for _ in 0..2 {
+                let _ = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+            }
+            open.push(ws);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (_, after) = proc_usage(pid);
+        let per = (after.saturating_sub(before)) as f64 / n as f64;
+        println!("| {n} | {:.1} | {per:.1} |", after as f64 / 1024.0);
+        drop(open);
+    }
+}
+
 /// CPU time (user + system, in clock ticks) and RSS (KiB) of a process.
 fn proc_usage(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -297,5 +329,8 @@ async fn main() {
     }
     if what == "recorder" || what == "all" {
         recorder().await;
+    }
+    if what == "idle" || what == "all" {
+        idle().await;
     }
 }
