@@ -17,23 +17,16 @@ use parking_lot::{Mutex, MutexGuard, RwLock};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tonic::transport::Channel;
 
 use crate::protocol::{ErrorCode, ServerFrame, SignalKind};
 use crate::resume_token::TokenSigner;
 
-/// What a socket task is asked to do.
-#[derive(Debug, Clone)]
-pub enum Out {
-    /// Send this JSON text.
-    Text(String),
-    /// Close with this code and reason.
-    Close(u16, &'static str),
-}
+pub use crate::queue::{Out, SocketTx};
 
 struct Slot {
-    tx: Option<mpsc::Sender<Out>>,
+    tx: Option<SocketTx>,
     conn: u64,
 }
 
@@ -158,11 +151,11 @@ impl Hub {
     /// Binds `peer` to a new socket; returns its connection number. A new peer is announced to
     /// signaling with its resume `token`; a `resumed` one was moved here by the `Resume` call
     /// already. An older socket of the same peer on this gateway is closed (4009).
-    pub fn attach(&self, peer: &PeerId, token: &str, tx: mpsc::Sender<Out>, resumed: bool) -> u64 {
+    pub fn attach(&self, peer: &PeerId, token: &str, tx: SocketTx, resumed: bool) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let old = self.lock().insert(peer.clone(), Slot { tx: Some(tx), conn });
         if let Some(Slot { tx: Some(old_tx), .. }) = old {
-            let _ = old_tx.try_send(Out::Close(4009, "session resumed on another connection"));
+            old_tx.send(Out::Close(4009, "session resumed on another connection"));
         }
         if !resumed {
             self.to_signaling(pb::node_message::Msg::Attach(pb::Attach {
@@ -216,12 +209,11 @@ impl Hub {
         });
     }
 
-    /// Sends to a local peer; a full queue (a client that does not read) closes it.
+    /// Sends to a local peer; a client whose queue passes its bound (it does not read) is closed (4008).
     pub fn send_to(&self, peer: &PeerId, out: Out) {
-        let peers = self.lock();
-        let Some(tx) = peers.get(peer).and_then(|s| s.tx.as_ref()) else { return };
-        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(out) {
-            let _ = tx.try_send(Out::Close(4008, "too slow: outgoing queue full"));
+        let tx = self.lock().get(peer).and_then(|s| s.tx.clone());
+        if let Some(tx) = tx {
+            tx.send(out);
         }
     }
 
@@ -243,7 +235,7 @@ impl Hub {
     pub fn close_all(&self, code: u16, reason: &'static str) {
         for slot in self.lock().values() {
             if let Some(tx) = &slot.tx {
-                let _ = tx.try_send(Out::Close(code, reason));
+                tx.send(Out::Close(code, reason));
             }
         }
     }
@@ -284,7 +276,7 @@ impl Hub {
             Event::Evicted(_) => {
                 let slot = self.lock().remove(&to);
                 if let Some(Slot { tx: Some(tx), .. }) = slot {
-                    let _ = tx.try_send(Out::Close(4009, "session resumed on another connection"));
+                    tx.send(Out::Close(4009, "session resumed on another connection"));
                 }
                 return;
             }

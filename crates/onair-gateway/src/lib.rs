@@ -7,6 +7,7 @@ mod download;
 mod hub;
 mod pages;
 mod protocol;
+mod queue;
 mod ratelimit;
 mod resume_token;
 mod socket;

@@ -6,12 +6,13 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use onair_core::PeerId;
 use onair_proto::v1 as pb;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, Out};
 use crate::protocol::{ClientFrame, ErrorCode, ServerFrame, SignalKind, parse};
+use crate::queue::{SEND_TIMEOUT, socket_queue};
 use crate::ratelimit::{RateLimiter, Verdict};
 
 /// Largest text frame a client may send.
@@ -106,10 +107,28 @@ async fn resume(hub: &Hub, token: &str) -> Result<PeerId, (ErrorCode, &'static s
     }
 }
 
-async fn send(socket: &mut WebSocket, hub: &Hub, text: String) -> bool {
-    hub.metrics.frames_out.inc();
-    socket.send(Message::Text(text.into())).await.is_ok()
+/// Why sending stopped.
+enum SendError {
+    /// The connection is gone.
+    Gone,
+    /// The client does not read: the frame did not go out within [`SEND_TIMEOUT`], or its queue
+    /// passed its bound meanwhile.
+    TooSlow,
 }
+
+async fn send(socket: &mut WebSocket, hub: &Hub, text: String, too_slow: &CancellationToken) -> Result<(), SendError> {
+    hub.metrics.frames_out.inc();
+    tokio::select! {
+        sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))) => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(SendError::Gone),
+            Err(_) => Err(SendError::TooSlow),
+        },
+        () = too_slow.cancelled() => Err(SendError::TooSlow),
+    }
+}
+
+const TOO_SLOW: (u16, &str) = (4008, "too slow: the client does not read what it is sent");
 
 /// Runs one socket until it closes, the client is evicted, or `shutdown` fires (close 1012).
 ///
@@ -131,7 +150,8 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, resume_token: Option<Stri
             (peer, token, other.and_then(Result::err), false)
         }
     };
-    let (tx, mut rx) = mpsc::channel::<Out>(512);
+    let (tx, mut rx) = socket_queue();
+    let too_slow = rx.too_slow.clone();
     let conn = hub.attach(&peer, &token, tx, is_resumed);
     let c = Conn { hub: Arc::clone(&hub), peer, token, conn };
     let mut list = hub.subscribe_list();
@@ -147,17 +167,23 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, resume_token: Option<Stri
     let mut first = vec![c.welcome()];
     first.extend(refusal.and_then(|(code, message)| c.error(code, message)));
     first.push(hub.streams_frame());
-    let mut ok = true;
+    let mut failed = None;
     for text in first {
-        if !send(&mut socket, &hub, text).await {
-            ok = false;
+        if let Err(e) = send(&mut socket, &hub, text, &too_slow).await {
+            failed = Some(e);
             break;
         }
     }
-    let close: Option<(u16, &'static str)> = if ok {
+    let close: Option<(u16, &'static str)> = if let Some(e) = failed {
+        match e {
+            SendError::TooSlow => Some(TOO_SLOW),
+            SendError::Gone => None,
+        }
+    } else {
         loop {
             let replies: Vec<String> = tokio::select! {
                 () = shutdown.cancelled() => break Some((1012, "server restarting; reconnect")),
+                () = too_slow.cancelled() => break Some(TOO_SLOW),
                 () = tokio::time::sleep_until(deadline) => break Some((1001, "idle timeout")),
                 msg = socket.recv() => {
                     let Some(Ok(msg)) = msg else { break None };
@@ -193,22 +219,24 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, resume_token: Option<Stri
                     Err(broadcast::error::RecvError::Closed) => vec![],
                 },
             };
-            let mut alive = true;
+            let mut stop = None;
             for r in replies {
-                if !send(&mut socket, &hub, r).await {
-                    alive = false;
+                if let Err(e) = send(&mut socket, &hub, r, &too_slow).await {
+                    stop = Some(e);
                     break;
                 }
             }
-            if !alive {
-                break None;
+            match stop {
+                None => {}
+                Some(SendError::TooSlow) => break Some(TOO_SLOW),
+                Some(SendError::Gone) => break None,
             }
         }
-    } else {
-        None
     };
-    if let Some((code, reason)) = close
-        && socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await.is_ok()
+    let close_frame = |(code, reason): (u16, &str)| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+    // A client that does not read may never take the close frame either: bounded.
+    if let Some(c) = close
+        && matches!(tokio::time::timeout(Duration::from_secs(1), socket.send(close_frame(c))).await, Ok(Ok(())))
     {
         // Finish the closing handshake: read (and drop) what the client still sends until its
         // close frame, so the client sees our close code instead of a connection reset.
