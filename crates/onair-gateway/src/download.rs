@@ -60,6 +60,25 @@ pub fn resolve(range: ByteRange, len: u64) -> Option<(u64, u64)> {
     }
 }
 
+/// `inline` with the file name as RFC 6266 wants it: an ASCII `filename` fallback (characters that
+/// could end or escape the quoted string replaced by `_`) and the exact name as `filename*` (RFC 5987
+/// percent-encoding), so no catalogued name can inject header parameters.
+pub fn content_disposition(name: &str) -> String {
+    let fallback: String = name
+        .chars()
+        .map(|c| if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '%') || c == ' ' { c } else { '_' })
+        .collect();
+    let mut encoded = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("inline; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
+}
+
 fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "no such recording\n").into_response()
 }
@@ -122,7 +141,7 @@ pub async fn recording(
     {
         h.insert(header::CONTENT_RANGE, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&format!("inline; filename=\"{name}\"")) {
+    if let Ok(v) = HeaderValue::from_str(&content_disposition(&name)) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     resp
@@ -131,6 +150,15 @@ pub async fn recording(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_disposition_cannot_be_injected() {
+        assert_eq!(content_disposition("abc.webm"), "inline; filename=\"abc.webm\"; filename*=UTF-8''abc.webm");
+        let evil = content_disposition("a\"; filename=x.exe; b=\"é.webm");
+        assert_eq!(evil.matches('"').count(), 2, "{evil}");
+        assert!(evil.ends_with("filename*=UTF-8''a%22%3B%20filename%3Dx.exe%3B%20b%3D%22%C3%A9.webm"), "{evil}");
+        assert!(HeaderValue::from_str(&content_disposition("tab\tcr\r.webm")).is_ok());
+    }
 
     #[test]
     fn parses_ranges() {
