@@ -45,6 +45,20 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
+    /// Serve the gateway over HTTPS/WSS with this PEM certificate chain (needs --tls-key). The file is
+    /// re-read when it changes: rotate it in place, no restart.
+    #[arg(long, env = "ONAIR_TLS_CERT", value_name = "FILE", requires = "tls_key", conflicts_with = "tls_self_signed")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (re-read with it).
+    #[arg(long, env = "ONAIR_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve HTTPS/WSS with a certificate generated at start for this host's names and addresses.
+    /// Browsers warn about it: for a LAN demo only.
+    #[arg(long, env = "ONAIR_TLS_SELF_SIGNED")]
+    pub tls_self_signed: bool,
+
     /// gRPC listen address (registry, signaling, recorder APIs).
     #[arg(long, env = "ONAIR_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
