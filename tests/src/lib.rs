@@ -10,6 +10,7 @@ pub mod media;
 pub mod procs;
 pub mod registry;
 pub mod tls;
+pub mod turn;
 pub mod ws;
 
 pub use procs::{Mongo, Onair, Proc, Redis, free_port, tools_dir, unique, wait_until};

@@ -152,4 +152,13 @@ async fn bad_configuration_stops_the_start_with_a_clear_message() {
     refused("tls-cert-is-a-key", &["--tls-cert", key, "--tls-key", key], &["no CERTIFICATE block", key]).await;
     refused("tls-mismatch", &["--tls-cert", cert, "--tls-key", other_key], &["does not match the certificate"]).await;
     refused("tls-cert-alone", &["--tls-cert", cert], &["--tls-key"]).await;
+    refused(
+        "ice-bad-scheme",
+        &["--ice-servers", "stun:ok.example.org,http://stun.example.org"],
+        &["invalid ICE server URL", "http://stun.example.org"],
+    )
+    .await;
+    refused("ice-bad-port", &["--ice-servers", "turn:turn.example.org:99999"], &["port"]).await;
+    refused("ice-turn-without-secret", &["--ice-servers", "turn:turn.example.org:3478"], &["needs --turn-secret"])
+        .await;
 }

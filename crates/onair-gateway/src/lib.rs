@@ -5,6 +5,7 @@
 mod api;
 mod download;
 mod hub;
+pub mod ice;
 mod pages;
 mod protocol;
 mod ratelimit;
@@ -28,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use hub::{Hub, HubParts};
+pub use ice::{IceServers, IceUrl, TurnSecret};
 pub use tls::{TlsConfig, TlsError};
 
 /// Gateway settings.
@@ -50,6 +52,8 @@ pub struct GatewayConfig {
     pub end_sessions_on_shutdown: bool,
     /// Serve HTTPS/WSS with this certificate (and send HSTS); plain HTTP when `None`.
     pub tls: Option<TlsConfig>,
+    /// ICE servers handed to browsers in `welcome`.
+    pub ice: IceServers,
 }
 
 #[derive(Clone)]
@@ -96,7 +100,7 @@ pub fn serve(
         registry: StreamRegistryClient::new(onair_node::lazy_channel(&config.registry_url)?),
         signaling: SignalingClient::new(onair_node::lazy_channel(&config.signaling_url)?),
         resume_grace: config.resume_grace,
-        ice_servers: Vec::new(),
+        ice: config.ice.clone(),
         tokens: resume_token::TokenSigner::new(config.resume_secret.as_deref()),
     });
     hub.metrics.register(admin.metrics());

@@ -119,6 +119,13 @@ fn gateway_tls(cli: &Cli) -> Result<Option<onair_gateway::TlsConfig>, RunError> 
     Ok(Some(tls))
 }
 
+/// The ICE servers handed out in `welcome` (--ice-servers, --turn-secret, --turn-credential-ttl).
+fn gateway_ice(cli: &Cli) -> Result<onair_gateway::IceServers, RunError> {
+    let secret = cli.turn_secret.clone().map(onair_gateway::TurnSecret::new);
+    onair_gateway::IceServers::new(cli.ice_servers.clone(), secret, cli.turn_credential_ttl)
+        .map_err(|e| RunError::Config(e.to_string()))
+}
+
 /// The services of one shutdown tier and the token that stops them.
 struct Tier {
     name: &'static str,
@@ -158,8 +165,8 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         }));
     }
     let node = node_id(&cli)?;
-    // The gateway's certificate is checked before anything starts.
-    let gateway_edge = if runs(Target::Gateway) { Some(gateway_tls(&cli)?) } else { None };
+    // The gateway's certificate and ICE servers are checked before anything starts.
+    let gateway_edge = if runs(Target::Gateway) { Some((gateway_tls(&cli)?, gateway_ice(&cli)?)) } else { None };
 
     // Registry: on --grpc-addr (the public developer API).
     let mut registry_url = cli.registry_url.clone();
@@ -228,7 +235,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     }
 
     // Gateway: on --http-addr.
-    if let Some(tls) = gateway_edge {
+    if let Some((tls, ice)) = gateway_edge {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let config = onair_gateway::GatewayConfig {
             node: node.clone(),
@@ -239,6 +246,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             resume_secret: cli.resume_secret.clone(),
             end_sessions_on_shutdown: target == Target::All,
             tls,
+            ice,
         };
         let (http, addr) = bind(cli.http_addr).await?;
         println!("onair: gateway listening on {scheme}://{addr} (node {})", config.node);
@@ -247,7 +255,8 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         if config.tls.is_none() {
             println!(
                 "onair:   other machines: browsers give the camera only to https pages (or localhost); serve them with \
-                 --tls-cert FILE --tls-key FILE (PEM), or --tls-self-signed for a LAN demo (see README)"
+                 --tls-cert FILE --tls-key FILE (PEM), or --tls-self-signed for a LAN demo, and \
+                 --ice-servers stun:HOST:PORT,turn:HOST:PORT --turn-secret S across NATs (see README)"
             );
         }
         let tier = &mut tiers[EDGE];
