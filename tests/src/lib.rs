@@ -9,6 +9,8 @@ pub mod health;
 pub mod media;
 pub mod procs;
 pub mod registry;
+pub mod tls;
+pub mod turn;
 pub mod ws;
 
 pub use procs::{Mongo, Onair, Proc, Redis, free_port, tools_dir, unique, wait_until};

@@ -117,6 +117,20 @@ impl Proc {
         self.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some())
     }
 
+    /// Waits up to `timeout` for the process to exit by itself; its exit code (`None`: killed by a
+    /// signal). Panics if it is still running then.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        let c = self.child.as_mut().expect("the process was never started");
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(start.elapsed() < timeout, "{} still running after {timeout:?}", self.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -288,7 +302,12 @@ fn printed_addrs(output: &str) -> std::collections::BTreeMap<String, SocketAddr>
     for line in output.lines().filter_map(|l| l.strip_prefix("onair: ")) {
         let Some((head, tail)) = line.split_once(" listening on ") else { continue };
         let service = head.split_whitespace().next().unwrap_or_default();
-        let addr = tail.trim_start_matches("http://").split_whitespace().next().unwrap_or_default();
+        let addr = tail
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .split_whitespace()
+            .next()
+            .unwrap_or_default();
         if let Ok(a) = addr.parse() {
             out.insert(service.to_owned(), a);
         }
@@ -314,6 +333,20 @@ impl Onair {
         let mut o = Self { proc, grpc: 0, admin: 0, http: 0, addrs: Default::default() };
         o.wait_healthy().await;
         o
+    }
+
+    /// Starts `onair` with `args` (listeners on port 0) expecting it to refuse to start: returns its
+    /// exit code and everything it printed, within 20 s.
+    pub async fn start_expecting_exit(name: &str, args: &[&str]) -> (Option<i32>, String) {
+        let mut all: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        for flag in ["--grpc-addr", "--admin-addr", "--http-addr"] {
+            all.extend([flag.to_owned(), "127.0.0.1:0".to_owned()]);
+        }
+        let data = std::env::temp_dir().join(format!("onair-data-{name}-{}-{}", std::process::id(), unique()));
+        let envs = vec![("ONAIR_DATA_DIR".to_owned(), data.display().to_string())];
+        let mut proc = Proc::spawn(name, onair_bin(), all, envs);
+        let code = proc.wait_exit(Duration::from_secs(20)).await;
+        (code, proc.output())
     }
 
     /// Waits until the process printed its admin address and every port accepts connections;

@@ -21,6 +21,8 @@ pub struct Ws {
     pub token: String,
     /// The `streams` list received right after `welcome`.
     pub initial_streams: Vec<Value>,
+    /// The last `welcome` frame as received (with its `ice_servers`).
+    pub welcome: Value,
 }
 
 impl Ws {
@@ -45,18 +47,38 @@ impl Ws {
         Self::open(port, &format!("/ws?resume={encoded}")).await
     }
 
+    /// Connects to `wss://localhost:PORT/ws`, trusting what `tls` trusts, and reads `welcome` and
+    /// `streams`.
+    pub async fn connect_tls(port: u16, tls: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        let connector = tokio_tungstenite::Connector::Rustls(tls);
+        let (ws, refusal) = Self::open_url(&format!("wss://localhost:{port}/ws"), Some(connector)).await;
+        assert!(refusal.is_none(), "a plain connect got {refusal:?}");
+        ws
+    }
+
     /// Opens `path` and reads the opening frames: `welcome`, an optional `error`, `streams`.
     async fn open(port: u16, path: &str) -> (Self, Option<Value>) {
-        let (stream, _) =
-            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}{path}")))
-                .await
-                .expect("WebSocket connect timed out")
-                .expect("WebSocket connect failed");
-        let mut ws = Self { stream, peer_id: String::new(), token: String::new(), initial_streams: vec![] };
+        Self::open_url(&format!("ws://127.0.0.1:{port}{path}"), None).await
+    }
+
+    async fn open_url(url: &str, tls: Option<tokio_tungstenite::Connector>) -> (Self, Option<Value>) {
+        let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, false, tls);
+        let (stream, _) = tokio::time::timeout(WAIT, connect)
+            .await
+            .expect("WebSocket connect timed out")
+            .expect("WebSocket connect failed");
+        let mut ws = Self {
+            stream,
+            peer_id: String::new(),
+            token: String::new(),
+            initial_streams: vec![],
+            welcome: Value::Null,
+        };
         let welcome = ws.next(WAIT).await.expect("no frame after the upgrade");
         assert_eq!(welcome["type"], "welcome", "the first frame must be welcome: {welcome}");
         ws.peer_id = welcome["peer_id"].as_str().unwrap().to_owned();
         ws.token = welcome["resume_token"].as_str().unwrap().to_owned();
+        ws.welcome = welcome;
         let mut next = ws.next(WAIT).await.expect("nothing after welcome");
         let refusal = (next["type"] == "error").then(|| next.clone());
         if refusal.is_some() {

@@ -20,6 +20,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use tonic::transport::Channel;
 
+use crate::ice::IceServers;
 use crate::protocol::{ErrorCode, ServerFrame, SignalKind};
 use crate::resume_token::TokenSigner;
 
@@ -67,8 +68,8 @@ pub struct Hub {
     pub signaling: SignalingClient<Channel>,
     /// How long a dropped peer keeps its id and stream.
     pub resume_grace: Duration,
-    /// ICE servers sent in `welcome`.
-    pub ice_servers: Vec<Value>,
+    /// ICE servers sent in `welcome` (TURN credentials derived per peer).
+    pub ice: IceServers,
     /// Mints and checks resume tokens.
     pub tokens: TokenSigner,
     /// Per-socket frame rate limit: (sustained per second, burst).
@@ -96,7 +97,7 @@ pub struct HubParts {
     /// Resume grace.
     pub resume_grace: Duration,
     /// ICE servers.
-    pub ice_servers: Vec<Value>,
+    pub ice: IceServers,
     /// Resume tokens.
     pub tokens: TokenSigner,
     /// Per-socket frame rate limit: (sustained per second, burst).
@@ -116,7 +117,7 @@ impl Hub {
             registry: parts.registry,
             signaling: parts.signaling,
             resume_grace: parts.resume_grace,
-            ice_servers: parts.ice_servers,
+            ice: parts.ice,
             tokens: parts.tokens,
             ws_rate: parts.ws_rate,
             next_conn: AtomicU64::new(1),

@@ -5,12 +5,14 @@
 mod api;
 mod download;
 mod hub;
+pub mod ice;
 mod pages;
 mod protocol;
 mod queue;
 mod ratelimit;
 mod resume_token;
 mod socket;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +30,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use hub::{Hub, HubParts};
+pub use ice::{IceServers, IceUrl, TurnSecret};
+pub use tls::{TlsConfig, TlsError};
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -49,6 +53,10 @@ pub struct GatewayConfig {
     /// End this gateway's sessions at shutdown instead of leaving them to resume elsewhere:
     /// for the all-in-one, where no other gateway exists and the directory dies with the process.
     pub end_sessions_on_shutdown: bool,
+    /// Serve HTTPS/WSS with this certificate (and send HSTS); plain HTTP when `None`.
+    pub tls: Option<TlsConfig>,
+    /// ICE servers handed to browsers in `welcome`.
+    pub ice: IceServers,
 }
 
 #[derive(Clone)]
@@ -100,14 +108,14 @@ pub fn serve(
         registry: StreamRegistryClient::new(onair_node::lazy_channel(&config.registry_url)?),
         signaling: SignalingClient::new(onair_node::lazy_channel(&config.signaling_url)?),
         resume_grace: config.resume_grace,
-        ice_servers: Vec::new(),
+        ice: config.ice.clone(),
         tokens: resume_token::TokenSigner::new(config.resume_secret.as_deref()),
         ws_rate: config.ws_rate,
     });
     hub.metrics.register(admin.metrics());
     admin.add_check(onair_node::ready_check(&hub));
     let state = AppState { hub: Arc::clone(&hub), shutdown: shutdown.clone() };
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/", get(pages::watcher))
         .route("/watcher", get(pages::watcher))
         .route("/broadcast", get(pages::broadcast))
@@ -123,21 +131,31 @@ pub fn serve(
                 .route("/recordings/{file}", get(download::recording))
                 .with_state((Arc::clone(&hub), download::RecordingsDir(config.recordings_dir.clone()))),
         );
+    if config.tls.is_some() {
+        app = app.layer(axum::middleware::map_response(hsts));
+    }
     Ok(async move {
         let links = Links::spawn(&hub, outbox, hub.signaling.clone(), bus);
         let feed = tokio::spawn(onair_node::registry_feed(Arc::clone(&hub), hub.registry.clone(), shutdown.clone()));
-        tracing::info!(addr = ?listener.local_addr().ok(), node = %hub.node, "gateway HTTP listening");
-        // Signaling frames are small and latency-bound: no Nagle delay.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        tracing::info!(addr = ?listener.local_addr().ok(), node = %hub.node, tls = config.tls.is_some(), "gateway listening");
         let closing = (Arc::clone(&hub), shutdown.clone());
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                closing.1.cancelled().await;
-                closing.0.close_all(1012, "server restarting; reconnect");
-            })
-            .await;
+        let closing = async move {
+            closing.1.cancelled().await;
+            closing.0.close_all(1012, "server restarting; reconnect");
+        };
+        let served = match &config.tls {
+            Some(tls) => match tls::TlsListener::new(listener, tls) {
+                Ok(listener) => axum::serve(listener, app).with_graceful_shutdown(closing).await,
+                Err(e) => Err(e),
+            },
+            // Signaling frames are small and latency-bound: no Nagle delay (the TLS listener does the same).
+            None => {
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                axum::serve(listener, app).with_graceful_shutdown(closing).await
+            }
+        };
         if config.end_sessions_on_shutdown {
             hub.detach_all();
         }
@@ -146,4 +164,12 @@ pub fn serve(
         tracing::info!("gateway stopped");
         Ok(served?)
     })
+}
+
+/// Adds `Strict-Transport-Security` to every response (TLS only).
+async fn hsts(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(axum::http::header::STRICT_TRANSPORT_SECURITY, axum::http::HeaderValue::from_static(tls::HSTS));
+    response
 }

@@ -44,12 +44,10 @@ impl Conn {
     }
 
     fn welcome(&self) -> String {
-        ServerFrame::Welcome {
-            peer_id: self.peer.as_str(),
-            ice_servers: &self.hub.ice_servers,
-            resume_token: &self.token,
-        }
-        .to_json()
+        // Fresh TURN credentials on every welcome, so a resumed socket gets new ones too.
+        let ice_servers = self.hub.ice.for_peer(&self.peer, std::time::SystemTime::now());
+        ServerFrame::Welcome { peer_id: self.peer.as_str(), ice_servers: &ice_servers, resume_token: &self.token }
+            .to_json()
     }
 
     /// Handles one parsed frame; returns frames to send back right away.

@@ -45,6 +45,35 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
+    /// Serve the gateway over HTTPS/WSS with this PEM certificate chain (needs --tls-key). The file is
+    /// re-read when it changes: rotate it in place, no restart.
+    #[arg(long, env = "ONAIR_TLS_CERT", value_name = "FILE", requires = "tls_key", conflicts_with = "tls_self_signed")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (re-read with it).
+    #[arg(long, env = "ONAIR_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve HTTPS/WSS with a certificate generated at start for this host's names and addresses.
+    /// Browsers warn about it: for a LAN demo only.
+    #[arg(long, env = "ONAIR_TLS_SELF_SIGNED")]
+    pub tls_self_signed: bool,
+
+    /// ICE servers handed to browsers, comma-separated `stun:`/`turn:`/`turns:` URLs
+    /// (e.g. stun:stun.example.org:3478,turn:turn.example.org:3478?transport=tcp).
+    /// TURN URLs need --turn-secret.
+    #[arg(long, env = "ONAIR_ICE_SERVERS", value_name = "URLS", value_delimiter = ',')]
+    pub ice_servers: Vec<onair_gateway::IceUrl>,
+
+    /// Secret shared with the TURN server (coturn: use-auth-secret, static-auth-secret=...). Every
+    /// welcome carries credentials derived from it (TURN REST API), valid for --turn-credential-ttl.
+    #[arg(long, env = "ONAIR_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+
+    /// How long the TURN credentials in a welcome stay valid.
+    #[arg(long, env = "ONAIR_TURN_CREDENTIAL_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub turn_credential_ttl: Duration,
+
     /// gRPC listen address (registry, signaling, recorder APIs).
     #[arg(long, env = "ONAIR_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,

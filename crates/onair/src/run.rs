@@ -94,6 +94,38 @@ fn node_id(cli: &Cli) -> Result<NodeId, RunError> {
     }
 }
 
+/// The gateway's certificate: from --tls-cert/--tls-key, generated (--tls-self-signed), or none.
+fn gateway_tls(cli: &Cli) -> Result<Option<onair_gateway::TlsConfig>, RunError> {
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => onair_gateway::TlsConfig::from_files(cert, key)
+            .map_err(|e| RunError::Config(format!("--tls-cert/--tls-key: {e}")))?,
+        _ if cli.tls_self_signed => {
+            let names = onair_gateway::tls::host_names(cli.http_addr.ip());
+            onair_gateway::TlsConfig::self_signed(&names)
+                .map_err(|e| RunError::Config(format!("--tls-self-signed: {e}")))?
+                .0
+        }
+        _ => return Ok(None),
+    };
+    if cli.tls_self_signed {
+        println!(
+            "onair: WARNING: {}: browsers will warn about it. For a LAN demo only; use --tls-cert/--tls-key otherwise.",
+            tls.describe()
+        );
+        tracing::warn!(certificate = tls.describe(), "serving a self-signed certificate (LAN demo only)");
+    } else {
+        tracing::info!(certificate = tls.describe(), "serving HTTPS");
+    }
+    Ok(Some(tls))
+}
+
+/// The ICE servers handed out in `welcome` (--ice-servers, --turn-secret, --turn-credential-ttl).
+fn gateway_ice(cli: &Cli) -> Result<onair_gateway::IceServers, RunError> {
+    let secret = cli.turn_secret.clone().map(onair_gateway::TurnSecret::new);
+    onair_gateway::IceServers::new(cli.ice_servers.clone(), secret, cli.turn_credential_ttl)
+        .map_err(|e| RunError::Config(e.to_string()))
+}
+
 /// The services of one shutdown tier and the token that stops them.
 struct Tier {
     name: &'static str,
@@ -133,6 +165,8 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         }));
     }
     let node = node_id(&cli)?;
+    // The gateway's certificate and ICE servers are checked before anything starts.
+    let gateway_edge = if runs(Target::Gateway) { Some((gateway_tls(&cli)?, gateway_ice(&cli)?)) } else { None };
 
     // Registry: on --grpc-addr (the public developer API).
     let mut registry_url = cli.registry_url.clone();
@@ -201,7 +235,8 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     }
 
     // Gateway: on --http-addr.
-    if runs(Target::Gateway) {
+    if let Some((tls, ice)) = gateway_edge {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let config = onair_gateway::GatewayConfig {
             node: node.clone(),
             registry_url: registry_url.clone(),
@@ -211,11 +246,20 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             resume_secret: cli.resume_secret.clone(),
             ws_rate: (cli.ws_rate, cli.ws_burst),
             end_sessions_on_shutdown: target == Target::All,
+            tls,
+            ice,
         };
         let (http, addr) = bind(cli.http_addr).await?;
-        println!("onair: gateway listening on http://{addr} (node {})", config.node);
-        println!("onair:   go live:  http://{}/broadcast", loopback(addr));
-        println!("onair:   watch:    http://{}/watcher", loopback(addr));
+        println!("onair: gateway listening on {scheme}://{addr} (node {})", config.node);
+        println!("onair:   go live:  {scheme}://{}/broadcast", loopback(addr));
+        println!("onair:   watch:    {scheme}://{}/watcher", loopback(addr));
+        if config.tls.is_none() {
+            println!(
+                "onair:   other machines: browsers give the camera only to https pages (or localhost); serve them with \
+                 --tls-cert FILE --tls-key FILE (PEM), or --tls-self-signed for a LAN demo, and \
+                 --ice-servers stun:HOST:PORT,turn:HOST:PORT --turn-secret S across NATs (see README)"
+            );
+        }
         let tier = &mut tiers[EDGE];
         tier.tasks.spawn(onair_gateway::serve(config, Arc::clone(&bus), &admin, http, tier.stop.clone())?);
     }
