@@ -49,6 +49,9 @@ let cameraError = null;
 let wantLive = false;      // the user asked to be live
 let publishSent = false;   // publish sent, `published` not received yet
 let published = null;      // the Stream from `published`
+// Watchers (the recorder among them) may join between the stream's announcement and our
+// `published`: keep them until then instead of losing their `watcher_joined`.
+const earlyWatchers = new Set();
 let liveSince = 0;
 let serverViewers = null;  // last `viewers` count from the server
 let stoppedOnce = false;
@@ -297,6 +300,7 @@ async function goLive() {
   if (unpublishOwed && sock.ready) { sock.send({ type: 'unpublish' }); unpublishOwed = false; }
   wantLive = true;
   published = null;
+  earlyWatchers.clear();
   publishSent = false;
   serverViewers = null;
   audioCtx?.resume?.().catch(() => {});
@@ -326,6 +330,7 @@ function stop({ status = true } = {}) {
   wantLive = false;
   publishSent = false;
   published = null;
+  earlyWatchers.clear();
   serverViewers = null;
   closeAllPeers();
   stopCamera();
@@ -395,15 +400,22 @@ sock.on('published', (msg) => {
   serverViewers = Number.isFinite(v) ? v : null;
   setStatus(els.status, 'live', 'Live');
   renderControls();
+  for (const peer of earlyWatchers) if (media) createPeer(peer);
+  earlyWatchers.clear();
   renderPeers();
 });
 
 sock.on('watcher_joined', ({ peer }) => {
-  if (!peer || !published || !media) return;
-  createPeer(peer);
+  if (!peer) return;
+  if (!published) {
+    if (publishSent) earlyWatchers.add(peer);
+    return;
+  }
+  if (media) createPeer(peer);
 });
 
 sock.on('watcher_left', ({ peer }) => {
+  earlyWatchers.delete(peer);
   closePeer(peer);
   renderPeers();
   renderViewers();
@@ -434,6 +446,7 @@ sock.on('stream_off', (msg) => {
   showBanner({ kind: 'warn', title: 'Your broadcast was ended by the server', message: 'Press Go live to start again.', key: 'ended' });
   wantLive = false;
   published = null;
+  earlyWatchers.clear();
   closeAllPeers();
   setStatus(els.status, 'stopped', 'Stopped');
   renderControls();
@@ -467,6 +480,7 @@ sock.on('session', ({ resumed }) => {
     // The server forgot us: the old stream is gone, start a new one.
     closeAllPeers();
     published = null;
+    earlyWatchers.clear();
     serverViewers = null;
     renderControls();
     renderPeers();

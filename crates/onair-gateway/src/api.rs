@@ -18,7 +18,7 @@ pub async fn streams(State(hub): State<Arc<Hub>>) -> Response {
 
 /// `GET /api/recordings`: the newest 100 recordings.
 pub async fn recordings(State(hub): State<Arc<Hub>>) -> Response {
-    let mut registry = hub.registry.clone();
+    let mut registry = hub.cfg.registry.clone();
     match registry.list_recordings(pb::ListRecordingsRequest { page_size: 100, ..Default::default() }).await {
         Ok(r) => {
             // Entries that do not convert (an older writer's garbage) are left out, not fatal.

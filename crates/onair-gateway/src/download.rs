@@ -96,7 +96,7 @@ pub async fn recording(
     let Some(id) = file.strip_suffix(".webm").and_then(|s| s.parse::<RecordingId>().ok()) else {
         return not_found();
     };
-    let mut registry = hub.registry.clone();
+    let mut registry = hub.cfg.registry.clone();
     let rec = match registry.get_recording(pb::GetRecordingRequest { id: id.to_string() }).await {
         Ok(r) => r.into_inner(),
         Err(s) if s.code() == tonic::Code::NotFound => return not_found(),

@@ -61,19 +61,8 @@ pub struct Hub {
     peers: Mutex<HashMap<PeerId, Slot>>,
     streams: RwLock<Vec<Stream>>,
     fanout: broadcast::Sender<Arc<str>>,
-    link: NodeLink,
-    /// Registry client.
-    pub registry: StreamRegistryClient<Channel>,
-    /// Signaling client (unary calls).
-    pub signaling: SignalingClient<Channel>,
-    /// How long a dropped peer keeps its id and stream.
-    pub resume_grace: Duration,
-    /// ICE servers sent in `welcome` (TURN credentials derived per peer).
-    pub ice: IceServers,
-    /// Mints and checks resume tokens.
-    pub tokens: TokenSigner,
-    /// Per-socket frame rate limit: (sustained per second, burst).
-    pub ws_rate: (u32, u32),
+    /// Upstream clients and per-socket settings, as built by `serve`.
+    pub cfg: HubParts,
     next_conn: AtomicU64,
     /// Metrics.
     pub metrics: GatewayMetrics,
@@ -85,7 +74,7 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-/// Parts needed to build a hub.
+/// What a hub is built from: the node's link, upstream clients and per-socket settings.
 #[derive(Debug)]
 pub struct HubParts {
     /// The node's signaling link.
@@ -113,13 +102,7 @@ impl Hub {
             peers: Mutex::new(HashMap::new()),
             streams: RwLock::new(Vec::new()),
             fanout,
-            link: parts.link,
-            registry: parts.registry,
-            signaling: parts.signaling,
-            resume_grace: parts.resume_grace,
-            ice: parts.ice,
-            tokens: parts.tokens,
-            ws_rate: parts.ws_rate,
+            cfg: parts,
             next_conn: AtomicU64::new(1),
             metrics: GatewayMetrics::default(),
         })
@@ -146,7 +129,7 @@ impl Hub {
 
     /// Queues a message for signaling (in order).
     pub fn to_signaling(&self, msg: pb::node_message::Msg) {
-        self.link.send(msg);
+        self.cfg.link.send(msg);
     }
 
     /// Binds `peer` to a new socket; returns its connection number. A new peer is announced to
@@ -194,7 +177,7 @@ impl Hub {
         let hub = Arc::clone(self);
         let peer = peer.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(hub.resume_grace).await;
+            tokio::time::sleep(hub.cfg.resume_grace).await;
             let expired = {
                 let mut peers = hub.lock();
                 let gone = peers.get(&peer).is_some_and(|s| s.conn == conn && s.tx.is_none());
@@ -322,7 +305,7 @@ impl Hub {
 
 impl NodeHandler for Hub {
     fn link(&self) -> &NodeLink {
-        &self.link
+        &self.cfg.link
     }
     fn node_event(&self, ev: pb::NodeEvent) {
         if let Ok(peer) = ev.peer.parse() {

@@ -135,8 +135,9 @@ pub fn serve(
         app = app.layer(axum::middleware::map_response(hsts));
     }
     Ok(async move {
-        let links = Links::spawn(&hub, outbox, hub.signaling.clone(), bus);
-        let feed = tokio::spawn(onair_node::registry_feed(Arc::clone(&hub), hub.registry.clone(), shutdown.clone()));
+        let links = Links::spawn(&hub, outbox, hub.cfg.signaling.clone(), bus);
+        let feed =
+            tokio::spawn(onair_node::registry_feed(Arc::clone(&hub), hub.cfg.registry.clone(), shutdown.clone()));
         tracing::info!(addr = ?listener.local_addr().ok(), node = %hub.node, tls = config.tls.is_some(), "gateway listening");
         let closing = (Arc::clone(&hub), shutdown.clone());
         let closing = async move {

@@ -45,7 +45,7 @@ impl Conn {
 
     fn welcome(&self) -> String {
         // Fresh TURN credentials on every welcome, so a resumed socket gets new ones too.
-        let ice_servers = self.hub.ice.for_peer(&self.peer, std::time::SystemTime::now());
+        let ice_servers = self.hub.cfg.ice.for_peer(&self.peer, std::time::SystemTime::now());
         ServerFrame::Welcome { peer_id: self.peer.as_str(), ice_servers: &ice_servers, resume_token: &self.token }
             .to_json()
     }
@@ -93,8 +93,8 @@ impl Conn {
 /// the peer's old gateway to close its socket); on failure, the `error` frame for the client.
 async fn resume(hub: &Hub, token: &str) -> Result<PeerId, (ErrorCode, &'static str)> {
     let old =
-        hub.tokens.peer_of(token).ok_or((ErrorCode::NotFound, "unknown resume token; continuing as a new peer"))?;
-    let mut signaling = hub.signaling.clone();
+        hub.cfg.tokens.peer_of(token).ok_or((ErrorCode::NotFound, "unknown resume token; continuing as a new peer"))?;
+    let mut signaling = hub.cfg.signaling.clone();
     let req = pb::ResumeRequest { peer: old.to_string(), resume_token: token.to_owned(), node: hub.node.to_string() };
     match tokio::time::timeout(RESUME_DEADLINE, signaling.resume(req)).await {
         Ok(Ok(_)) => Ok(old),
@@ -144,7 +144,7 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, resume_token: Option<Stri
         Some(Ok((peer, token))) => (peer, token, None, true),
         other => {
             let peer = PeerId::generate();
-            let token = hub.tokens.mint(&peer);
+            let token = hub.cfg.tokens.mint(&peer);
             (peer, token, other.and_then(Result::err), false)
         }
     };
@@ -154,7 +154,7 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, resume_token: Option<Stri
     let c = Conn { hub: Arc::clone(&hub), peer, token, conn };
     let mut list = hub.subscribe_list();
     let mut limiter =
-        RateLimiter::new(hub.ws_rate.0, hub.ws_rate.1, MAX_STRIKES, STRIKE_WINDOW, std::time::Instant::now());
+        RateLimiter::new(hub.cfg.ws_rate.0, hub.cfg.ws_rate.1, MAX_STRIKES, STRIKE_WINDOW, std::time::Instant::now());
     let mut deadline = Instant::now() + IDLE_TIMEOUT;
     let mut clean_close = false;
     if is_resumed {

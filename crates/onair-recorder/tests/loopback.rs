@@ -218,20 +218,18 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
 
     // Go live through signaling, as a gateway does; it answers on the node's bus channel.
     node.send(pb::node_message::Msg::Publish(pb::Publish { peer: me.to_string(), title: "e2e".into() })).await;
-    let stream = loop {
-        let d = next(&mut deliveries).await.expect("no published");
-        if let Some(pb::delivery::Event::Published(s)) = d.event {
-            break s;
+    // The stream's announcement reaches the recorder while signaling still answers us: the
+    // recorder's watcher_joined may come before our published.
+    let (mut stream, mut watcher) = (None, None);
+    while stream.is_none() || watcher.is_none() {
+        let d = next(&mut deliveries).await.expect("no published / watcher_joined");
+        match d.event {
+            Some(pb::delivery::Event::Published(s)) => stream = Some(s),
+            Some(pb::delivery::Event::WatcherJoined(p)) => watcher = Some(p),
+            _ => {}
         }
-    };
-
-    // Auto-record: the recorder joins as a watcher.
-    let watcher = loop {
-        let d = next(&mut deliveries).await.expect("no watcher_joined");
-        if let Some(pb::delivery::Event::WatcherJoined(p)) = d.event {
-            break p;
-        }
-    };
+    }
+    let (stream, watcher) = (stream.unwrap(), watcher.unwrap());
     let watcher: PeerId = watcher.parse().unwrap();
 
     // The broadcaster's peer connection.
