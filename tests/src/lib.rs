@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod container;
 pub mod health;
 pub mod media;
 pub mod procs;

@@ -310,7 +310,12 @@ impl Onair {
             ("RUST_LOG".to_owned(), "info,onair=debug".to_owned()),
             ("ONAIR_DATA_DIR".to_owned(), data.display().to_string()),
         ];
-        let proc = Proc::spawn(name, onair_bin(), all, envs);
+        Self::attach(Proc::spawn(name, onair_bin(), all, envs)).await
+    }
+
+    /// Wraps a process that runs `onair` some other way (e.g. `podman run`, whose output is the
+    /// container's): reads the ports it printed and waits until they accept connections.
+    pub async fn attach(proc: Proc) -> Self {
         let mut o = Self { proc, grpc: 0, admin: 0, http: 0, addrs: Default::default() };
         o.wait_healthy().await;
         o
