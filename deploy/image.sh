@@ -3,6 +3,7 @@
 # on a machine that reaches no image registry:
 #
 #   deploy/image.sh BINARY [TAG]      # `make image`: BINARY is the release build, TAG localhost/onair:dev
+#   deploy/image.sh --base            # only step 1 (`make test` runs it before the tests)
 #
 # 1. The base: `debootstrap --variant=minbase bookworm` from the Debian mirror in the machine's apt sources,
 #    trimmed like debian:bookworm-slim (no docs, man pages, locales, apt lists), imported into podman as
@@ -19,8 +20,9 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-binary=${1:?usage: deploy/image.sh BINARY [TAG]}
+binary=${1:?usage: deploy/image.sh BINARY [TAG] | --base}
 tag=${2:-localhost/onair:dev}
+base_only=""; [[ $binary == --base ]] && base_only=1
 TOOLS="${ONAIR_TOOLS_DIR:-/var/tmp/onair-tools}"
 cache="$TOOLS/image"
 # This machine class: crun cannot run containers (hybrid cgroups), and no runtime may raise limits.
@@ -36,7 +38,7 @@ BASE_TRIM="usr/share/doc usr/share/man usr/share/info usr/share/locale usr/share
 log() { printf '\033[1;34m[image]\033[0m %s\n' "$*" >&2; }
 die() { printf 'deploy/image.sh: %s\n' "$*" >&2; exit 1; }
 
-[[ -x $binary ]] || die "no executable at $binary (make release builds it)"
+[[ -n $base_only || -x $binary ]] || die "no executable at $binary (make release builds it)"
 for tool in podman buildah runc debootstrap; do
   command -v "$tool" >/dev/null || die "$tool is not installed (run scripts/install-deps.sh)"
 done
@@ -95,19 +97,32 @@ if ! "${PODMAN[@]}" image exists "$base"; then
   for old in "$cache"/base-*.tar; do [[ $old == "$tarball" ]] || rm -f "$old"; done
 fi
 
-ctx=$(mktemp -d "${TMPDIR:-/tmp}/onair-image-ctx.XXXXXX")
-trap 'rm -rf "$ctx"' EXIT
-cp "$binary" "$ctx/onair"
-cp /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
-log "podman build -f deploy/Dockerfile --target runtime (RUNTIME_IMAGE=$base, BINARY_FROM=prebuilt) -t $tag"
-# The docker format keeps the Dockerfile's HEALTHCHECK (OCI images have no such field). The label marks
-# every stage's images, so the prune below removes only what earlier runs of this script left dangling
-# (not --layers=false: buildah 1.28 fails on it with a stage built FROM another stage).
-"${PODMAN[@]}" build --quiet --pull=never --format docker "${LIMITS[@]}" \
-  --label io.onair.built-by=deploy-image.sh \
-  --file deploy/Dockerfile --target runtime \
-  --build-arg RUNTIME_IMAGE="$base" --build-arg BINARY_FROM=prebuilt \
-  --tag "$tag" "$ctx" >/dev/null
-"${PODMAN[@]}" image prune --force --filter label=io.onair.built-by=deploy-image.sh >/dev/null || true
+if [[ -n $base_only ]]; then
+  echo "onair base image $base: $(("$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$base")" / 1000000)) MB"
+  exit 0
+fi
+
+# The image's inputs: the binary, the Dockerfile, the base. Unchanged (a label on the image says so):
+# nothing to build, which keeps concurrent test processes from rebuilding the same image one after another.
+inputs=$(cat "$binary" deploy/Dockerfile <(echo "$base") | sha256sum | cut -c1-16)
+have=$("${PODMAN[@]}" image inspect --format '{{index .Labels "io.onair.inputs"}}' "$tag" 2>/dev/null || true)
+if [[ $have != "$inputs" ]]; then
+  ctx=$(mktemp -d "${TMPDIR:-/tmp}/onair-image-ctx.XXXXXX")
+  trap 'rm -rf "$ctx"' EXIT
+  cp "$binary" "$ctx/onair"
+  cp /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
+  log "podman build -f deploy/Dockerfile --target runtime (RUNTIME_IMAGE=$base, BINARY_FROM=prebuilt) -t $tag"
+  # The docker format keeps the Dockerfile's HEALTHCHECK (OCI images have no such field). The label marks
+  # every stage's images, so the prune below removes only what earlier runs of this script left dangling
+  # (not --layers=false: buildah 1.28 fails on it with a stage built FROM another stage).
+  "${PODMAN[@]}" build --quiet --pull=never --format docker "${LIMITS[@]}" \
+    --label io.onair.built-by=deploy-image.sh --label io.onair.inputs="$inputs" \
+    --file deploy/Dockerfile --target runtime \
+    --build-arg RUNTIME_IMAGE="$base" --build-arg BINARY_FROM=prebuilt \
+    --tag "$tag" "$ctx" >/dev/null
+  "${PODMAN[@]}" image prune --force --filter label=io.onair.built-by=deploy-image.sh >/dev/null || true
+else
+  log "$tag is up to date (binary, Dockerfile and base unchanged)"
+fi
 size=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$tag")
 echo "onair image $tag: $((size / 1000000)) MB (base $base)"

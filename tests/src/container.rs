@@ -70,6 +70,15 @@ pub fn image() -> &'static str {
     TEST_IMAGE
 }
 
+/// The image's HEALTHCHECK command (deploy/Dockerfile), without its leading `CMD`.
+pub fn healthcheck() -> Vec<String> {
+    let out = run(podman().args(["image", "inspect", "--format", "{{json .Config.Healthcheck.Test}}", image()]));
+    assert!(out.status.success(), "podman image inspect: {}", String::from_utf8_lossy(&out.stderr));
+    let test: Vec<String> = serde_json::from_slice(&out.stdout).expect("the image has a HEALTHCHECK");
+    assert_eq!(test.first().map(String::as_str), Some("CMD"), "HEALTHCHECK must be exec form: {test:?}");
+    test[1..].to_vec()
+}
+
 /// A host directory mounted into a container, owned by the image's user; removed on drop.
 pub struct Volume {
     /// The host path.

@@ -66,13 +66,17 @@ async fn the_all_in_one_image_serves_everything_as_non_root_on_a_read_only_root(
     let (status, metrics) = c.onair.admin_get("/metrics").await;
     assert_eq!(status, 200);
     assert!(metrics.contains("onair_grpc_server_handled_total"), "{metrics:.500}");
-    // The image's own HEALTHCHECK command works in the image (bash, no curl) against an admin port.
-    let admin = c.onair.admin.to_string();
-    let probe = format!(
-        "exec 3<>/dev/tcp/127.0.0.1/{admin} && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"
-    );
-    let hc = c.exec(&["/bin/bash", "-c", &probe]);
-    assert!(hc.status.success(), "the HEALTHCHECK's bash probe fails in the image: {hc:?}");
+    // The image's own HEALTHCHECK works in the image (bash, no curl), pointed at this admin port.
+    let mut hc = onair_tests::container::healthcheck();
+    let script = hc.last_mut().unwrap();
+    assert!(script.contains("/127.0.0.1/9090"), "the HEALTHCHECK no longer probes the admin port 9090: {script}");
+    *script = script.replace("/127.0.0.1/9090", &format!("/127.0.0.1/{}", c.onair.admin));
+    let ok = c.exec(&hc.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok.status.success(), "the image's HEALTHCHECK fails against a healthy container: {ok:?}");
+    // ... and fails against a port that does not answer it with 200 (the gRPC port).
+    *hc.last_mut().unwrap() = hc.last().unwrap().replace(&format!("/{}", c.onair.admin), &format!("/{}", c.onair.grpc));
+    let bad = c.exec(&hc.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!bad.status.success(), "the HEALTHCHECK passes against the gRPC port: {bad:?}");
 
     // State went to the volume, owned by the image's user.
     assert!(volume.path.join("registry").is_dir(), "no registry journal directory on the volume: {:?}", volume.files());
