@@ -135,10 +135,25 @@ impl Container {
     pub async fn run(label: &str, volume: &Volume, args: &[&str]) -> Self {
         let image = image();
         let name = format!("onair-test-{label}-{}-{}", std::process::id(), unique());
-        let mut all: Vec<String> =
-            ["--runtime", "runc", "run", "--name", &name, "--read-only", "--tmpfs", "/tmp", "--network", "host"]
-                .map(String::from)
-                .to_vec();
+        // --read-only-tmpfs=false: only what the test mounts is writable (podman's default adds tmpfs at
+        // /run and /var/tmp too). --no-healthcheck: podman would run the image's HEALTHCHECK from systemd
+        // timers (there is no systemd here) against the default admin port; the tests run it themselves.
+        let mut all: Vec<String> = [
+            "--runtime",
+            "runc",
+            "run",
+            "--name",
+            &name,
+            "--read-only",
+            "--read-only-tmpfs=false",
+            "--tmpfs",
+            "/tmp",
+            "--network",
+            "host",
+            "--no-healthcheck",
+        ]
+        .map(String::from)
+        .to_vec();
         all.extend(LIMITS.map(String::from));
         all.extend(["--volume".into(), format!("{}:/data", volume.path.display())]);
         all.extend(["--env".into(), "RUST_LOG=info,onair=debug".into(), image.into()]);
