@@ -4,7 +4,8 @@
 //! starts each pod's one container from its spec alone: image, command/args, env (values, ConfigMap and
 //! Secret keys, the downward API's pod name and IP), volumes (emptyDir, the PersistentVolumeClaim as a
 //! host directory shared by every pod that claims it, read-only mounts), the securityContext (user,
-//! groups and fsGroup, read-only root, dropped capabilities, no privilege escalation), then polls the
+//! groups and fsGroup, read-only root, dropped capabilities, no privilege escalation), resource limits
+//! (memory, cpu), then polls the
 //! readiness probe and checks the liveness probe. Each pod gets its own address on a private podman
 //! bridge network (host-local), and every Service name resolves to the address of a pod it selects.
 //! A spec field this runner does not know fails the test instead of being ignored.
@@ -264,9 +265,8 @@ fn fail_unknown(what: &str, obj: &Value, known: &[&str]) {
 }
 
 impl Workloads {
-    /// Starts every pod of every Deployment (`spec.replicas`, 1 if unset) and StatefulSet of `rendered`
-    /// on `net`, with `image` instead of the rendered one if given (the rendered one must exist locally
-    /// otherwise). Does not wait for readiness.
+    /// Starts every pod of every StatefulSet and Deployment (`spec.replicas`, 1 if unset) of `rendered`
+    /// on `net` (their image must exist locally: nothing is pulled). Does not wait for readiness.
     pub fn start(rendered: &Rendered, net: &mut Network, namespace: &str) -> Self {
         let mut planned = Vec::new();
         for kind in ["StatefulSet", "Deployment"] {
@@ -502,6 +502,23 @@ impl Workloads {
                 panic!("{}: env {e} not implemented", p.name);
             };
             args.extend(["--env".into(), format!("{name}={value}")]);
+        }
+
+        // Limits as the kubelet sets them (requests only matter to the scheduler).
+        let limits = &c["resources"]["limits"];
+        fail_unknown("resources.limits", limits, &["cpu", "memory"]);
+        if let Some(mem) = limits["memory"].as_str() {
+            let podman_mem = ["Ki", "Mi", "Gi"]
+                .iter()
+                .find_map(|u| mem.strip_suffix(u).map(|n| format!("{n}{}", u[..1].to_lowercase())))
+                .unwrap_or_else(|| panic!("{}: memory limit {mem} not in Ki/Mi/Gi", p.name));
+            args.extend(["--memory".into(), podman_mem]);
+        }
+        if let Some(cpu) = limits["cpu"].as_str() {
+            let cpus = cpu
+                .strip_suffix('m')
+                .map_or_else(|| cpu.parse::<f64>().unwrap(), |m| m.parse::<f64>().unwrap() / 1000.0);
+            args.extend(["--cpus".into(), cpus.to_string()]);
         }
 
         let mut ports = BTreeMap::new();
