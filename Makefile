@@ -5,7 +5,7 @@ export ONAIR_TOOLS_DIR ?= /var/tmp/onair-tools
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 NEXTEST_PROFILE ?= $(if $(CI),ci,default)
 
-.PHONY: run release deps build test unit lint fmt fmt-check deploy-check bench clean
+.PHONY: run release image image-base deps build test unit lint fmt fmt-check deploy-check bench clean
 
 ## run: the all-in-one server (embedded store, in-process bus, recordings in ./data)
 run:
@@ -15,6 +15,16 @@ run:
 release:
 	cargo build --release --locked -p onair
 
+## image: the runtime image from deploy/Dockerfile under podman (debootstrapped bookworm base, cached), with
+## the release binary; prints its size. IMAGE=... to tag it otherwise.
+IMAGE ?= localhost/onair:dev
+image: deps release
+	deploy/image.sh $(CARGO_TARGET_DIR)/release/onair $(IMAGE)
+
+# The image's base (debootstrap, ~1-2 min once, then cached), before the tests so no test waits on it.
+image-base: deps
+	deploy/image.sh --base
+
 ## deps: install every system/Python/npm tool the tests need (idempotent, no prompts)
 deps:
 	@scripts/install-deps.sh
@@ -22,8 +32,8 @@ deps:
 build:
 	cargo build --workspace --bins --tests --locked
 
-## test: install what is missing, then run every test (unit, black-box cluster, browser, deploy checks)
-test: deps build fmt-check lint
+## test: install what is missing, then run every test (unit, black-box cluster, browser, container image, deploy checks)
+test: deps build image-base fmt-check lint
 	cargo nextest run --workspace --locked --profile $(NEXTEST_PROFILE) --no-tests=fail
 	ONAIR_BIN=$(CARGO_TARGET_DIR)/debug/onair deploy/check.sh
 

@@ -6,7 +6,8 @@
 # Tools (installed by scripts/install-deps.sh) come from $ONAIR_TOOLS_DIR (default /var/tmp/onair-tools):
 # bin/helm, venv/bin/{kubernetes-validate,yamllint,hadolint,python}. nginx from $NGINX or the PATH or
 # /usr/sbin/nginx. The onair binary whose --help the chart is checked against: $ONAIR_BIN (default
-# /var/tmp/onair-target/debug/onair). No Docker engine is needed: the Dockerfile is linted, not built.
+# /var/tmp/onair-target/debug/onair). The Dockerfile is linted here; deploy/image.sh builds it with podman and
+# tests/tests/container.rs runs the image (both part of `make test`).
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -98,7 +99,7 @@ nginx_test() {
 }
 step "nginx -t (rendered nginx/nginx.conf.template, unprivileged)" nginx_test
 
-shell_syntax() { bash -n deploy/check.sh && bash -n deploy/render-nginx.sh; }
+shell_syntax() { bash -n deploy/check.sh && bash -n deploy/render-nginx.sh && bash -n deploy/image.sh; }
 step "bash -n deploy/*.sh" shell_syntax
 
 echo

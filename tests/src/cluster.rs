@@ -22,11 +22,16 @@ fn repo_root() -> PathBuf {
 impl Nginx {
     /// Renders nginx/nginx.conf.template for `gateways` (HTTP ports) and starts nginx.
     pub async fn start(gateways: &[u16]) -> Self {
+        Self::start_upstreams(&gateways.iter().map(ToString::to_string).collect::<Vec<_>>()).await
+    }
+
+    /// Like [`Nginx::start`] with gateways as `HOST:PORT` (e.g. pod addresses).
+    pub async fn start_upstreams(gateways: &[String]) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("onair-nginx-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut args = vec![format!("127.0.0.1:{port}"), dir.display().to_string()];
-        args.extend(gateways.iter().map(ToString::to_string));
+        args.extend(gateways.iter().cloned());
         let out = std::process::Command::new(repo_root().join("deploy/render-nginx.sh")).args(&args).output().unwrap();
         assert!(out.status.success(), "render-nginx.sh: {}", String::from_utf8_lossy(&out.stderr));
         let conf = dir.join("nginx.conf");

@@ -5,7 +5,9 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod container;
 pub mod health;
+pub mod kube;
 pub mod media;
 pub mod procs;
 pub mod registry;

@@ -1,6 +1,6 @@
 //! Child processes with logs, kill-on-drop and restart.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,12 +13,25 @@ pub fn tools_dir() -> PathBuf {
 /// Starts a server that cannot bind port 0 itself (redis-server, secantusd, nginx) on a port that
 /// was free a moment ago; if another process took it meanwhile (the server exits), tries a new one.
 pub async fn start_on_free_port(name: &str, program: PathBuf, args: impl Fn(u16) -> Vec<String>) -> (Proc, u16) {
+    start_on_free_port_at(name, program, LOCALHOST, args).await
+}
+
+/// 127.0.0.1.
+pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Like [`start_on_free_port`] for a server listening on `ip` (e.g. a podman bridge's host address).
+pub async fn start_on_free_port_at(
+    name: &str,
+    program: PathBuf,
+    ip: IpAddr,
+    args: impl Fn(u16) -> Vec<String>,
+) -> (Proc, u16) {
     for _ in 0..3 {
         let port = free_port();
         let mut proc = Proc::spawn(name, &program, args(port), vec![]);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(40) && !proc.exited() {
-            if port_open(port) {
+            if port_open_at(ip, port) {
                 return (proc, port);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -51,7 +64,12 @@ where
 
 /// Whether something accepts connections on `port`.
 pub fn port_open(port: u16) -> bool {
-    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(100)).is_ok()
+    port_open_at(LOCALHOST, port)
+}
+
+/// Whether something accepts connections on `ip:port`.
+pub fn port_open_at(ip: IpAddr, port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_millis(100)).is_ok()
 }
 
 /// Waits until something accepts connections on `port`.
@@ -210,23 +228,32 @@ pub struct Redis {
     pub proc: Proc,
     /// Its port.
     pub port: u16,
+    /// The address it listens on.
+    pub ip: IpAddr,
 }
 
 impl Redis {
     /// Starts redis-server and waits until it accepts connections.
     pub async fn start() -> Self {
-        let (proc, port) = start_on_free_port("redis", "redis-server".into(), |port| {
-            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-                .map(String::from)
-                .to_vec()
-        })
-        .await;
-        Self { proc, port }
+        Self::start_at(LOCALHOST).await
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// Starts redis-server listening on `ip` only.
+    pub async fn start_at(ip: IpAddr) -> Self {
+        // Protected mode refuses clients from anywhere but loopback; off when bound to another address
+        // (a podman bridge's: host-local, for containers).
+        let protected = if ip.is_loopback() { "yes" } else { "no" };
+        let (proc, port) = start_on_free_port_at("redis", "redis-server".into(), ip, |port| {
+            let args = ["--port", &port.to_string(), "--bind", &ip.to_string(), "--protected-mode", protected];
+            args.into_iter().chain(["--save", "", "--appendonly", "no"]).map(String::from).collect()
+        })
+        .await;
+        Self { proc, port, ip }
+    }
+
+    /// `redis://IP:PORT`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}:{}", self.ip, self.port)
     }
 
     /// Restarts it on the same port (data is lost, as after a crash).
@@ -242,24 +269,31 @@ pub struct Mongo {
     pub proc: Proc,
     /// Its port.
     pub port: u16,
+    /// The address it listens on.
+    pub ip: IpAddr,
 }
 
 impl Mongo {
     /// Starts the server and waits until it accepts connections.
     pub async fn start() -> Self {
+        Self::start_at(LOCALHOST).await
+    }
+
+    /// Starts the server listening on `ip` only.
+    pub async fn start_at(ip: IpAddr) -> Self {
         let bin = tools_dir().join("venv/bin/secantusd-py");
-        let (proc, port) = start_on_free_port("mongo", bin, |port| {
-            ["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path", ":memory:"]
+        let (proc, port) = start_on_free_port_at("mongo", bin, ip, |port| {
+            ["--host", &ip.to_string(), "--port", &port.to_string(), "--storage-path", ":memory:"]
                 .map(String::from)
                 .to_vec()
         })
         .await;
-        Self { proc, port }
+        Self { proc, port, ip }
     }
 
     /// Connection string for the driver.
     pub fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}/?retryWrites=false&directConnection=true", self.port)
+        format!("mongodb://{}:{}/?retryWrites=false&directConnection=true", self.ip, self.port)
     }
 
     /// Starts it again on the same port after `proc.kill()`.
@@ -329,7 +363,12 @@ impl Onair {
             ("RUST_LOG".to_owned(), "info,onair=debug".to_owned()),
             ("ONAIR_DATA_DIR".to_owned(), data.display().to_string()),
         ];
-        let proc = Proc::spawn(name, onair_bin(), all, envs);
+        Self::attach(Proc::spawn(name, onair_bin(), all, envs)).await
+    }
+
+    /// Wraps a process that runs `onair` some other way (e.g. `podman run`, whose output is the
+    /// container's): reads the ports it printed and waits until they accept connections.
+    pub async fn attach(proc: Proc) -> Self {
         let mut o = Self { proc, grpc: 0, admin: 0, http: 0, addrs: Default::default() };
         o.wait_healthy().await;
         o
@@ -422,4 +461,18 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
     let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
+}
+
+/// Like [`http_get`] on `ip:port`, for probes: `None` if the connection or the request fails.
+pub async fn http_get_at(ip: IpAddr, port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect((ip, port)).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok())?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
 }
