@@ -463,6 +463,26 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// GET on `127.0.0.1:port`; returns the status and the response head's headers (names lower-cased).
+pub async fn http_head_of(port: u16, path: &str) -> (u16, Vec<(String, String)>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let head = text.split_once("\r\n\r\n").map_or(text.as_str(), |(h, _)| h);
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers)
+}
+
 /// Like [`http_get`] on `ip:port`, for probes: `None` if the connection or the request fails.
 pub async fn http_get_at(ip: IpAddr, port: u16, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -130,7 +130,8 @@ pub fn serve(
             Router::new()
                 .route("/recordings/{file}", get(download::recording))
                 .with_state((Arc::clone(&hub), download::RecordingsDir(config.recordings_dir.clone()))),
-        );
+        )
+        .layer(axum::middleware::map_response(nosniff));
     if config.tls.is_some() {
         app = app.layer(axum::middleware::map_response(hsts));
     }
@@ -165,6 +166,15 @@ pub fn serve(
         tracing::info!("gateway stopped");
         Ok(served?)
     })
+}
+
+/// `X-Content-Type-Options: nosniff` on every response: a browser never guesses a type (e.g. runs an
+/// uploaded or errored body as a script).
+async fn nosniff(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(axum::http::header::X_CONTENT_TYPE_OPTIONS, axum::http::HeaderValue::from_static("nosniff"));
+    response
 }
 
 /// Adds `Strict-Transport-Security` to every response (TLS only).
