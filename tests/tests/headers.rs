@@ -26,3 +26,30 @@ async fn pages_forbid_framing_and_foreign_connections_and_nothing_is_sniffed() {
         assert_eq!(header(&h, "x-content-type-options"), Some("nosniff"), "{path} ({status}): {h:?}");
     }
 }
+
+/// Opens `/ws` with `origin` (and the gateway's own Host); returns the HTTP status of the refusal,
+/// or 101 when the upgrade went through.
+async fn ws_status(port: u16, origin: Option<&str>) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://127.0.0.1:{port}/ws").into_client_request().unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("upgrade failed oddly: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_page_of_another_origin_cannot_open_the_websocket() {
+    let gw = Onair::start("all-origins", &["--store", "memory", "--allowed-origins", "https://app.example"]).await;
+    let own = format!("http://127.0.0.1:{}", gw.http);
+    assert_eq!(ws_status(gw.http, Some(&own)).await, 101, "the gateway's own pages");
+    assert_eq!(ws_status(gw.http, None).await, 101, "a non-browser client sends no Origin");
+    assert_eq!(ws_status(gw.http, Some("https://app.example")).await, 101, "listed in --allowed-origins");
+    for foreign in ["https://evil.example", "http://app.example", "null", "http://127.0.0.1:1"] {
+        assert_eq!(ws_status(gw.http, Some(foreign)).await, 403, "origin {foreign}");
+    }
+}

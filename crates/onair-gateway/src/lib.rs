@@ -48,6 +48,8 @@ pub struct GatewayConfig {
     pub recordings_dir: std::path::PathBuf,
     /// Sustained frames per second one socket may send, and the burst above it (then `rate_limited`).
     pub ws_rate: (u32, u32),
+    /// Page origins (e.g. `https://app.example.com`) besides the gateway's own that may open `/ws`.
+    pub allowed_origins: Vec<String>,
     /// Secret every gateway of the cluster shares to sign resume tokens (`None`: unsigned random tokens).
     pub resume_secret: Option<String>,
     /// End this gateway's sessions at shutdown instead of leaving them to resume elsewhere:
@@ -63,6 +65,7 @@ pub struct GatewayConfig {
 struct AppState {
     hub: Arc<Hub>,
     shutdown: CancellationToken,
+    allowed_origins: Arc<[String]>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<Hub> {
@@ -78,7 +81,30 @@ struct WsQuery {
     resume: Option<String>,
 }
 
-async fn ws(State(state): State<AppState>, Query(q): Query<WsQuery>, upgrade: WebSocketUpgrade) -> Response {
+/// Whether a WebSocket upgrade from a page of `origin` may proceed: an origin on `allowed`, or the
+/// page's own origin (its host is the host the request was sent to). Clients that send no `Origin`
+/// (tools, other servers) are not browsers a foreign page could drive, and are let in.
+fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else { return true };
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest.trim_end_matches('/'));
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+async fn ws(
+    State(state): State<AppState>,
+    Query(q): Query<WsQuery>,
+    headers: axum::http::HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let header = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
+    if !origin_allowed(header(axum::http::header::ORIGIN), header(axum::http::header::HOST), &state.allowed_origins) {
+        tracing::debug!(origin = ?header(axum::http::header::ORIGIN), "WebSocket from a foreign origin refused");
+        let msg = "this page's origin may not open onair's WebSocket (the server's --allowed-origins)\n";
+        return axum::response::IntoResponse::into_response((axum::http::StatusCode::FORBIDDEN, msg));
+    }
     let resume = q.resume.filter(|t| !t.is_empty());
     upgrade
         .max_message_size(socket::HARD_FRAME_LIMIT)
@@ -114,7 +140,11 @@ pub fn serve(
     });
     hub.metrics.register(admin.metrics());
     admin.add_check(onair_node::ready_check(&hub));
-    let state = AppState { hub: Arc::clone(&hub), shutdown: shutdown.clone() };
+    let state = AppState {
+        hub: Arc::clone(&hub),
+        shutdown: shutdown.clone(),
+        allowed_origins: config.allowed_origins.clone().into(),
+    };
     let mut app = Router::new()
         .route("/", get(pages::watcher))
         .route("/watcher", get(pages::watcher))
@@ -183,4 +213,25 @@ async fn hsts(mut response: Response) -> Response {
         .headers_mut()
         .insert(axum::http::header::STRICT_TRANSPORT_SECURITY, axum::http::HeaderValue::from_static(tls::HSTS));
     response
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn only_the_own_origin_and_listed_ones_may_open_the_socket() {
+        let none: &[String] = &[];
+        assert!(origin_allowed(None, Some("onair.example"), none), "no Origin: not a browser");
+        assert!(origin_allowed(Some("https://onair.example"), Some("onair.example"), none));
+        assert!(origin_allowed(Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080"), none));
+        assert!(origin_allowed(Some("HTTPS://ONAIR.example"), Some("onair.example"), none));
+        assert!(!origin_allowed(Some("https://evil.example"), Some("onair.example"), none));
+        assert!(!origin_allowed(Some("https://onair.example.evil.example"), Some("onair.example"), none));
+        assert!(!origin_allowed(Some("null"), Some("onair.example"), none));
+        assert!(!origin_allowed(Some("https://onair.example"), None, none));
+        let listed = ["https://app.example".to_owned()];
+        assert!(origin_allowed(Some("https://app.example"), Some("onair.example"), &listed));
+        assert!(!origin_allowed(Some("http://app.example"), Some("onair.example"), &listed));
+    }
 }

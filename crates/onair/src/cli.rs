@@ -101,6 +101,12 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_RESUME_SECRET", hide_env_values = true)]
     pub resume_secret: Option<String>,
 
+    /// Page origins besides the gateway's own that may open /ws, comma-separated (e.g.
+    /// https://app.example.com). A page of any other origin gets 403: another site cannot drive a
+    /// visitor's browser into onair.
+    #[arg(long, env = "ONAIR_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// Frames per second one browser socket may send, sustained (gateway); more get `rate_limited`.
     #[arg(long, env = "ONAIR_WS_RATE", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub ws_rate: u32,

@@ -245,6 +245,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             recordings_dir: cli.recordings_dir(),
             resume_secret: cli.resume_secret.clone(),
             ws_rate: (cli.ws_rate, cli.ws_burst),
+            allowed_origins: cli.allowed_origins.clone(),
             end_sessions_on_shutdown: target == Target::All,
             tls,
             ice,
