@@ -92,9 +92,14 @@ async fn signaling_rules_refuse_unrelated_peers() {
     // the broadcaster may not signal a peer that does not watch it
     b.send(json!({"type": "signal", "to": stranger.peer_id, "kind": "offer", "payload": {}})).await;
     b.expect_error("forbidden").await;
-    // unknown peer, unknown stream, own stream
+    // unknown peer (answered like an unrelated one: errors do not reveal who is connected),
+    // unknown stream, own stream
     b.send(json!({"type": "signal", "to": "no-such-peer", "kind": "offer", "payload": {}})).await;
-    b.expect_error("not_found").await;
+    let unknown = b.expect_error("forbidden").await;
+    b.send(json!({"type": "signal", "to": stranger.peer_id, "kind": "offer", "payload": {}})).await;
+    let unrelated = b.expect_error("forbidden").await;
+    let shape = |v: &Value, id: &str| v["message"].as_str().unwrap().replace(id, "<peer>");
+    assert_eq!(shape(&unknown, "no-such-peer"), shape(&unrelated, &stranger.peer_id));
     stranger.send(json!({"type": "watch", "stream_id": "no-such-stream"})).await;
     stranger.expect_error("not_found").await;
     b.send(json!({"type": "watch", "stream_id": sid})).await;

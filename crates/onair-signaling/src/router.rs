@@ -167,13 +167,18 @@ impl Router {
     /// The hot path: checks the pairing and forwards one signaling message.
     async fn signal(&self, from: PeerId, to: PeerId, kind: pb::SignalKind, payload: String) -> Result<(), RouteError> {
         let (from_rec, to_rec) = tokio::try_join!(self.dir.peer(&from), self.dir.peer(&to))?;
-        let to_rec = to_rec.ok_or_else(|| not_connected(&to))?;
         let from_rec = from_rec.ok_or_else(|| not_connected(&from))?;
+        // An unknown recipient gets the same answer as an unrelated one: the error must not tell a
+        // client which peer ids are connected.
+        let unrelated = || {
+            RouteError::Forbidden(format!(
+                "peer {to} is not the broadcaster of the stream you watch, nor one of your watchers"
+            ))
+        };
+        let to_rec = to_rec.ok_or_else(unrelated)?;
         let paired = |a: &PeerRecord, b: &PeerRecord| a.watching.is_some() && a.watching == b.broadcasting;
         if !(paired(&from_rec, &to_rec) || paired(&to_rec, &from_rec)) {
-            return Err(RouteError::Forbidden(format!(
-                "peer {to} is not the broadcaster of the stream you watch, nor one of your watchers"
-            )));
+            return Err(unrelated());
         }
         let s = pb::Signal { from: from.to_string(), to: to.to_string(), kind: kind.into(), payload };
         self.deliver(&to_rec.node, &to, pb::delivery::Event::Signal(s)).await;
