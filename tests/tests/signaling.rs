@@ -193,6 +193,15 @@ async fn flooding_is_rate_limited_and_sustained_flooding_closes_the_socket() {
 }
 
 #[tokio::test]
+async fn a_frame_over_a_mebibyte_is_refused_with_close_code_1009() {
+    let gw = Onair::start("all-huge-frame", &["--store", "memory"]).await;
+    let mut ws = Ws::connect(gw.http).await;
+    // 2 MiB: not even read (64 KiB..1 MiB frames get a too_large error and the socket stays up).
+    let _ = ws.try_send_text("x".repeat(2 * 1024 * 1024)).await;
+    assert_eq!(ws.expect_close(Duration::from_secs(5)).await, Some(1009));
+}
+
+#[tokio::test]
 async fn the_per_socket_rate_limit_is_a_flag() {
     // A closed-loop tool may need more than a browser: --ws-rate/--ws-burst set the limit.
     let fast = Onair::start("all-rate-high", &["--store", "memory", "--ws-rate", "2000", "--ws-burst", "1000"]).await;

@@ -184,7 +184,12 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, resume_token: Option<Stri
                 () = too_slow.cancelled() => break Some(TOO_SLOW),
                 () = tokio::time::sleep_until(deadline) => break Some((1001, "idle timeout")),
                 msg = socket.recv() => {
-                    let Some(Ok(msg)) = msg else { break None };
+                    let msg = match msg {
+                        Some(Ok(m)) => m,
+                        // A frame over HARD_FRAME_LIMIT is refused unread: say why (1009), not 1006.
+                        Some(Err(e)) => break too_big(e).then_some((1009, "frame too large")),
+                        None => break None,
+                    };
                     deadline = Instant::now() + IDLE_TIMEOUT;
                     match msg {
                         Message::Text(text) => {
@@ -255,6 +260,12 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, resume_token: Option<Stri
         hub.disconnected(&c.peer, c.conn);
     }
     hub.metrics.sockets.dec();
+}
+
+/// Whether a read failed because the client sent a frame or message over [`HARD_FRAME_LIMIT`].
+fn too_big(e: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    matches!(e.into_inner().downcast_ref::<Error>(), Some(Error::Capacity(_)))
 }
 
 async fn handle_text(c: &Conn, text: &str) -> Vec<String> {
