@@ -449,50 +449,55 @@ pub fn unique() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Minimal HTTP/1.1 GET (no client crate needed); returns (status, body).
-pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+/// One HTTP/1.1 GET on `ip:port` (no client crate needed): the response head and the body.
+async fn raw_get(ip: IpAddr, port: u16, path: &str) -> std::io::Result<(String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect((ip, port)).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
+    Ok(match text.split_once("\r\n\r\n") {
+        Some((head, body)) => (head.to_owned(), body.to_owned()),
+        None => (text, String::new()),
+    })
+}
+
+fn status_of(head: &str) -> Option<u16> {
+    head.split_whitespace().nth(1).and_then(|c| c.parse().ok())
+}
+
+async fn local_get(port: u16, path: &str) -> (String, String) {
+    let get = raw_get(LOCALHOST, port, path);
+    tokio::time::timeout(Duration::from_secs(10), get).await.expect("GET timed out").expect("GET failed")
+}
+
+/// GET on `127.0.0.1:port`; returns (status, body).
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    let (head, body) = local_get(port, path).await;
+    (status_of(&head).unwrap_or(0), body)
 }
 
 /// GET on `127.0.0.1:port`; returns the status and the response head's headers (names lower-cased).
 pub async fn http_head_of(port: u16, path: &str) -> (u16, Vec<(String, String)>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.unwrap().unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let head = text.split_once("\r\n\r\n").map_or(text.as_str(), |(h, _)| h);
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, _) = local_get(port, path).await;
     let headers = head
         .lines()
         .skip(1)
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    (status, headers)
+    (status_of(&head).unwrap_or(0), headers)
 }
 
 /// Like [`http_get`] on `ip:port`, for probes: `None` if the connection or the request fails.
 pub async fn http_get_at(ip: IpAddr, port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect((ip, port)).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok())?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Some((status, body))
+    let (head, body) = raw_get(ip, port, path).await.ok()?;
+    Some((status_of(&head)?, body))
+}
+
+/// The value of the un-labelled metric `name` in a Prometheus text exposition, if present.
+pub fn metric(exposition: &str, name: &str) -> Option<u64> {
+    exposition.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

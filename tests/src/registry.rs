@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use onair_proto::v1 as pb;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
 use tonic::transport::Channel;
 
@@ -15,4 +16,11 @@ pub async fn client(url: &str) -> StreamRegistryClient<Channel> {
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// The recordings of `stream` in the registry at `url` (empty while the registry does not answer).
+pub async fn recordings_of(url: &str, stream: &str) -> Vec<pb::Recording> {
+    let mut c = client(url).await;
+    let req = pb::ListRecordingsRequest { stream_id: stream.into(), ..Default::default() };
+    c.list_recordings(req).await.map(|r| r.into_inner().recordings).unwrap_or_default()
 }

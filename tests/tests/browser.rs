@@ -49,11 +49,7 @@ fn p50(mut v: Vec<f64>) -> f64 {
 
 async fn gateway_sockets(g: &Onair) -> u64 {
     let (_, body) = g.admin_get("/metrics").await;
-    body.lines()
-        .find(|l| l.starts_with("onair_gateway_sockets "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    onair_tests::procs::metric(&body, "onair_gateway_sockets").unwrap_or(0)
 }
 
 #[tokio::test]

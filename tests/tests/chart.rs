@@ -13,7 +13,7 @@ use onair_tests::browser::Browser;
 use onair_tests::cluster::Nginx;
 use onair_tests::kube::{Network, Pod, Rendered, Workloads};
 use onair_tests::procs::{http_get, http_get_at};
-use onair_tests::registry::client;
+use onair_tests::registry::recordings_of;
 use onair_tests::ws::Ws;
 use onair_tests::{Mongo, Redis, container, wait_until};
 
@@ -21,17 +21,7 @@ const LONG: Duration = Duration::from_secs(30);
 
 async fn sockets(g: &Pod) -> u64 {
     let (_, body) = http_get_at(g.ip, g.port("admin"), "/metrics").await.unwrap();
-    body.lines()
-        .find(|l| l.starts_with("onair_gateway_sockets "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-async fn recordings_of(url: &str, stream: &str) -> Vec<pb::Recording> {
-    let mut c = client(url).await;
-    let req = pb::ListRecordingsRequest { stream_id: stream.into(), ..Default::default() };
-    c.list_recordings(req).await.map(|r| r.into_inner().recordings).unwrap_or_default()
+    onair_tests::procs::metric(&body, "onair_gateway_sockets").unwrap_or(0)
 }
 
 #[tokio::test]

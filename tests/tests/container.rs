@@ -8,17 +8,11 @@ use std::time::{Duration, Instant};
 use onair_proto::v1 as pb;
 use onair_tests::browser::Browser;
 use onair_tests::container::{Container, UID, Volume};
-use onair_tests::registry::client;
+use onair_tests::registry::recordings_of;
 use onair_tests::ws::Ws;
 use onair_tests::{media, procs::http_get, wait_until};
 
 const LONG: Duration = Duration::from_secs(20);
-
-async fn recordings_of(url: &str, stream: &str) -> Vec<pb::Recording> {
-    let mut c = client(url).await;
-    let req = pb::ListRecordingsRequest { stream_id: stream.into(), ..Default::default() };
-    c.list_recordings(req).await.map(|r| r.into_inner().recordings).unwrap_or_default()
-}
 
 /// Reads `/proc/PID/status` of the container's main process on the host: its real uid.
 fn host_uid_of(c: &Container) -> u32 {

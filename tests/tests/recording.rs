@@ -8,16 +8,10 @@ use std::time::{Duration, Instant};
 use onair_proto::v1 as pb;
 use onair_tests::browser::Browser;
 use onair_tests::cluster::Cluster;
-use onair_tests::registry::client;
+use onair_tests::registry::{client, recordings_of};
 use onair_tests::{Onair, media, wait_until};
 
 const LONG: Duration = Duration::from_secs(20);
-
-async fn recordings_of(url: &str, stream: &str) -> Vec<pb::Recording> {
-    let mut c = client(url).await;
-    let req = pb::ListRecordingsRequest { stream_id: stream.into(), ..Default::default() };
-    c.list_recordings(req).await.map(|r| r.into_inner().recordings).unwrap_or_default()
-}
 
 async fn wait_complete(url: &str, stream: &str, within: Duration) -> pb::Recording {
     let start = Instant::now();

@@ -22,7 +22,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 async fn open_sockets(gw: &Onair) -> u64 {
     let (_, body) = gw.admin_get("/metrics").await;
-    body.lines().find_map(|l| l.strip_prefix("onair_gateway_sockets ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    onair_tests::procs::metric(&body, "onair_gateway_sockets").unwrap_or(0)
 }
 
 #[tokio::test]
