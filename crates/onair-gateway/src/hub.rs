@@ -56,8 +56,6 @@ impl GatewayMetrics {
 
 /// Shared gateway state.
 pub struct Hub {
-    /// This gateway's node id.
-    pub node: NodeId,
     peers: Mutex<HashMap<PeerId, Slot>>,
     streams: RwLock<Vec<Stream>>,
     fanout: broadcast::Sender<Arc<str>>,
@@ -70,7 +68,7 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("node", &self.node).finish_non_exhaustive()
+        f.debug_struct("Hub").field("node", self.node()).finish_non_exhaustive()
     }
 }
 
@@ -98,7 +96,6 @@ impl Hub {
     pub fn new(parts: HubParts) -> Arc<Self> {
         let (fanout, _) = broadcast::channel(1024);
         Arc::new(Self {
-            node: parts.link.node().clone(),
             peers: Mutex::new(HashMap::new()),
             streams: RwLock::new(Vec::new()),
             fanout,
@@ -106,6 +103,11 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             metrics: GatewayMetrics::default(),
         })
+    }
+
+    /// This gateway's node id.
+    pub fn node(&self) -> &NodeId {
+        self.cfg.link.node()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<PeerId, Slot>> {

@@ -169,7 +169,7 @@ pub fn serve(
         let links = Links::spawn(&hub, outbox, hub.cfg.signaling.clone(), bus);
         let feed =
             tokio::spawn(onair_node::registry_feed(Arc::clone(&hub), hub.cfg.registry.clone(), shutdown.clone()));
-        tracing::info!(addr = ?listener.local_addr().ok(), node = %hub.node, tls = config.tls.is_some(), "gateway listening");
+        tracing::info!(addr = ?listener.local_addr().ok(), node = %hub.node(), tls = config.tls.is_some(), "gateway listening");
         let closing = (Arc::clone(&hub), shutdown.clone());
         let closing = async move {
             closing.1.cancelled().await;

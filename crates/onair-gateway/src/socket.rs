@@ -95,7 +95,7 @@ async fn resume(hub: &Hub, token: &str) -> Result<PeerId, (ErrorCode, &'static s
     let old =
         hub.cfg.tokens.peer_of(token).ok_or((ErrorCode::NotFound, "unknown resume token; continuing as a new peer"))?;
     let mut signaling = hub.cfg.signaling.clone();
-    let req = pb::ResumeRequest { peer: old.to_string(), resume_token: token.to_owned(), node: hub.node.to_string() };
+    let req = pb::ResumeRequest { peer: old.to_string(), resume_token: token.to_owned(), node: hub.node().to_string() };
     match tokio::time::timeout(RESUME_DEADLINE, signaling.resume(req)).await {
         Ok(Ok(_)) => Ok(old),
         Ok(Err(s)) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::PermissionDenied) => {
