@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use crate::procs::{Mongo, Onair, Proc, Redis, free_port, wait_port};
 
+/// The `--cluster-secret` every test cluster's services share.
+pub const CLUSTER_SECRET: &str = "cluster-test-secret-0123456789";
+
 /// nginx started unprivileged-style with a rendered config (`nginx -p DIR -c FILE`).
 pub struct Nginx {
     /// The process.
@@ -91,17 +94,51 @@ impl Cluster {
 
     /// Like [`Cluster::start`], plus a recorder (node id `rec-0`) when `with_recorder`.
     pub async fn start_with(gateways: usize, with_nginx: bool, with_recorder: bool) -> Self {
+        Self::start_secured(gateways, with_nginx, with_recorder, None).await
+    }
+
+    /// Like [`Cluster::start_with`], with auth on when `auth_secret` is given (`--auth-secret` on
+    /// every gateway, registry and recorder). Every cluster's services share [`CLUSTER_SECRET`].
+    pub async fn start_secured(
+        gateways: usize,
+        with_nginx: bool,
+        with_recorder: bool,
+        auth_secret: Option<&str>,
+    ) -> Self {
+        let secured = |args: &[&str]| -> Vec<String> {
+            let mut v: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+            v.extend(["--cluster-secret".to_owned(), CLUSTER_SECRET.to_owned()]);
+            let public = args.windows(2).any(|w| w[0] == "--target" && w[1] != "signaling");
+            if let (Some(s), true) = (auth_secret, public) {
+                v.extend(["--auth-secret".to_owned(), s.to_owned()]);
+            }
+            v
+        };
+        let start = |name: String, args: Vec<String>| async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Onair::start(&name, &args).await
+        };
         let recordings = std::env::temp_dir().join(format!("onair-recordings-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&recordings).unwrap();
         let rec_dir = recordings.display().to_string();
         let (redis, mongo) = tokio::join!(Redis::start(), Mongo::start());
         let (uri, url) = (mongo.uri(), redis.url());
         let registry =
-            Onair::start("registry", &["--target", "registry", "--mongodb-uri", &uri, "--redis-url", &url]).await;
+            start("registry".into(), secured(&["--target", "registry", "--mongodb-uri", &uri, "--redis-url", &url]))
+                .await;
         let reg_url = registry.grpc_url();
-        let signaling = Onair::start(
-            "signaling",
-            &["--target", "signaling", "--redis-url", &url, "--registry-url", &reg_url, "--presence-ttl", "4s"],
+        let signaling = start(
+            "signaling".into(),
+            secured(&[
+                "--target",
+                "signaling",
+                "--redis-url",
+                &url,
+                "--registry-url",
+                &reg_url,
+                "--presence-ttl",
+                "4s",
+            ]),
         )
         .await;
         let sig_url = signaling.grpc_url();
@@ -124,7 +161,7 @@ impl Cluster {
                 "--resume-secret",
                 "cluster-test-resume-secret",
             ];
-            gws.push(Onair::start(&node, &args).await);
+            gws.push(start(node.clone(), secured(&args)).await);
         }
         let recorder = if with_recorder {
             let args = [
@@ -143,7 +180,7 @@ impl Cluster {
                 "--rtc-ip",
                 "127.0.0.1",
             ];
-            let r = Onair::start("recorder", &args).await;
+            let r = start("recorder".into(), secured(&args)).await;
             r.wait_ready().await;
             Some(r)
         } else {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use onair_auth::Upstream;
 use onair_core::{NodeId, PeerId, Stream, StreamEvent};
 use onair_node::{NodeHandler, NodeLink};
 use onair_proto::convert::FeedEvent;
@@ -18,7 +19,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
 use tokio::sync::broadcast;
-use tonic::transport::Channel;
 
 use crate::ice::IceServers;
 use crate::protocol::{ErrorCode, ServerFrame, SignalKind};
@@ -78,9 +78,9 @@ pub struct HubParts {
     /// The node's signaling link.
     pub link: NodeLink,
     /// Registry client.
-    pub registry: StreamRegistryClient<Channel>,
+    pub registry: StreamRegistryClient<Upstream>,
     /// Signaling client.
-    pub signaling: SignalingClient<Channel>,
+    pub signaling: SignalingClient<Upstream>,
     /// Resume grace.
     pub resume_grace: Duration,
     /// ICE servers.

@@ -2,6 +2,7 @@
 //! `/ws`, and relays everything through signaling and the registry. It holds
 //! sockets and nothing that must survive it.
 
+mod access;
 mod api;
 mod download;
 mod hub;
@@ -59,6 +60,9 @@ pub struct GatewayConfig {
     pub tls: Option<TlsConfig>,
     /// ICE servers handed to browsers in `welcome`.
     pub ice: IceServers,
+    /// The cluster secret for signaling and the registry, and the verifier of browsers' access tokens
+    /// (none: auth off, every socket may publish and watch).
+    pub security: onair_auth::Security,
 }
 
 #[derive(Clone)]
@@ -66,6 +70,8 @@ struct AppState {
     hub: Arc<Hub>,
     shutdown: CancellationToken,
     allowed_origins: Arc<[String]>,
+    /// Verifies browsers' access tokens (none: auth off).
+    tokens: Option<Arc<onair_auth::Verifier>>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<Hub> {
@@ -79,6 +85,17 @@ impl axum::extract::FromRef<AppState> for Arc<Hub> {
 struct WsQuery {
     /// The `resume_token` of a previous `welcome`: reclaim that peer id and its stream.
     resume: Option<String>,
+    /// An access token (JWT) carrying the socket's grants. Browsers cannot set headers on a
+    /// WebSocket; other clients may send `Authorization: Bearer` instead.
+    access_token: Option<String>,
+}
+
+/// The access token of an upgrade: `?access_token=`, else `Authorization: Bearer`.
+fn access_token<'a>(query: Option<&'a str>, authorization: Option<&'a str>) -> Option<&'a str> {
+    query
+        .or_else(|| authorization.and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer "))))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// Whether a WebSocket upgrade from a page of `origin` may proceed: an origin on `allowed`, or the
@@ -106,6 +123,8 @@ async fn ws(
         return axum::response::IntoResponse::into_response((axum::http::StatusCode::FORBIDDEN, msg));
     }
     let resume = q.resume.filter(|t| !t.is_empty());
+    let token = access_token(q.access_token.as_deref(), header(axum::http::header::AUTHORIZATION));
+    let access = access::SocketAccess::from_token(state.tokens.as_deref(), token);
     upgrade
         .max_message_size(socket::HARD_FRAME_LIMIT)
         .max_frame_size(socket::HARD_FRAME_LIMIT)
@@ -114,7 +133,7 @@ async fn ws(
         .read_buffer_size(socket::READ_BUFFER_BYTES)
         // Every send is flushed at once anyway (signaling is latency-bound): no write buffer to keep.
         .write_buffer_size(0)
-        .on_upgrade(move |s| socket::run(state.hub, s, resume, state.shutdown))
+        .on_upgrade(move |s| socket::run(state.hub, s, resume, access, state.shutdown))
 }
 
 /// Prepares the gateway on `listener`: registers its readiness check ("upstreams") and metrics
@@ -129,10 +148,11 @@ pub fn serve(
     shutdown: CancellationToken,
 ) -> Result<impl Future<Output = Result<(), ServeError>> + Send + 'static, ServeError> {
     let (link, outbox) = NodeLink::new(config.node.clone());
+    let creds = config.security.credentials();
     let hub = Hub::new(HubParts {
         link,
-        registry: StreamRegistryClient::new(onair_node::lazy_channel(&config.registry_url)?),
-        signaling: SignalingClient::new(onair_node::lazy_channel(&config.signaling_url)?),
+        registry: StreamRegistryClient::new(onair_node::lazy_channel(&config.registry_url, &creds)?),
+        signaling: SignalingClient::new(onair_node::lazy_channel(&config.signaling_url, &creds)?),
         resume_grace: config.resume_grace,
         ice: config.ice.clone(),
         tokens: resume_token::TokenSigner::new(config.resume_secret.as_deref()),
@@ -144,6 +164,7 @@ pub fn serve(
         hub: Arc::clone(&hub),
         shutdown: shutdown.clone(),
         allowed_origins: config.allowed_origins.clone().into(),
+        tokens: config.security.tokens.clone(),
     };
     let mut app = Router::new()
         .route("/", get(pages::watcher))

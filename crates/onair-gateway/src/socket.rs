@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::SocketAccess;
 use crate::hub::{Hub, Out};
 use crate::protocol::{ClientFrame, ErrorCode, ServerFrame, SignalKind, parse};
 use crate::queue::{SEND_TIMEOUT, socket_queue};
@@ -35,6 +36,7 @@ struct Conn {
     peer: PeerId,
     token: String,
     conn: u64,
+    access: SocketAccess,
 }
 
 impl Conn {
@@ -57,6 +59,9 @@ impl Conn {
         match frame {
             ClientFrame::Ping => vec![ServerFrame::Pong.to_json()],
             ClientFrame::Publish { title } => {
+                if let Err((code, message)) = self.access.publish(&title) {
+                    return self.error(code, &message).into_iter().collect();
+                }
                 // Signaling creates the stream and answers with `published` (or an error frame).
                 self.hub.to_signaling(Msg::Publish(pb::Publish { peer, title }));
                 vec![]
@@ -66,6 +71,9 @@ impl Conn {
                 vec![]
             }
             ClientFrame::Watch { stream_id } => {
+                if let Err((code, message)) = self.access.watch(stream_id.as_str()) {
+                    return self.error(code, &message).into_iter().collect();
+                }
                 self.hub.to_signaling(Msg::Watch(pb::Watch { peer, stream_id: stream_id.to_string() }));
                 vec![]
             }
@@ -134,7 +142,15 @@ const TOO_SLOW: (u16, &str) = (4008, "too slow: the client does not read what it
 /// peer's id and stream if signaling accepts it, before anything is sent, so the client gets
 /// exactly one `welcome`. Otherwise it is a new peer, and the frame after `welcome` is the
 /// `error` saying why the token was not taken.
-pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, resume_token: Option<String>, shutdown: CancellationToken) {
+/// `access` is what the socket's access token allows (everything when auth is off); a refused
+/// token is explained in an `error` frame right after `welcome`.
+pub async fn run(
+    hub: Arc<Hub>,
+    mut socket: WebSocket,
+    resume_token: Option<String>,
+    access: SocketAccess,
+    shutdown: CancellationToken,
+) {
     hub.metrics.sockets.inc();
     let resumed = match resume_token {
         Some(token) => Some(resume(&hub, &token).await.map(|peer| (peer, token))),
@@ -151,7 +167,8 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, resume_token: Option<Stri
     let (tx, mut rx) = socket_queue();
     let too_slow = rx.too_slow.clone();
     let conn = hub.attach(&peer, &token, tx, is_resumed);
-    let c = Conn { hub: Arc::clone(&hub), peer, token, conn };
+    let refused_token = access.refusal();
+    let c = Conn { hub: Arc::clone(&hub), peer, token, conn, access };
     let mut list = hub.subscribe_list();
     let mut limiter =
         RateLimiter::new(hub.cfg.ws_rate.0, hub.cfg.ws_rate.1, MAX_STRIKES, STRIKE_WINDOW, std::time::Instant::now());
@@ -164,6 +181,7 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, resume_token: Option<Stri
 
     let mut first = vec![c.welcome()];
     first.extend(refusal.and_then(|(code, message)| c.error(code, message)));
+    first.extend(refused_token.and_then(|(code, message)| c.error(code, &message)));
     first.push(hub.streams_frame());
     let mut failed = None;
     for text in first {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use onair_auth::{Credentials, Upstream};
 use onair_core::{Bus, BusItem, NodeId};
 use onair_ops::{ReadyCheck, ServeError};
 use onair_proto::convert::FeedEvent;
@@ -19,7 +20,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 /// Heartbeat period; signaling's presence TTL is a few of these.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
@@ -118,7 +118,7 @@ impl Links {
     pub fn spawn<H: NodeHandler>(
         h: &Arc<H>,
         outbox: Outbox,
-        signaling: SignalingClient<Channel>,
+        signaling: SignalingClient<Upstream>,
         bus: Arc<dyn Bus>,
     ) -> Self {
         let cancel = CancellationToken::new();
@@ -136,13 +136,15 @@ impl Links {
     }
 }
 
-/// A lazily connecting gRPC channel with short connect timeouts and keepalives.
-pub fn lazy_channel(url: &str) -> Result<Channel, ServeError> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+/// A lazily connecting gRPC channel with short connect timeouts and keepalives, sending `credentials`
+/// (the cluster secret) on every call.
+pub fn lazy_channel(url: &str, credentials: &Credentials) -> Result<Upstream, ServeError> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .connect_lazy())
+        .connect_lazy();
+    Ok(credentials.on(channel))
 }
 
 struct Backoff(Duration);
@@ -168,7 +170,7 @@ impl Backoff {
 /// what is already queued (final detaches) still goes out before the stream closes.
 async fn signaling_link<H: NodeHandler>(
     h: Arc<H>,
-    signaling: SignalingClient<Channel>,
+    signaling: SignalingClient<Upstream>,
     mut rx: mpsc::Receiver<pb::NodeMessage>,
     shutdown: CancellationToken,
 ) {
@@ -223,7 +225,7 @@ async fn signaling_link<H: NodeHandler>(
 }
 
 /// Tells signaling this node is alive, every [`HEARTBEAT_EVERY`].
-async fn heartbeat<H: NodeHandler>(h: Arc<H>, signaling: SignalingClient<Channel>, shutdown: CancellationToken) {
+async fn heartbeat<H: NodeHandler>(h: Arc<H>, signaling: SignalingClient<Upstream>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     loop {
         tokio::select! {
@@ -271,7 +273,7 @@ async fn deliveries<H: NodeHandler>(h: Arc<H>, bus: Arc<dyn Bus>, shutdown: Canc
 /// Follows the registry's WatchStreams and hands every event to the node.
 pub async fn registry_feed<H: NodeHandler>(
     h: Arc<H>,
-    registry: StreamRegistryClient<Channel>,
+    registry: StreamRegistryClient<Upstream>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new();

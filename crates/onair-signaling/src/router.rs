@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use onair_auth::Upstream;
 use onair_core::{Bus, Directory, NodeId, PeerId, PeerRecord, StreamId};
 use onair_proto::v1 as pb;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
 use prost::Message;
-use tonic::transport::Channel;
 
 use crate::error::RouteError;
 
@@ -99,7 +99,7 @@ impl TryFrom<pb::node_message::Msg> for Action {
 pub struct Router {
     dir: Arc<dyn Directory>,
     bus: Arc<dyn Bus>,
-    registry: StreamRegistryClient<Channel>,
+    registry: StreamRegistryClient<Upstream>,
 }
 
 impl std::fmt::Debug for Router {
@@ -110,7 +110,7 @@ impl std::fmt::Debug for Router {
 
 impl Router {
     /// A router over the given state, bus and registry.
-    pub fn new(dir: Arc<dyn Directory>, bus: Arc<dyn Bus>, registry: StreamRegistryClient<Channel>) -> Self {
+    pub fn new(dir: Arc<dyn Directory>, bus: Arc<dyn Bus>, registry: StreamRegistryClient<Upstream>) -> Self {
         Self { dir, bus, registry }
     }
 
