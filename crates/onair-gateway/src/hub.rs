@@ -42,6 +42,8 @@ pub struct GatewayMetrics {
     pub frames_out: Counter,
     /// Frames rejected (bad input, rate limit).
     pub frames_rejected: Counter,
+    /// WebSocket upgrades refused because the client address had too many open.
+    pub sockets_refused_per_ip: Counter,
 }
 
 impl GatewayMetrics {
@@ -51,6 +53,11 @@ impl GatewayMetrics {
         m.register("gateway_frames_in", "Frames received from browsers", self.frames_in.clone());
         m.register("gateway_frames_out", "Frames sent to browsers", self.frames_out.clone());
         m.register("gateway_frames_rejected", "Frames rejected with an error frame", self.frames_rejected.clone());
+        m.register(
+            "gateway_sockets_refused_per_ip",
+            "WebSocket upgrades refused with 429: too many open from one client address (--max-sockets-per-ip)",
+            self.sockets_refused_per_ip.clone(),
+        );
     }
 }
 

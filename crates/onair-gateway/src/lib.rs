@@ -5,9 +5,11 @@
 mod access;
 mod api;
 mod download;
+mod http;
 mod hub;
 pub mod ice;
 mod pages;
+pub mod per_ip;
 mod protocol;
 mod queue;
 mod ratelimit;
@@ -63,6 +65,12 @@ pub struct GatewayConfig {
     /// The cluster secret for signaling and the registry, and the verifier of browsers' access tokens
     /// (none: auth off, every socket may publish and watch).
     pub security: onair_auth::Security,
+    /// WebSockets one client address may hold open (0: no limit); more get 429.
+    pub max_sockets_per_ip: usize,
+    /// Proxies (nginx, a load balancer) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<per_ip::Cidr>,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -72,6 +80,8 @@ struct AppState {
     allowed_origins: Arc<[String]>,
     /// Verifies browsers' access tokens (none: auth off).
     tokens: Option<Arc<onair_auth::Verifier>>,
+    per_ip: Arc<per_ip::PerIp>,
+    trusted_proxies: Arc<[per_ip::Cidr]>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<Hub> {
@@ -112,6 +122,7 @@ fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) 
 
 async fn ws(
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     Query(q): Query<WsQuery>,
     headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -122,6 +133,22 @@ async fn ws(
         let msg = "this page's origin may not open onair's WebSocket (the server's --allowed-origins)\n";
         return axum::response::IntoResponse::into_response((axum::http::StatusCode::FORBIDDEN, msg));
     }
+    let client = per_ip::client_ip(
+        peer.ip(),
+        header(axum::http::HeaderName::from_static("x-forwarded-for")),
+        &state.trusted_proxies,
+    );
+    let Some(slot) = state.per_ip.acquire(client) else {
+        state.hub.metrics.sockets_refused_per_ip.inc();
+        tracing::debug!(%client, "WebSocket refused: too many from this address");
+        let msg = format!(
+            "too many connections from your address (at most {}); close some tabs and retry\n",
+            state.per_ip.limit()
+        );
+        let mut r = axum::response::IntoResponse::into_response((axum::http::StatusCode::TOO_MANY_REQUESTS, msg));
+        r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("10"));
+        return r;
+    };
     let resume = q.resume.filter(|t| !t.is_empty());
     let token = access_token(q.access_token.as_deref(), header(axum::http::header::AUTHORIZATION));
     let access = access::SocketAccess::from_token(state.tokens.as_deref(), token);
@@ -133,7 +160,10 @@ async fn ws(
         .read_buffer_size(socket::READ_BUFFER_BYTES)
         // Every send is flushed at once anyway (signaling is latency-bound): no write buffer to keep.
         .write_buffer_size(0)
-        .on_upgrade(move |s| socket::run(state.hub, s, resume, access, state.shutdown))
+        .on_upgrade(move |s| async move {
+            socket::run(state.hub, s, resume, access, state.shutdown).await;
+            drop(slot);
+        })
 }
 
 /// Prepares the gateway on `listener`: registers its readiness check ("upstreams") and metrics
@@ -165,6 +195,8 @@ pub fn serve(
         shutdown: shutdown.clone(),
         allowed_origins: config.allowed_origins.clone().into(),
         tokens: config.security.tokens.clone(),
+        per_ip: per_ip::PerIp::new(config.max_sockets_per_ip),
+        trusted_proxies: config.trusted_proxies.clone().into(),
     };
     let mut app = Router::new()
         .route("/", get(pages::watcher))
@@ -198,7 +230,10 @@ pub fn serve(
         };
         let served = match &config.tls {
             Some(tls) => match tls::TlsListener::new(listener, tls) {
-                Ok(listener) => axum::serve(listener, app).with_graceful_shutdown(closing).await,
+                Ok(listener) => {
+                    http::serve(listener, app, config.header_timeout, closing).await;
+                    Ok(())
+                }
                 Err(e) => Err(e),
             },
             // Signaling frames are small and latency-bound: no Nagle delay (the TLS listener does the same).
@@ -206,7 +241,8 @@ pub fn serve(
                 let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
                     let _ = tcp.set_nodelay(true);
                 });
-                axum::serve(listener, app).with_graceful_shutdown(closing).await
+                http::serve(listener, app, config.header_timeout, closing).await;
+                Ok(())
             }
         };
         if config.end_sessions_on_shutdown {

@@ -131,6 +131,20 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// WebSockets one client address may hold open on a gateway; more get 429 (0: no limit). Raise it
+    /// for audiences behind one big NAT (offices, campuses).
+    #[arg(long, env = "ONAIR_MAX_SOCKETS_PER_IP", default_value_t = 256)]
+    pub max_sockets_per_ip: usize,
+
+    /// Proxies in front of the gateways whose X-Forwarded-For names the client (comma-separated
+    /// addresses or CIDR blocks); the per-address limit counts that client instead of the proxy.
+    #[arg(long, env = "ONAIR_TRUSTED_PROXIES", value_delimiter = ',', default_value = "127.0.0.0/8,::1")]
+    pub trusted_proxies: Vec<onair_gateway::per_ip::Cidr>,
+
+    /// How long a client may take to send the headers of a request before the gateway hangs up.
+    #[arg(long, env = "ONAIR_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
     /// Frames per second one browser socket may send, sustained (gateway); more get `rate_limited`.
     #[arg(long, env = "ONAIR_WS_RATE", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub ws_rate: u32,

@@ -294,6 +294,9 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             tls,
             ice,
             security: security.clone(),
+            max_sockets_per_ip: cli.max_sockets_per_ip,
+            trusted_proxies: cli.trusted_proxies.clone(),
+            header_timeout: cli.header_timeout,
         };
         let (http, addr) = bind(cli.http_addr).await?;
         println!("onair: gateway listening on {scheme}://{addr} (node {})", config.node);
