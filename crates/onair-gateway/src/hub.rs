@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use onair_auth::Upstream;
-use onair_core::{NodeId, PeerId, Stream, StreamEvent};
+use onair_core::{NodeId, PeerId, Stream, StreamEvent, StreamId};
 use onair_node::{NodeHandler, NodeLink};
 use onair_proto::convert::FeedEvent;
 use onair_proto::v1 as pb;
@@ -29,6 +29,10 @@ pub use crate::queue::{Out, SocketTx};
 struct Slot {
     tx: Option<SocketTx>,
     conn: u64,
+    /// What signaling knows about the peer, kept to re-assert it if the directory is lost.
+    token: String,
+    broadcasting: Option<StreamId>,
+    watching: Option<StreamId>,
 }
 
 /// Gateway metrics.
@@ -144,9 +148,17 @@ impl Hub {
     /// Binds `peer` to a new socket; returns its connection number. A new peer is announced to
     /// signaling with its resume `token`; a `resumed` one was moved here by the `Resume` call
     /// already. An older socket of the same peer on this gateway is closed (4009).
-    pub fn attach(&self, peer: &PeerId, token: &str, tx: SocketTx, resumed: bool) -> u64 {
+    /// `doing` is what a resumed peer broadcasts and watches (from signaling's `Resume`).
+    pub fn attach(&self, peer: &PeerId, token: &str, tx: SocketTx, resumed: bool, doing: Doing) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let old = self.lock().insert(peer.clone(), Slot { tx: Some(tx), conn });
+        let slot = Slot {
+            tx: Some(tx),
+            conn,
+            token: token.to_owned(),
+            broadcasting: doing.broadcasting,
+            watching: doing.watching,
+        };
+        let old = self.lock().insert(peer.clone(), slot);
         if let Some(Slot { tx: Some(old_tx), .. }) = old {
             old_tx.send(Out::Close(4009, "session resumed on another connection"));
         }
@@ -200,6 +212,16 @@ impl Hub {
                 hub.to_signaling(pb::node_message::Msg::Detach(pb::Detach { peer: peer.to_string() }));
             }
         });
+    }
+
+    /// Records what a local peer asked signaling for (`watch`/`unwatch`/`unpublish`), so a re-assert
+    /// after a directory loss carries it.
+    pub fn note(&self, peer: &PeerId, change: impl FnOnce(&mut Doing)) {
+        if let Some(slot) = self.lock().get_mut(peer) {
+            let mut doing = Doing { broadcasting: slot.broadcasting.take(), watching: slot.watching.take() };
+            change(&mut doing);
+            (slot.broadcasting, slot.watching) = (doing.broadcasting, doing.watching);
+        }
     }
 
     /// Sends to a local peer; a client whose queue passes its bound (it does not read) is closed (4008).
@@ -258,6 +280,7 @@ impl Hub {
             Event::Published(stream) => match Stream::try_from(&stream) {
                 Ok(stream) => {
                     tracing::info!(peer = %to, stream_id = %stream.id, "published");
+                    self.note(&to, |d| d.broadcasting = Some(stream.id.clone()));
                     ServerFrame::Published { stream: &stream }.to_json()
                 }
                 Err(e) => {
@@ -306,6 +329,14 @@ impl Hub {
             }
             FeedEvent::Change(StreamEvent::Ended(s)) => {
                 self.with_streams(|list| list.retain(|x| x.id != s.id));
+                for slot in self.lock().values_mut() {
+                    if slot.broadcasting.as_ref() == Some(&s.id) {
+                        slot.broadcasting = None;
+                    }
+                    if slot.watching.as_ref() == Some(&s.id) {
+                        slot.watching = None;
+                    }
+                }
                 self.broadcast(ServerFrame::StreamOff { stream_id: &s.id }.to_json());
             }
         }
@@ -327,4 +358,25 @@ impl NodeHandler for Hub {
     fn stream_event(self: &Arc<Self>, event: FeedEvent) {
         self.apply(event);
     }
+    fn peer_states(&self) -> Vec<pb::PeerState> {
+        let s = |o: &Option<StreamId>| o.as_ref().map(ToString::to_string).unwrap_or_default();
+        self.lock()
+            .iter()
+            .map(|(peer, slot)| pb::PeerState {
+                peer: peer.to_string(),
+                resume_token: slot.token.clone(),
+                broadcasting: s(&slot.broadcasting),
+                watching: s(&slot.watching),
+            })
+            .collect()
+    }
+}
+
+/// What a peer broadcasts and watches, as far as its gateway knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Doing {
+    /// The stream it broadcasts.
+    pub broadcasting: Option<StreamId>,
+    /// The stream it watches.
+    pub watching: Option<StreamId>,
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::SocketAccess;
-use crate::hub::{Hub, Out};
+use crate::hub::{Doing, Hub, Out};
 use crate::protocol::{ClientFrame, ErrorCode, ServerFrame, SignalKind, parse};
 use crate::queue::{SEND_TIMEOUT, socket_queue};
 use crate::ratelimit::{RateLimiter, Verdict};
@@ -67,6 +67,7 @@ impl Conn {
                 vec![]
             }
             ClientFrame::Unpublish => {
+                self.hub.note(&self.peer, |d| d.broadcasting = None);
                 self.hub.to_signaling(Msg::Unpublished(pb::Unpublished { peer }));
                 vec![]
             }
@@ -74,10 +75,12 @@ impl Conn {
                 if let Err((code, message)) = self.access.watch(stream_id.as_str()) {
                     return self.error(code, &message).into_iter().collect();
                 }
+                self.hub.note(&self.peer, |d| d.watching = Some(stream_id.clone()));
                 self.hub.to_signaling(Msg::Watch(pb::Watch { peer, stream_id: stream_id.to_string() }));
                 vec![]
             }
             ClientFrame::Unwatch => {
+                self.hub.note(&self.peer, |d| d.watching = None);
                 self.hub.to_signaling(Msg::Unwatch(pb::Unwatch { peer }));
                 vec![]
             }
@@ -98,14 +101,19 @@ impl Conn {
 }
 
 /// Moves the peer named in resume `token` to this gateway (signaling checks the token, and tells
-/// the peer's old gateway to close its socket); on failure, the `error` frame for the client.
-async fn resume(hub: &Hub, token: &str) -> Result<PeerId, (ErrorCode, &'static str)> {
+/// the peer's old gateway to close its socket), with what it broadcasts and watches; on failure,
+/// the `error` frame for the client.
+async fn resume(hub: &Hub, token: &str) -> Result<(PeerId, Doing), (ErrorCode, &'static str)> {
     let old =
         hub.cfg.tokens.peer_of(token).ok_or((ErrorCode::NotFound, "unknown resume token; continuing as a new peer"))?;
     let mut signaling = hub.cfg.signaling.clone();
     let req = pb::ResumeRequest { peer: old.to_string(), resume_token: token.to_owned(), node: hub.node().to_string() };
     match tokio::time::timeout(RESUME_DEADLINE, signaling.resume(req)).await {
-        Ok(Ok(_)) => Ok(old),
+        Ok(Ok(r)) => {
+            let r = r.into_inner();
+            let stream = |s: &str| s.parse().ok();
+            Ok((old, Doing { broadcasting: stream(&r.broadcasting), watching: stream(&r.watching) }))
+        }
         Ok(Err(s)) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::PermissionDenied) => {
             Err((ErrorCode::NotFound, "that session has expired; continuing as a new peer"))
         }
@@ -153,20 +161,20 @@ pub async fn run(
 ) {
     hub.metrics.sockets.inc();
     let resumed = match resume_token {
-        Some(token) => Some(resume(&hub, &token).await.map(|peer| (peer, token))),
+        Some(token) => Some(resume(&hub, &token).await.map(|(peer, doing)| (peer, token, doing))),
         None => None,
     };
-    let (peer, token, refusal, is_resumed) = match resumed {
-        Some(Ok((peer, token))) => (peer, token, None, true),
+    let (peer, token, refusal, is_resumed, doing) = match resumed {
+        Some(Ok((peer, token, doing))) => (peer, token, None, true, doing),
         other => {
             let peer = PeerId::generate();
             let token = hub.cfg.tokens.mint(&peer);
-            (peer, token, other.and_then(Result::err), false)
+            (peer, token, other.and_then(Result::err), false, Doing::default())
         }
     };
     let (tx, mut rx) = socket_queue();
     let too_slow = rx.too_slow.clone();
-    let conn = hub.attach(&peer, &token, tx, is_resumed);
+    let conn = hub.attach(&peer, &token, tx, is_resumed, doing);
     let refused_token = access.refusal();
     let c = Conn { hub: Arc::clone(&hub), peer, token, conn, access };
     let mut list = hub.subscribe_list();

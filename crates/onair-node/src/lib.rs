@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 /// Heartbeat period; signaling's presence TTL is a few of these.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// What a node does with what its links receive.
 pub trait NodeHandler: Send + Sync + 'static {
@@ -34,6 +34,9 @@ pub trait NodeHandler: Send + Sync + 'static {
     fn deliver(&self, d: pb::Delivery);
     /// A registry change (the first one after each (re)connect is a snapshot).
     fn stream_event(self: &Arc<Self>, event: FeedEvent);
+    /// Every peer this node holds and what it does, for signaling to rebuild the directory from
+    /// when it lost it (a heartbeat answered `reassert`).
+    fn peer_states(&self) -> Vec<pb::PeerState>;
 }
 
 /// Health of a node's two upstream links, for readiness.
@@ -224,7 +227,9 @@ async fn signaling_link<H: NodeHandler>(
     }
 }
 
-/// Tells signaling this node is alive, every [`HEARTBEAT_EVERY`].
+/// Tells signaling this node is alive, every [`HEARTBEAT_EVERY`]; when signaling answers that the
+/// directory did not know the node (Redis came back empty), re-asserts every peer through the
+/// NodeStream, behind whatever is already queued.
 async fn heartbeat<H: NodeHandler>(h: Arc<H>, signaling: SignalingClient<Upstream>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     loop {
@@ -233,8 +238,14 @@ async fn heartbeat<H: NodeHandler>(h: Arc<H>, signaling: SignalingClient<Upstrea
             _ = tick.tick() => {}
         }
         let req = pb::HeartbeatRequest { node: h.link().node().to_string() };
-        if let Err(e) = signaling.clone().heartbeat(req).await {
-            tracing::debug!(error = %e, "heartbeat failed");
+        match signaling.clone().heartbeat(req).await {
+            Ok(r) if r.get_ref().reassert => {
+                let peers = h.peer_states();
+                tracing::info!(peers = peers.len(), "signaling lost this node's peers; re-asserting them");
+                h.link().send(pb::node_message::Msg::Reassert(pb::Reassert { peers }));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
         }
     }
 }

@@ -59,6 +59,7 @@ pub fn serve(
     let admin = admin.clone();
     Ok(async move {
         let reaper = tokio::spawn(service::reap_dead_nodes(router.clone(), config.presence_ttl, shutdown.clone()));
+        let sweeper = tokio::spawn(service::sweep_orphans(router.clone(), config.presence_ttl * 2, shutdown.clone()));
         let service = SignalingService::new(router, config.presence_ttl, shutdown.clone());
         let served = onair_ops::grpc::serve(
             &admin,
@@ -68,7 +69,7 @@ pub fn serve(
             shutdown,
         )
         .await;
-        let _ = reaper.await;
+        let _ = tokio::join!(reaper, sweeper);
         served
     })
 }
