@@ -18,7 +18,8 @@ pub struct Nginx {
     pub dir: PathBuf,
 }
 
-fn repo_root() -> PathBuf {
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
@@ -105,6 +106,18 @@ impl Cluster {
         with_recorder: bool,
         auth_secret: Option<&str>,
     ) -> Self {
+        Self::start_tuned(gateways, with_nginx, with_recorder, auth_secret, &[]).await
+    }
+
+    /// Like [`Cluster::start_secured`], with `gateway_args` added to every gateway's command line
+    /// (e.g. limits a benchmark must lift).
+    pub async fn start_tuned(
+        gateways: usize,
+        with_nginx: bool,
+        with_recorder: bool,
+        auth_secret: Option<&str>,
+        gateway_args: &[&str],
+    ) -> Self {
         let secured = |args: &[&str]| -> Vec<String> {
             let mut v: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
             v.extend(["--cluster-secret".to_owned(), CLUSTER_SECRET.to_owned()]);
@@ -161,7 +174,9 @@ impl Cluster {
                 "--resume-secret",
                 "cluster-test-resume-secret",
             ];
-            gws.push(start(node.clone(), secured(&args)).await);
+            let mut args = secured(&args);
+            args.extend(gateway_args.iter().map(|a| (*a).to_owned()));
+            gws.push(start(node.clone(), args).await);
         }
         let recorder = if with_recorder {
             let args = [
