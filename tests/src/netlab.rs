@@ -5,6 +5,7 @@
 //!            public host  (namespace `<lab>-pub`, bridge br0)
 //!            198.51.100.1  servers: onair (HTTPS), TURN
 //!            203.0.113.1   gateway of the routers' WAN side
+//!            default route: a veth that drops everything (the rest of the internet)
 //!                 |
 //!   +-------------+-------------+----------------+
 //!   | 203.0.113.11              | 203.0.113.12   | ...      one WAN address per router
@@ -292,6 +293,39 @@ impl Lab {
         public.exec(&["ip", "link", "set", "br0", "up"]);
         public.exec(&["ip", "addr", "add", &format!("{PUBLIC_IP}/24"), "dev", "br0"]);
         public.exec(&["ip", "addr", "add", &format!("{WAN_GATEWAY}/24"), "dev", "br0"]);
+        // The rest of the internet: a default route to a veth pair that ends in this namespace,
+        // via a gateway (192.0.2.1, TEST-NET-1) with a made-up MAC that nothing owns, so the
+        // frames are dropped on arrival. Packets to addresses outside the lab (a peer's private
+        // candidate, say) vanish as they would out there, instead of failing with ENETUNREACH,
+        // which makes coturn drop a TCP client's whole session; and nothing leaves the namespace.
+        public.exec(&["ip", "link", "add", "inet0", "type", "veth", "peer", "name", "inet1"]);
+        public.exec(&["ip", "link", "set", "inet0", "up"]);
+        public.exec(&["ip", "link", "set", "inet1", "up"]);
+        public.exec(&["ip", "addr", "add", "192.0.2.2/24", "dev", "inet0"]);
+        public.exec(&[
+            "ip",
+            "neigh",
+            "add",
+            "192.0.2.1",
+            "lladdr",
+            "02:00:00:00:00:01",
+            "dev",
+            "inet0",
+            "nud",
+            "permanent",
+        ]);
+        public.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.0.2.1",
+            "dev",
+            "inet0",
+            "src",
+            &PUBLIC_IP.to_string(),
+        ]);
         // Replies to the routers leave from the server address, not from 203.0.113.1: a server
         // bound to 0.0.0.0 would otherwise answer from an address the NATs never talked to.
         public.exec(&[
