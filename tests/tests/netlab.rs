@@ -140,6 +140,7 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
     let work = dir.clone();
     lab.public().block_on(|| async move {
         let dir = work;
+        let started = Instant::now();
         let mut turn = start_turn().await;
         let data = dir.join("data");
         let mut args: Vec<String> = [
@@ -207,7 +208,8 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
         println!("case 3 (UDP blocked): first frame p50 {p50:.0} ms {all:.0?}; pair {pair}");
         assert_eq!((pair["local"].as_str(), pair["relayProtocol"].as_str()), (Some("relay"), Some("tcp")), "{pair}");
         leave(&w).await;
-        drop(w);
+        let no_udp = w;
+        println!("cases 1-3 done at {:.0} s", started.elapsed().as_secs_f64());
 
         // 4. A watcher whose network changes mid-stream keeps playing after an ICE restart.
         let w = Browser::start_in("lab-roamer", &roam, &ca_pem).await;
@@ -249,9 +251,9 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
 
         // 5. With the relay down, a watcher in the UDP-blocked home has no path at all: the page
         //    says so plainly, and plays by itself once the relay is back.
+        println!("case 4 done at {:.0} s", started.elapsed().as_secs_f64());
         turn.proc.kill();
-        let w = Browser::start_in("lab-no-relay", &noudp, &ca_pem).await;
-        w.goto(&format!("{base}/watcher")).await;
+        let w = no_udp;
         let find = format!(
             "[...document.querySelectorAll('#streams [data-stream-id]')].find(li => li.textContent.includes({}))",
             Value::String(TITLE.into())
@@ -290,6 +292,7 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
         println!("case 5: playing {:.1} s after the relay came back", back.elapsed().as_secs_f64());
         w.screenshot("relay-back").await;
         drop(w);
+        println!("case 5 done at {:.0} s", started.elapsed().as_secs_f64());
 
         // The broadcast ends; its recording is complete and decodes.
         b.stop_broadcast().await;
@@ -315,6 +318,7 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
         drop(b);
         drop(onair);
         drop(turn);
+        println!("all done at {:.0} s", started.elapsed().as_secs_f64());
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
