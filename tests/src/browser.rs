@@ -141,8 +141,8 @@ impl Browser {
         let id = format!("{name}-{}-{}", std::process::id(), crate::unique());
         let home = std::env::temp_dir().join(format!("onair-chrome-home-{id}"));
         trust_ca(&home, ca_pem);
-        // Nothing else listens inside the home: any port will do.
-        let port = 9515;
+        // Only this process's browsers listen inside the home: one port each.
+        let port = 9515 + u16::try_from(crate::unique() % 1000).unwrap();
         let driver = Proc::spawn(
             &format!("chromedriver-{name}"),
             "ip",
