@@ -464,7 +464,15 @@ sock.on('signal', async (msg) => {
     if (msg.kind === 'answer') await peer.accept(msg.payload);
     else if (msg.kind === 'candidate') await peer.addCandidate(msg.payload);
   } catch (err) {
-    if (!peer.closed) console.warn('[onair] bad signal from', msg.from, err);
+    if (peer.closed) return;
+    if (msg.kind === 'answer' && peer.restarts > 0 && media && peers.get(msg.from) === peer) {
+      // Our ICE restart was answered from a new connection (the recorder replaces its connection
+      // on every offer), which ours cannot take: start over with a new one.
+      console.info('[onair] restart answer not applicable; reconnecting', msg.from, err?.message || err);
+      createPeer(msg.from);
+      return;
+    }
+    console.warn('[onair] bad signal from', msg.from, err);
   }
 });
 
@@ -548,7 +556,12 @@ exposeDebug(() => ({
   viewers: viewerCount(),
   peers: [...peers.values()].map((p) => ({ id: p.remoteId, state: p.pc.connectionState, iceRestarts: p.restarts })),
   stoppedOnce,
-}), { socket: sock, pcs: () => [...peers.values()].map((p) => p.pc) });
+}), {
+  socket: sock,
+  pcs: () => [...peers.values()].map((p) => p.pc),
+  // Tests: restart ICE on every connection now, as a network change would.
+  restartIce: () => { for (const p of peers.values()) p.restart().catch(() => {}); },
+});
 
 renderTitleCount();
 renderControls();
