@@ -25,15 +25,13 @@ const LONG: Duration = Duration::from_secs(30);
 const SECRET: &str = "lab-turn-secret";
 const TITLE: &str = "Across the NATs";
 
-/// The lab's TURN server: coturn, with TURN REST credentials from the gateway (`--turn-secret`).
-/// The embedded TURN replaces this (and [`turn_args`]) with `--public-addr`.
-async fn start_turn() -> Coturn {
-    Coturn::start_at(SECRET, IpAddr::V4(PUBLIC_IP), 3478).await
-}
-
-/// onair's flags for [`start_turn`]'s server.
-fn turn_args(turn: &Coturn) -> Vec<String> {
-    vec!["--ice-servers".into(), turn.ice_servers(), "--turn-secret".into(), SECRET.into()]
+/// The lab's TURN server on the public host, and the onair flags that hand it out in `welcome`:
+/// coturn with TURN REST credentials (`--turn-secret`). The one place to swap in the embedded TURN
+/// (`onair --target turn` started here, so case 5 can still stop it, and its flags).
+async fn start_turn() -> (Coturn, Vec<String>) {
+    let turn = Coturn::start_at(SECRET, IpAddr::V4(PUBLIC_IP), 3478).await;
+    let args = vec!["--ice-servers".into(), turn.ice_servers(), "--turn-secret".into(), SECRET.into()];
+    (turn, args)
 }
 
 /// The selected ICE candidate pair of `pc` (a JS expression), per `getStats()`.
@@ -141,7 +139,7 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
     lab.public().block_on(|| async move {
         let dir = work;
         let started = Instant::now();
-        let mut turn = start_turn().await;
+        let (mut turn, turn_args) = start_turn().await;
         let data = dir.join("data");
         let mut args: Vec<String> = [
             "--store",
@@ -157,7 +155,7 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
         ]
         .map(String::from)
         .to_vec();
-        args.extend(turn_args(&turn));
+        args.extend(turn_args);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let onair = Onair::start_on("netlab", SocketAddr::new(IpAddr::V4(PUBLIC_IP), 443), &args).await;
         onair.wait_ready().await;
@@ -196,7 +194,7 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
              remoteAddress: s.get(p.remoteCandidateId).address}); } }); } return out;",
         )
         .await;
-        println!("case 2: the broadcaster's selected pairs (watcher, recorder): {recorder_pair}");
+        println!("case 2: the broadcaster's selected pairs (recorder: remote host {PUBLIC_IP}; watcher): {recorder_pair}");
         leave(&w).await;
         drop(w);
 
