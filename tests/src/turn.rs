@@ -4,21 +4,36 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::procs::{Proc, free_port, wait_port};
+use std::net::IpAddr;
+
+use crate::procs::{LOCALHOST, Proc, free_port, port_open_at, wait_until};
 
 /// `turnserver` with `use-auth-secret`: checks TURN REST API credentials made with `secret`.
 pub struct Coturn {
     /// The process.
     pub proc: Proc,
-    /// Its UDP and TCP port (127.0.0.1).
+    /// Its UDP and TCP port.
     pub port: u16,
+    /// The address it listens and relays on.
+    pub ip: IpAddr,
     dir: std::path::PathBuf,
 }
 
 impl Coturn {
+    /// `turn:` URLs for `--ice-servers`: UDP and TCP (plus `stun:` on the same port).
+    pub fn ice_servers(&self) -> String {
+        let (ip, port) = (self.ip, self.port);
+        format!("stun:{ip}:{port},turn:{ip}:{port},turn:{ip}:{port}?transport=tcp")
+    }
+
     /// Starts coturn (no config file, no daemon, no CLI, no TLS) and waits for its TCP port.
     pub async fn start(secret: &str) -> Self {
-        let port = free_port();
+        Self::start_at(secret, LOCALHOST, free_port()).await
+    }
+
+    /// Like [`Coturn::start`], listening and relaying on `ip:port` (e.g. a NAT lab's public
+    /// address and the standard port 3478).
+    pub async fn start_at(secret: &str, ip: IpAddr, port: u16) -> Self {
         let dir = std::env::temp_dir().join(format!("onair-coturn-{}-{}", std::process::id(), crate::unique()));
         std::fs::create_dir_all(&dir).unwrap();
         // Relay ports: a window of the ephemeral range derived from our port, so parallel tests
@@ -26,8 +41,8 @@ impl Coturn {
         let min = 49152 + (port % 150) * 100;
         let args = vec![
             "-n".to_owned(),
-            "--listening-ip=127.0.0.1".to_owned(),
-            "--relay-ip=127.0.0.1".to_owned(),
+            format!("--listening-ip={ip}"),
+            format!("--relay-ip={ip}"),
             format!("--listening-port={port}"),
             format!("--min-port={min}"),
             format!("--max-port={}", min + 99),
@@ -45,8 +60,11 @@ impl Coturn {
             format!("--userdb={}", dir.join("turndb").display()),
         ];
         let proc = Proc::spawn("coturn", "turnserver", args, vec![]);
-        wait_port(port, "turnserver").await;
-        Self { proc, port, dir }
+        wait_until(Duration::from_secs(20), &format!("turnserver to listen on {ip}:{port}"), || async move {
+            port_open_at(ip, port)
+        })
+        .await;
+        Self { proc, port, ip, dir }
     }
 
     /// TURN allocations with `username`/`password` (long-term credentials), over UDP or TCP,
@@ -59,7 +77,19 @@ impl Coturn {
             cmd.arg("-t");
         }
         // -y: two clients relay to each other; -c: no RTCP pair (half the allocations); -n 1: one message.
-        cmd.args(["-y", "-c", "-n", "1", "-p", &self.port.to_string(), "-u", username, "-w", password, "127.0.0.1"]);
+        cmd.args([
+            "-y",
+            "-c",
+            "-n",
+            "1",
+            "-p",
+            &self.port.to_string(),
+            "-u",
+            username,
+            "-w",
+            password,
+            &self.ip.to_string(),
+        ]);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
             .await
