@@ -23,6 +23,8 @@ pub struct Ws {
     pub initial_streams: Vec<Value>,
     /// The last `welcome` frame as received (with its `ice_servers`).
     pub welcome: Value,
+    /// The `streams` frame received right after `welcome` (with its `total`).
+    pub streams_frame: Value,
 }
 
 impl Ws {
@@ -91,6 +93,7 @@ impl Ws {
             token: String::new(),
             initial_streams: vec![],
             welcome: Value::Null,
+            streams_frame: Value::Null,
         };
         let welcome = ws.next(WAIT).await.expect("no frame after the upgrade");
         assert_eq!(welcome["type"], "welcome", "the first frame must be welcome: {welcome}");
@@ -104,6 +107,7 @@ impl Ws {
         }
         assert_eq!(next["type"], "streams", "welcome must be followed by streams: {next}");
         ws.initial_streams = next["streams"].as_array().cloned().unwrap_or_default();
+        ws.streams_frame = next;
         (ws, refusal)
     }
 

@@ -46,6 +46,11 @@ const REWATCH_AFTER_MS = 20_000;
 /** id -> Stream */
 const streams = new Map();
 let listLoaded = false;
+// The server sends the newest streams only (and how many are live): the rest come a page at a
+// time from /api/streams, after `moreCursor` (the last stream loaded, in the server's order).
+let liveTotal = 0;
+let moreCursor = null;
+const cursorOf = (s) => `${s.started_at}:${s.id}`;
 /**
  * What we are watching:
  * {id, title, peer: Peer|null, early: [{from, payload}], remoteStream, watchSent, offerTimer, playing}
@@ -116,9 +121,38 @@ function renderList() {
     if (ul.children[i] !== li) ul.insertBefore(li, ul.children[i] || null);
   });
   for (const li of existing.values()) li.remove();
-  els.count.textContent = String(sorted.length);
+  els.count.textContent = String(Math.max(liveTotal, sorted.length));
+  renderMore();
   renderEmpty();
 }
+
+function renderMore() {
+  const more = $('streams-more');
+  if (!more) return;
+  const rest = liveTotal - streams.size;
+  more.hidden = !(moreCursor && rest > 0);
+  $('streams-more-btn').textContent = `Show more (${rest} more live)`;
+}
+
+async function loadMore() {
+  if (!moreCursor) return;
+  const btn = $('streams-more-btn');
+  btn.disabled = true;
+  try {
+    const res = await fetch(`/api/streams?cursor=${encodeURIComponent(moreCursor)}`, { headers: { accept: 'application/json' }, cache: 'no-store' });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    const body = await res.json();
+    for (const s of Array.isArray(body.streams) ? body.streams : []) streams.set(String(s.id), s);
+    liveTotal = Number(body.total) || streams.size;
+    moreCursor = body.next_cursor || null;
+    renderList();
+  } catch (err) {
+    showBanner({ kind: 'warn', title: 'Could not load more broadcasts', message: String(err.message || err), key: 'more', timeout: 6000 });
+  } finally {
+    btn.disabled = false;
+  }
+}
+$('streams-more-btn')?.addEventListener('click', loadMore);
 
 function renderEmpty() {
   const show = streams.size === 0;
@@ -148,18 +182,22 @@ function renderEmpty() {
   }
 }
 
-function applySnapshot(list) {
+function applySnapshot(list, total) {
   streams.clear();
-  for (const s of Array.isArray(list) ? list : []) {
+  const arr = Array.isArray(list) ? list : [];
+  for (const s of arr) {
     if (s && s.id !== undefined && (s.state === undefined || s.state === 'live')) streams.set(String(s.id), s);
   }
+  liveTotal = Number.isFinite(total) ? total : streams.size;
+  moreCursor = liveTotal > arr.length && arr.length ? cursorOf(arr[arr.length - 1]) : null;
   listLoaded = true;
   renderList();
   if (current && !streams.has(current.id)) endWatch('ended');
   if (deepLink) {
     const id = deepLink;
     deepLink = null;
-    if (streams.has(id)) watch(id);
+    // Beyond the first page, the stream may be live without being listed yet: ask for it.
+    if (streams.has(id) || moreCursor) watch(id);
     else if (!current) showBanner({ kind: 'info', title: 'That broadcast isn’t live', message: 'It may have ended. Here is what is live now.', key: 'deeplink', timeout: 8000 });
   }
 }
@@ -443,11 +481,12 @@ async function onOffer(from, payload) {
 
 // --------------------------------------------------------- server frames
 
-sock.on('streams', (msg) => applySnapshot(msg.streams));
+sock.on('streams', (msg) => applySnapshot(msg.streams, msg.total));
 
 sock.on('stream_on', (msg) => {
   const s = msg.stream;
   if (!s || s.id === undefined) return;
+  if (!streams.has(String(s.id))) liveTotal += 1;
   streams.set(String(s.id), s);
   renderList();
   if (current?.id === String(s.id)) renderStage();
@@ -455,7 +494,7 @@ sock.on('stream_on', (msg) => {
 
 sock.on('stream_off', (msg) => {
   const id = String(msg.stream_id ?? msg.stream?.id ?? '');
-  streams.delete(id);
+  if (streams.delete(id) || liveTotal > streams.size) liveTotal = Math.max(streams.size, liveTotal - 1);
   renderList();
   if (current?.id === id) endWatch('ended');
 });
@@ -530,7 +569,7 @@ async function pollStreams() {
     const res = await fetch('/api/streams', { headers: { accept: 'application/json' }, cache: 'no-store' });
     if (!res.ok) return;
     const body = await res.json();
-    if (!sock.ready && Array.isArray(body?.streams)) applySnapshot(body.streams);
+    if (!sock.ready && Array.isArray(body?.streams)) applySnapshot(body.streams, body.total);
   } catch { /* offline */ }
 }
 setTimeout(pollStreams, 3000);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use onair_core::Recording;
@@ -11,9 +11,35 @@ use onair_proto::v1 as pb;
 
 use crate::hub::Hub;
 
-/// `GET /api/streams`: the live list, newest first.
-pub async fn streams(State(hub): State<Arc<Hub>>) -> Response {
-    Json(serde_json::json!({ "streams": hub.streams() })).into_response()
+/// Query of `GET /api/streams`.
+#[derive(Debug, serde::Deserialize)]
+pub struct StreamsQuery {
+    /// `next_cursor` of the previous page; none for the first.
+    cursor: Option<String>,
+    /// Page size, 1..=500 (default [`crate::hub::SNAPSHOT_MAX`]).
+    limit: Option<usize>,
+}
+
+/// Most streams one `/api/streams` page may hold.
+pub const MAX_PAGE: usize = 500;
+
+/// `GET /api/streams[?cursor=C&limit=N]`: live streams, newest first, a page at a time:
+/// `{streams, total, next_cursor}` (`next_cursor` null on the last page).
+pub async fn streams(State(hub): State<Arc<Hub>>, Query(q): Query<StreamsQuery>) -> Response {
+    let bad = |m: &str| (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": m }))).into_response();
+    let limit = q.limit.unwrap_or(crate::hub::SNAPSHOT_MAX);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return bad(&format!("limit must be 1..={MAX_PAGE}"));
+    }
+    let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => match c.split_once(':').and_then(|(ts, id)| Some((ts.parse::<i64>().ok()?, id))) {
+            Some(parsed) => Some(parsed),
+            None => return bad("cursor is not a next_cursor this server returned"),
+        },
+    };
+    let (page, total, next) = hub.streams_page(cursor, limit);
+    Json(serde_json::json!({ "streams": page, "total": total, "next_cursor": next })).into_response()
 }
 
 /// `GET /api/recordings`: the newest 100 recordings.

@@ -65,6 +65,9 @@ impl GatewayMetrics {
     }
 }
 
+/// Most streams a `streams` frame carries (newest first); the rest are paged over `/api/streams`.
+pub const SNAPSHOT_MAX: usize = 200;
+
 /// Shared gateway state.
 pub struct Hub {
     peers: Mutex<HashMap<PeerId, Slot>>,
@@ -135,9 +138,24 @@ impl Hub {
         self.streams.read().clone()
     }
 
-    /// The `streams` frame for the current list.
+    /// The `streams` frame for the current list: the newest [`SNAPSHOT_MAX`] and the total, so a
+    /// socket opening while thousands of streams are live gets kilobytes, not megabytes.
     pub fn streams_frame(&self) -> String {
-        ServerFrame::Streams { streams: &self.streams() }.to_json()
+        let list = self.streams.read();
+        let shown = &list[..list.len().min(SNAPSHOT_MAX)];
+        ServerFrame::Streams { streams: shown, total: list.len() }.to_json()
+    }
+
+    /// Up to `limit` live streams after `cursor` (a stream's `started_at` and id, the list's order:
+    /// newest first), and the cursor of the last one returned if more follow.
+    pub fn streams_page(&self, cursor: Option<(i64, &str)>, limit: usize) -> (Vec<Stream>, usize, Option<String>) {
+        let list = self.streams.read();
+        let start = cursor.map_or(0, |(ts, id)| {
+            list.iter().position(|s| (s.started_at, s.id.as_str()) < (ts, id)).unwrap_or(list.len())
+        });
+        let page: Vec<Stream> = list[start..].iter().take(limit).cloned().collect();
+        let next = (start + page.len() < list.len()).then(|| page.last().map(|s| format!("{}:{}", s.started_at, s.id)));
+        (page, list.len(), next.flatten())
     }
 
     /// Queues a message for signaling (in order).

@@ -66,10 +66,13 @@ pub enum ServerFrame<'a> {
         /// Reconnect with it on the upgrade (`/ws?resume=<token>`) to keep this peer id.
         resume_token: &'a str,
     },
-    /// The full live list.
+    /// The live list: the newest [`crate::hub::SNAPSHOT_MAX`] streams, and how many are live in all
+    /// (the page fetches the rest from `/api/streams?cursor=` if it wants them).
     Streams {
         /// Live streams, newest first.
         streams: &'a [Stream],
+        /// Live streams in all (more than `streams` holds when the list is capped).
+        total: usize,
     },
     /// A stream went live (or changed).
     StreamOn {
