@@ -49,36 +49,41 @@ impl Coturn {
         Self { proc, port, dir }
     }
 
-    /// TURN allocations with `username`/`password` (long-term credentials), over UDP or TCP,
-    /// followed by a relayed message (`turnutils_uclient -y`: client to client through two
-    /// allocations). `Ok(output)` when the allocations succeeded and data was relayed, `Err(output)`
-    /// otherwise.
+    /// TURN allocations on this coturn with `username`/`password`; see [`uclient`].
     pub async fn allocate(&self, username: &str, password: &str, tcp: bool) -> Result<String, String> {
-        let mut cmd = tokio::process::Command::new("turnutils_uclient");
-        if tcp {
-            cmd.arg("-t");
-        }
-        // -y: two clients relay to each other; -c: no RTCP pair (half the allocations); -n 1: one message.
-        cmd.args(["-y", "-c", "-n", "1", "-p", &self.port.to_string(), "-u", username, "-w", password, "127.0.0.1"]);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-        let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
-            .await
-            .expect("turnutils_uclient did not finish within 30 s")
-            .expect("cannot run turnutils_uclient (apt-get install coturn; scripts/install-deps.sh does)");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        // Relayed messages came back through the allocations (the final tally, not just a 0 exit).
-        let received = text
-            .rsplit("tot_recv_msgs=")
-            .next()
-            .filter(|_| text.contains("tot_recv_msgs="))
-            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
-        if out.status.success() && !text.contains("Cannot complete Allocation") && received > 0 {
-            Ok(text)
-        } else {
-            Err(text)
-        }
+        uclient(self.port, username, password, tcp).await
+    }
+}
+
+/// TURN allocations on the TURN server at `127.0.0.1:port` with `username`/`password`
+/// (long-term credentials), over UDP or TCP, followed by a relayed message (`turnutils_uclient
+/// -y`: two clients relay to each other through two allocations, each the other's peer).
+/// `Ok(output)` when the allocations succeeded and data was relayed, `Err(output)` otherwise.
+pub async fn uclient(port: u16, username: &str, password: &str, tcp: bool) -> Result<String, String> {
+    let mut cmd = tokio::process::Command::new("turnutils_uclient");
+    if tcp {
+        cmd.arg("-t");
+    }
+    // -y: two clients relay to each other; -c: no RTCP pair (half the allocations); -n 1: one message.
+    cmd.args(["-y", "-c", "-n", "1", "-p", &port.to_string(), "-u", username, "-w", password, "127.0.0.1"]);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("turnutils_uclient did not finish within 30 s")
+        .expect("cannot run turnutils_uclient (apt-get install coturn; scripts/install-deps.sh does)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // Relayed messages came back through the allocations (the final tally, not just a 0 exit).
+    let received = text
+        .rsplit("tot_recv_msgs=")
+        .next()
+        .filter(|_| text.contains("tot_recv_msgs="))
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    if out.status.success() && !text.contains("Cannot complete Allocation") && received > 0 {
+        Ok(text)
+    } else {
+        Err(text)
     }
 }
 
