@@ -18,19 +18,23 @@ pub struct Coturn {
 impl Coturn {
     /// Starts coturn (no config file, no daemon, no CLI, no TLS) and waits for its TCP port.
     pub async fn start(secret: &str) -> Self {
+        Self::start_with_relay_ports(secret, None).await
+    }
+
+    /// [`Coturn::start`] relaying on `relay` ports (min, max) instead of a window of 100 derived
+    /// from its port (so parallel tests rarely overlap; coturn skips ports it cannot bind anyway).
+    pub async fn start_with_relay_ports(secret: &str, relay: Option<(u16, u16)>) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("onair-coturn-{}-{}", std::process::id(), crate::unique()));
         std::fs::create_dir_all(&dir).unwrap();
-        // Relay ports: a window of the ephemeral range derived from our port, so parallel tests
-        // rarely overlap (coturn skips ports it cannot bind anyway).
-        let min = 49152 + (port % 150) * 100;
+        let (min, max) = relay.unwrap_or((49152 + (port % 150) * 100, 49152 + (port % 150) * 100 + 99));
         let args = vec![
             "-n".to_owned(),
             "--listening-ip=127.0.0.1".to_owned(),
             "--relay-ip=127.0.0.1".to_owned(),
             format!("--listening-port={port}"),
             format!("--min-port={min}"),
-            format!("--max-port={}", min + 99),
+            format!("--max-port={max}"),
             "--use-auth-secret".to_owned(),
             format!("--static-auth-secret={secret}"),
             "--realm=onair.test".to_owned(),
@@ -60,10 +64,17 @@ impl Coturn {
 /// -y`: two clients relay to each other through two allocations, each the other's peer).
 /// `Ok(output)` when the allocations succeeded and data was relayed, `Err(output)` otherwise.
 pub async fn uclient(port: u16, username: &str, password: &str, tcp: bool) -> Result<String, String> {
+    uclient_with(if tcp { &["-t"] } else { &[] }, port, username, password).await
+}
+
+/// [`uclient`] over TLS (`turns:`; the server certificate is not verified).
+pub async fn uclient_tls(port: u16, username: &str, password: &str) -> Result<String, String> {
+    uclient_with(&["-t", "-S"], port, username, password).await
+}
+
+async fn uclient_with(flags: &[&str], port: u16, username: &str, password: &str) -> Result<String, String> {
     let mut cmd = tokio::process::Command::new("turnutils_uclient");
-    if tcp {
-        cmd.arg("-t");
-    }
+    cmd.args(flags);
     // -y: two clients relay to each other; -c: no RTCP pair (half the allocations); -n 1: one message.
     cmd.args(["-y", "-c", "-n", "1", "-p", &port.to_string(), "-u", username, "-w", password, "127.0.0.1"]);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);

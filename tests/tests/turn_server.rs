@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use onair_tests::Onair;
 use onair_tests::procs::metric;
-use onair_tests::turn::uclient;
+use onair_tests::turn::{uclient, uclient_tls};
 use onair_tests::ws::Ws;
 use serde_json::{Value, json};
 
@@ -91,6 +91,27 @@ async fn public_addr_runs_turn_whose_welcome_credentials_allocate_and_relay_over
 }
 
 #[tokio::test]
+async fn with_a_certificate_turn_also_speaks_tls() {
+    let ca = onair_tests::tls::TestCa::new();
+    let dir = std::env::temp_dir().join(format!("onair-turn-tls-{}-{}", std::process::id(), onair_tests::unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"], "onair").write_to(&dir);
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let (gw, _) = onair_with_turn(
+        "turn-tls",
+        &["--turn-allow-peer", "127.0.0.0/8", "--tls-cert", cert, "--tls-key", key, "--turns-addr", "127.0.0.1:0"],
+    )
+    .await;
+    let tls_port = gw.addrs.get("turns").unwrap_or_else(|| panic!("no turns listener:\n{}", gw.proc.output())).port();
+    let ws = Ws::connect_tls(gw.http, ca.client_config()).await;
+    let urls = ws.welcome["ice_servers"][1]["urls"].as_array().unwrap().clone();
+    assert!(urls.contains(&json!(format!("turns:127.0.0.1:{tls_port}?transport=tcp"))), "{urls:?}");
+    let (username, credential) = credentials(&ws.welcome);
+    uclient_tls(tls_port, &username, &credential).await.unwrap_or_else(|o| panic!("TLS allocation refused:\n{o}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn expired_credentials_are_refused() {
     let (gw, port) = onair_with_turn(
         "turn-expired",
@@ -158,6 +179,11 @@ async fn turn_target_needs_its_secret_and_bad_flag_values_stop_the_start() {
         (&["--turn-max-kbps", "0"], "--turn-max-kbps"),
         (&["--public-addr", "turn.example.org"], "--public-addr"),
         (&["--turn-addr", "3478"], "--turn-addr"),
+        (&["--turns-addr", "nope:5349"], "--turns-addr"),
+        (&["--public-addr", "0.0.0.0"], "--public-addr"),
+        (&["--public-addr", "224.0.0.1"], "--public-addr"),
+        (&["--turn-realm", ""], "--turn-realm"),
+        (&["--rtc-ip", "localhost"], "--rtc-ip"),
     ];
     for (args, names) in cases {
         let (code, out) = Onair::start_expecting_exit("turn-bad-flag", args).await;

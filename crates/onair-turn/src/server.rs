@@ -681,3 +681,49 @@ fn peer_addresses(m: &Message) -> Vec<SocketAddr> {
         })
         .collect()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::policy::RelayPorts;
+
+    fn server() -> Server {
+        let config = TurnConfig {
+            realm: "onair".into(),
+            secret: onair_core::turn_rest::TurnSecret::new("s".into()),
+            relay_ip: "127.0.0.1".parse().unwrap(),
+            relay_bind: "127.0.0.1".parse().unwrap(),
+            relay_ports: RelayPorts { min: 40000, max: 40001 },
+            allow_peers: Vec::new(),
+            user_quota: 1,
+            max_bitrate: 8000,
+        };
+        Server::new(config, rtc::crypto::default_provider().unwrap(), CancellationToken::new())
+    }
+
+    #[test]
+    fn nonces_are_checked_for_their_mac_and_age() {
+        let s = server();
+        let nonce = s.nonce();
+        assert!(s.nonce_is_fresh(&nonce));
+        let (stamp, _) = nonce.split_once('-').unwrap();
+        assert!(!s.nonce_is_fresh(&format!("{stamp}-0000000000000000")), "a forged MAC passed");
+        let old = format!("{:x}", unix_secs(SystemTime::now()) - NONCE_LIFETIME.as_secs() - 5);
+        assert!(!s.nonce_is_fresh(&format!("{old}-{}", s.nonce_mac(&old))), "a stale nonce passed");
+        assert!(!server().nonce_is_fresh(&nonce), "another server's nonce passed");
+        assert!(!s.nonce_is_fresh("garbage"));
+    }
+
+    #[test]
+    fn the_bucket_holds_one_second_of_the_rate() {
+        let mut b = Bucket::new(8000); // 1000 bytes per second
+        assert!(b.take(600));
+        assert!(b.take(400));
+        assert!(!b.take(100), "over the cap");
+        b.at -= Duration::from_millis(500);
+        assert!(b.take(400), "half a second refilled ~500 bytes");
+        b.at -= Duration::from_secs(10);
+        assert!(!b.take(1500), "never more than one second's worth");
+    }
+}

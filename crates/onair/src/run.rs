@@ -261,8 +261,24 @@ const SIGNALING: usize = 1;
 const REGISTRY: usize = 2;
 const ADMIN: usize = 3;
 
+/// Flag values clap cannot judge alone.
+fn check_network_flags(cli: &Cli) -> Result<(), RunError> {
+    if let Some(ip) = cli.public_addr
+        && (ip.is_unspecified() || ip.is_multicast())
+    {
+        return Err(RunError::Config(format!(
+            "--public-addr {ip}: must be the unicast address browsers reach this host at"
+        )));
+    }
+    if cli.turn_realm.trim().is_empty() {
+        return Err(RunError::Config("--turn-realm must not be empty".into()));
+    }
+    Ok(())
+}
+
 /// Runs `cli.target` until SIGTERM/ctrl-c, then shuts down tier by tier within the grace period.
 pub async fn run(cli: Cli) -> Result<(), RunError> {
+    check_network_flags(&cli)?;
     let mut tiers = [Tier::new("gateway+recorder"), Tier::new("signaling"), Tier::new("registry"), Tier::new("admin")];
     let target = cli.target;
     let runs = |t: Target| target == Target::All || target == t;
