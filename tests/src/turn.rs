@@ -72,7 +72,8 @@ pub async fn uclient_tls(port: u16, username: &str, password: &str) -> Result<St
     uclient_with(&["-t", "-S"], port, username, password).await
 }
 
-async fn uclient_with(flags: &[&str], port: u16, username: &str, password: &str) -> Result<String, String> {
+/// [`uclient`] with extra `turnutils_uclient` flags (e.g. `-x`: ask for an IPv6 relayed address).
+pub async fn uclient_with(flags: &[&str], port: u16, username: &str, password: &str) -> Result<String, String> {
     let mut cmd = tokio::process::Command::new("turnutils_uclient");
     cmd.args(flags);
     // -y: two clients relay to each other; -c: no RTCP pair (half the allocations); -n 1: one message.

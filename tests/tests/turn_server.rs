@@ -2,7 +2,8 @@
 //! implementation): the all-in-one with `--public-addr` hands out its stun:/turn: URLs in
 //! `welcome`, those credentials allocate over UDP and TCP and relay data between two clients;
 //! wrong, stolen and expired credentials are refused; loopback peers only when allowed; the
-//! per-user quota; metrics; start-up errors for bad flag values. Also the recorder announcing
+//! per-user quota; IPv4-only relays; TLS; metrics; start-up errors for bad flag values; Chromium's
+//! own TURN client relaying a data channel over UDP and TCP. Also the recorder announcing
 //! `--public-addr` (and ICE-TCP) in the candidates it trickles.
 #![allow(clippy::unwrap_used)]
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use onair_tests::Onair;
 use onair_tests::procs::metric;
-use onair_tests::turn::{uclient, uclient_tls};
+use onair_tests::turn::{uclient, uclient_tls, uclient_with};
 use onair_tests::ws::Ws;
 use serde_json::{Value, json};
 
@@ -143,6 +144,16 @@ async fn loopback_peers_are_refused_unless_allowed() {
     assert!(metric(&m, "onair_turn_peers_refused_total").unwrap() > 0, "{m}");
     assert!(metric(&m, "onair_turn_allocations_created_total").unwrap() > 0, "allocating itself works: {m}");
     assert_eq!(metric(&m, "onair_turn_relayed_bytes_to_peers_total"), Some(0), "{m}");
+}
+
+#[tokio::test]
+async fn an_ipv6_relay_is_refused_by_an_ipv4_server() {
+    let (gw, port) = onair_with_turn("turn-v6", &["--turn-allow-peer", "127.0.0.0/8"]).await;
+    let ws = Ws::connect(gw.http).await;
+    let (username, credential) = credentials(&ws.welcome);
+    let v6 = uclient_with(&["-x"], port, &username, &credential).await;
+    assert!(v6.is_err(), "an IPv6 relayed address was handed out by an IPv4 relay:\n{v6:?}");
+    uclient_with(&["-X"], port, &username, &credential).await.unwrap_or_else(|o| panic!("explicit IPv4 refused:\n{o}"));
 }
 
 #[tokio::test]
@@ -355,4 +366,59 @@ async fn recorder_without_public_addr_announces_a_non_loopback_address() {
         assert!(candidates.iter().any(|c| c.contains(&format!(" {ip} "))), "{ip} not announced: {candidates:#?}");
     }
     assert!(!gw.addrs.contains_key("turn"), "TURN runs without --public-addr");
+}
+
+/// Two RTCPeerConnections in one Chromium page, relay-only with `ice`: a data channel message goes
+/// through the TURN server; returns what the receiving side saw (message, local candidate type and
+/// relay protocol of the selected pair).
+async fn chromium_relays(b: &onair_tests::browser::Browser, ice: &Value) -> Value {
+    let script = r#"
+        window.__r = null;
+        (async () => {
+          try {
+            const cfg = { iceServers: SERVERS, iceTransportPolicy: 'relay' };
+            const a = new RTCPeerConnection(cfg), b = new RTCPeerConnection(cfg);
+            a.onicecandidate = (e) => e.candidate && b.addIceCandidate(e.candidate);
+            b.onicecandidate = (e) => e.candidate && a.addIceCandidate(e.candidate);
+            const ch = a.createDataChannel('t');
+            b.ondatachannel = (e) => {
+              e.channel.onmessage = async (m) => {
+                const stats = await b.getStats();
+                let pair = null;
+                stats.forEach((r) => { if (r.type === 'candidate-pair' && r.state === 'succeeded' && r.nominated) pair = r; });
+                const local = pair && stats.get(pair.localCandidateId);
+                window.__r = { msg: m.data, type: local && local.candidateType, proto: local && local.relayProtocol };
+              };
+            };
+            ch.onopen = () => ch.send('through turn');
+            await a.setLocalDescription(await a.createOffer());
+            await b.setRemoteDescription(a.localDescription);
+            await b.setLocalDescription(await b.createAnswer());
+            await a.setRemoteDescription(b.localDescription);
+          } catch (e) { window.__r = { error: String(e) }; }
+        })();
+        return true;"#
+        .replace("SERVERS", &ice.to_string());
+    b.eval(&script).await;
+    b.wait_for("a data channel message through TURN", Duration::from_secs(25), "return window.__r").await
+}
+
+#[tokio::test]
+async fn chromium_relays_through_the_embedded_turn_over_udp_and_tcp() {
+    let (gw, port) = onair_with_turn("turn-chromium", &["--turn-allow-peer", "127.0.0.0/8"]).await;
+    let ws = Ws::connect(gw.http).await;
+    let (username, credential) = credentials(&ws.welcome);
+    let b = onair_tests::browser::Browser::start("turn-chromium").await;
+    b.goto(&format!("http://127.0.0.1:{}/watcher", gw.http)).await;
+    for (url, proto) in
+        [(format!("turn:127.0.0.1:{port}"), "udp"), (format!("turn:127.0.0.1:{port}?transport=tcp"), "tcp")]
+    {
+        let ice = json!([{ "urls": [url], "username": username, "credential": credential }]);
+        let got = chromium_relays(&b, &ice).await;
+        assert_eq!(got["msg"], "through turn", "{url}: {got}\n{}", gw.proc.output());
+        assert_eq!(got["type"], "relay", "{url}: {got}");
+        assert_eq!(got["proto"], proto, "{url}: {got}");
+    }
+    let m = metrics(&gw).await;
+    assert!(metric(&m, "onair_turn_relayed_bytes_to_clients_total").unwrap() > 0, "{m}");
 }

@@ -14,9 +14,9 @@ use parking_lot::Mutex;
 use rtc::crypto::RTCCryptoProvider;
 use rtc::stun::attributes::{ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS};
 use rtc::stun::error_code::{
-    CODE_ALLOC_MISMATCH, CODE_ALLOC_QUOTA_REACHED, CODE_BAD_REQUEST, CODE_FORBIDDEN, CODE_INSUFFICIENT_CAPACITY,
-    CODE_PEER_ADDR_FAMILY_MISMATCH, CODE_STALE_NONCE, CODE_UNAUTHORIZED, CODE_UNSUPPORTED_TRANS_PROTO,
-    CODE_WRONG_CREDENTIALS, ErrorCode, ErrorCodeAttribute,
+    CODE_ADDR_FAMILY_NOT_SUPPORTED, CODE_ALLOC_MISMATCH, CODE_ALLOC_QUOTA_REACHED, CODE_BAD_REQUEST, CODE_FORBIDDEN,
+    CODE_INSUFFICIENT_CAPACITY, CODE_PEER_ADDR_FAMILY_MISMATCH, CODE_STALE_NONCE, CODE_UNAUTHORIZED,
+    CODE_UNSUPPORTED_TRANS_PROTO, CODE_WRONG_CREDENTIALS, ErrorCode, ErrorCodeAttribute,
 };
 use rtc::stun::fingerprint::FINGERPRINT;
 use rtc::stun::integrity::MessageIntegrity;
@@ -34,6 +34,7 @@ use rtc::turn::proto::data::Data;
 use rtc::turn::proto::lifetime::Lifetime;
 use rtc::turn::proto::peeraddr::PeerAddress;
 use rtc::turn::proto::relayaddr::RelayedAddress;
+use rtc::turn::proto::reqfamily::{REQUESTED_FAMILY_IPV4, RequestedAddressFamily};
 use rtc::turn::proto::reqtrans::RequestedTransport;
 use sha1::Sha1;
 use tokio::net::UdpSocket;
@@ -378,6 +379,13 @@ impl Server {
         }
         if transport.protocol != PROTO_UDP {
             return self.error(m, CODE_UNSUPPORTED_TRANS_PROTO, "only UDP relays", key);
+        }
+        let mut family = RequestedAddressFamily::default();
+        if family.get_from(m).is_ok() {
+            let wanted_v4 = family == REQUESTED_FAMILY_IPV4;
+            if wanted_v4 != self.config.relay_ip.is_ipv4() {
+                return self.error(m, CODE_ADDR_FAMILY_NOT_SUPPORTED, "no relay of that address family", key);
+            }
         }
         {
             let mut per_user = self.per_user.lock();

@@ -383,7 +383,7 @@ async fn turn() {
         let rate = 1200.0 * 8.0 * 1000.0 / interval as f64 / 1e6;
         for (name, pid, port) in [
             ("onair (embedded)", onair.proc.pid().unwrap(), onair.addrs["turn"].port()),
-            ("coturn 4.x", coturn.proc.pid().unwrap(), coturn.port),
+            ("coturn (baseline)", coturn.proc.pid().unwrap(), coturn.port),
         ] {
             let (mbps, cpu, per) = turn_load(pid, port, secret, clients, interval).await;
             println!("| {name} | {clients} × {rate:.2} Mbit/s | {mbps:.1} | {cpu:.1} | {per:.1} |");
