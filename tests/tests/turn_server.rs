@@ -20,9 +20,10 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
 }
 
-/// A relay port window of its own for each server (parallel tests rarely overlap).
+/// A relay port window of its own for each server (parallel tests rarely overlap), below the
+/// ephemeral range that free ports (and so other tests' listeners) come from.
 fn relay_ports() -> String {
-    let base = 40000 + (onair_tests::free_port() % 200) * 50;
+    let base = 20000 + (onair_tests::free_port() % 240) * 50;
     format!("{base}-{}", base + 49)
 }
 
@@ -385,7 +386,8 @@ async fn chromium_relays(b: &onair_tests::browser::Browser, ice: &Value) -> Valu
               e.channel.onmessage = async (m) => {
                 const stats = await b.getStats();
                 let pair = null;
-                stats.forEach((r) => { if (r.type === 'candidate-pair' && r.state === 'succeeded' && r.nominated) pair = r; });
+                stats.forEach((r) => { if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId); });
+                if (!pair) stats.forEach((r) => { if (r.type === 'candidate-pair' && r.state === 'succeeded') pair = r; });
                 const local = pair && stats.get(pair.localCandidateId);
                 window.__r = { msg: m.data, type: local && local.candidateType, proto: local && local.relayProtocol };
               };

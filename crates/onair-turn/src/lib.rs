@@ -71,6 +71,9 @@ const MAX_CONNECTIONS: usize = 4096;
 const STREAM_QUEUE: usize = 256;
 /// Longest a TLS handshake may take.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+/// How long a TCP/TLS connection may wait for its next frame while it holds no allocation (a
+/// connection that never allocates is closed instead of holding a connection slot).
+const IDLE_WITHOUT_ALLOCATION: Duration = Duration::from_secs(30);
 
 /// Prepares the TURN server on `listeners`: registers its metrics with `admin`, and returns the
 /// future that serves until `shutdown` fires, which ends every allocation and connection.
@@ -208,7 +211,16 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Send + Unpin>(server: &Arc<Ser
         let mut buf = vec![0u8; 65536 + 24];
         loop {
             let mut header = [0u8; 4];
-            if rd.read_exact(&mut header).await.is_err() {
+            let read = rd.read_exact(&mut header);
+            let read = if server.has_allocation(&tuple) {
+                read.await
+            } else {
+                match tokio::time::timeout(IDLE_WITHOUT_ALLOCATION, read).await {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            };
+            if read.is_err() {
                 return;
             }
             let Some(len) = frame_len(header) else { return };

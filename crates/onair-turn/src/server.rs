@@ -657,6 +657,11 @@ impl Server {
         self.remove_exact(&alloc);
     }
 
+    /// Whether `tuple` holds an allocation.
+    pub fn has_allocation(&self, tuple: &FiveTuple) -> bool {
+        self.allocations.lock().contains_key(tuple)
+    }
+
     /// Drops the allocation of connection-oriented `tuple`: its TCP connection closed.
     pub fn connection_closed(&self, tuple: &FiveTuple) {
         self.remove(tuple);

@@ -173,6 +173,22 @@ fn recorder_network(cli: &Cli) -> onair_recorder::RtcNetwork {
     onair_recorder::RtcNetwork { bind, public: cli.public_addr }
 }
 
+/// A UDP socket and a TCP listener on the same port of `addr` (with port 0: the same free port;
+/// retried when another process holds the TCP side of the port the UDP socket got).
+async fn bind_udp_and_tcp(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, TcpListener, u16), RunError> {
+    let mut attempts = if addr.port() == 0 { 20 } else { 1 };
+    loop {
+        attempts -= 1;
+        let udp = tokio::net::UdpSocket::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
+        let port = udp.local_addr().map_err(|source| RunError::Bind { addr, source })?.port();
+        match bind(SocketAddr::new(addr.ip(), port)).await {
+            Ok((tcp, _)) => return Ok((udp, tcp, port)),
+            Err(e) if attempts == 0 => return Err(e),
+            Err(_) => {}
+        }
+    }
+}
+
 /// The embedded TURN server, bound and ready to serve.
 struct EmbeddedTurn {
     config: onair_turn::TurnConfig,
@@ -208,11 +224,7 @@ async fn embedded_turn(cli: &Cli, tls: Option<&onair_gateway::TlsConfig>) -> Res
             ));
         }
     };
-    let udp = tokio::net::UdpSocket::bind(cli.turn_addr)
-        .await
-        .map_err(|source| RunError::Bind { addr: cli.turn_addr, source })?;
-    let port = udp.local_addr().map_err(|source| RunError::Bind { addr: cli.turn_addr, source })?.port();
-    let (tcp, _) = bind(SocketAddr::new(cli.turn_addr.ip(), port)).await?;
+    let (udp, tcp, port) = bind_udp_and_tcp(cli.turn_addr).await?;
     let public = SocketAddr::new(announce, port);
     let mut urls = vec![format!("stun:{public}"), format!("turn:{public}"), format!("turn:{public}?transport=tcp")];
     let mut listeners = onair_turn::TurnListeners { udp: vec![udp], tcp: vec![tcp], tls: Vec::new() };

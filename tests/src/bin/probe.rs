@@ -367,7 +367,7 @@ async fn turn() {
             "--public-addr",
             "127.0.0.1",
             "--turn-relay-ports",
-            "45000-45999",
+            "23000-23999",
             "--turn-allow-peer",
             "127.0.0.0/8",
             "--turn-user-quota",
@@ -377,7 +377,7 @@ async fn turn() {
         ],
     )
     .await;
-    let coturn = Coturn::start_with_relay_ports(secret, Some((46000, 46999))).await;
+    let coturn = Coturn::start_with_relay_ports(secret, Some((24000, 24999))).await;
     for (clients, interval) in loads {
         #[allow(clippy::cast_precision_loss)]
         let rate = 1200.0 * 8.0 * 1000.0 / interval as f64 / 1e6;
