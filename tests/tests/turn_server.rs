@@ -148,6 +148,20 @@ async fn loopback_peers_are_refused_unless_allowed() {
 }
 
 #[tokio::test]
+async fn the_bandwidth_cap_drops_what_exceeds_it() {
+    // 1 kbit/s: one second of budget is 125 bytes, less than one 1000-byte message.
+    let (gw, port) = onair_with_turn("turn-cap", &["--turn-allow-peer", "127.0.0.0/8", "--turn-max-kbps", "1"]).await;
+    let ws = Ws::connect(gw.http).await;
+    let (username, credential) = credentials(&ws.welcome);
+    let capped = uclient_with(&["-l", "1000"], port, &username, &credential).await;
+    assert!(capped.is_err(), "1000-byte messages went through a 1 kbit/s cap:\n{capped:?}");
+    let m = metrics(&gw).await;
+    assert!(metric(&m, "onair_turn_packets_over_bandwidth_total").unwrap() > 0, "{m}");
+    // Small messages fit the budget.
+    uclient_with(&["-l", "20"], port, &username, &credential).await.unwrap_or_else(|o| panic!("20 bytes capped:\n{o}"));
+}
+
+#[tokio::test]
 async fn an_ipv6_relay_is_refused_by_an_ipv4_server() {
     let (gw, port) = onair_with_turn("turn-v6", &["--turn-allow-peer", "127.0.0.0/8"]).await;
     let ws = Ws::connect(gw.http).await;
