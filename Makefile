@@ -52,10 +52,12 @@ fmt-check:
 deploy-check: deps build
 	ONAIR_BIN=$(CARGO_TARGET_DIR)/debug/onair deploy/check.sh
 
-## bench: load probes (not tests); figures go to BENCHMARKS.md
+## bench: load probes (not tests), and onair vs the socket.io stack it replaces; figures go to BENCHMARKS.md
 bench: deps
 	cargo build --release --locked -p onair -p onair-tests --bins
+	npm ci --prefix bench/signaling --no-audit --no-fund --loglevel=error
 	ONAIR_BIN=$(CARGO_TARGET_DIR)/release/onair $(CARGO_TARGET_DIR)/release/probe all | tee bench-latest.md
+	ONAIR_BIN=$(CARGO_TARGET_DIR)/release/onair $(CARGO_TARGET_DIR)/release/versus | tee -a bench-latest.md
 
 clean:
 	cargo clean

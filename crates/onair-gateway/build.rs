@@ -27,9 +27,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     code.push_str("];\n");
     std::fs::write(PathBuf::from(std::env::var("OUT_DIR")?).join("web_files.rs"), code)?;
-    println!("cargo:rerun-if-changed={}", root.display());
-    for (_, abs) in &files {
-        println!("cargo:rerun-if-changed={}", abs.display());
+    // Relative to this package (cargo resolves them against the manifest dir): a target directory
+    // copied from another checkout reruns this script for the files of *this* checkout, instead of
+    // keeping the other checkout's absolute paths in its fingerprint.
+    println!("cargo:rerun-if-changed=../../web");
+    for (rel, _) in &files {
+        println!("cargo:rerun-if-changed=../../web/{rel}");
     }
     Ok(())
 }

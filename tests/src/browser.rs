@@ -159,8 +159,13 @@ impl Browser {
 
     /// Opens /broadcast at `base`, waits for the camera, goes live with `title`; returns the stream id.
     pub async fn go_live(&self, base: &str, title: &str) -> String {
+        self.go_live_at(&format!("{base}/broadcast"), title).await
+    }
+
+    /// Like [`Browser::go_live`] on the broadcast page at `url` (e.g. with `#access_token=`).
+    pub async fn go_live_at(&self, url: &str, title: &str) -> String {
         let long = Duration::from_secs(20);
-        self.goto(&format!("{base}/broadcast")).await;
+        self.goto(url).await;
         self.wait_for(
             "the camera preview",
             long,

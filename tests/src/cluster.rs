@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use crate::procs::{Mongo, Onair, Proc, Redis, free_port, wait_port};
 
+/// The `--cluster-secret` every test cluster's services share.
+pub const CLUSTER_SECRET: &str = "cluster-test-secret-0123456789";
+
 /// nginx started unprivileged-style with a rendered config (`nginx -p DIR -c FILE`).
 pub struct Nginx {
     /// The process.
@@ -15,7 +18,8 @@ pub struct Nginx {
     pub dir: PathBuf,
 }
 
-fn repo_root() -> PathBuf {
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
@@ -91,17 +95,63 @@ impl Cluster {
 
     /// Like [`Cluster::start`], plus a recorder (node id `rec-0`) when `with_recorder`.
     pub async fn start_with(gateways: usize, with_nginx: bool, with_recorder: bool) -> Self {
+        Self::start_secured(gateways, with_nginx, with_recorder, None).await
+    }
+
+    /// Like [`Cluster::start_with`], with auth on when `auth_secret` is given (`--auth-secret` on
+    /// every gateway, registry and recorder). Every cluster's services share [`CLUSTER_SECRET`].
+    pub async fn start_secured(
+        gateways: usize,
+        with_nginx: bool,
+        with_recorder: bool,
+        auth_secret: Option<&str>,
+    ) -> Self {
+        Self::start_tuned(gateways, with_nginx, with_recorder, auth_secret, &[]).await
+    }
+
+    /// Like [`Cluster::start_secured`], with `gateway_args` added to every gateway's command line
+    /// (e.g. limits a benchmark must lift).
+    pub async fn start_tuned(
+        gateways: usize,
+        with_nginx: bool,
+        with_recorder: bool,
+        auth_secret: Option<&str>,
+        gateway_args: &[&str],
+    ) -> Self {
+        let secured = |args: &[&str]| -> Vec<String> {
+            let mut v: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+            v.extend(["--cluster-secret".to_owned(), CLUSTER_SECRET.to_owned()]);
+            let public = args.windows(2).any(|w| w[0] == "--target" && w[1] != "signaling");
+            if let (Some(s), true) = (auth_secret, public) {
+                v.extend(["--auth-secret".to_owned(), s.to_owned()]);
+            }
+            v
+        };
+        let start = |name: String, args: Vec<String>| async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Onair::start(&name, &args).await
+        };
         let recordings = std::env::temp_dir().join(format!("onair-recordings-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&recordings).unwrap();
         let rec_dir = recordings.display().to_string();
         let (redis, mongo) = tokio::join!(Redis::start(), Mongo::start());
         let (uri, url) = (mongo.uri(), redis.url());
         let registry =
-            Onair::start("registry", &["--target", "registry", "--mongodb-uri", &uri, "--redis-url", &url]).await;
+            start("registry".into(), secured(&["--target", "registry", "--mongodb-uri", &uri, "--redis-url", &url]))
+                .await;
         let reg_url = registry.grpc_url();
-        let signaling = Onair::start(
-            "signaling",
-            &["--target", "signaling", "--redis-url", &url, "--registry-url", &reg_url, "--presence-ttl", "4s"],
+        let signaling = start(
+            "signaling".into(),
+            secured(&[
+                "--target",
+                "signaling",
+                "--redis-url",
+                &url,
+                "--registry-url",
+                &reg_url,
+                "--presence-ttl",
+                "4s",
+            ]),
         )
         .await;
         let sig_url = signaling.grpc_url();
@@ -124,7 +174,9 @@ impl Cluster {
                 "--resume-secret",
                 "cluster-test-resume-secret",
             ];
-            gws.push(Onair::start(&node, &args).await);
+            let mut args = secured(&args);
+            args.extend(gateway_args.iter().map(|a| (*a).to_owned()));
+            gws.push(start(node.clone(), args).await);
         }
         let recorder = if with_recorder {
             let args = [
@@ -143,7 +195,7 @@ impl Cluster {
                 "--rtc-ip",
                 "127.0.0.1",
             ];
-            let r = Onair::start("recorder", &args).await;
+            let r = start("recorder".into(), secured(&args)).await;
             r.wait_ready().await;
             Some(r)
         } else {

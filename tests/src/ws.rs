@@ -56,13 +56,31 @@ impl Ws {
         ws
     }
 
-    /// Opens `path` and reads the opening frames: `welcome`, an optional `error`, `streams`.
-    async fn open(port: u16, path: &str) -> (Self, Option<Value>) {
+    /// Opens `path` (with its query, e.g. `/ws?access_token=T`) and reads the opening frames:
+    /// `welcome`, an optional `error` (returned), `streams`.
+    pub async fn open(port: u16, path: &str) -> (Self, Option<Value>) {
         Self::open_url(&format!("ws://127.0.0.1:{port}{path}"), None).await
     }
 
+    /// Opens `/ws` sending `Authorization: Bearer TOKEN` (as a non-browser client may), and reads
+    /// the opening frames like [`Ws::open`].
+    pub async fn open_bearer(port: u16, token: &str) -> (Self, Option<Value>) {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://127.0.0.1:{port}/ws").into_client_request().unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        Self::open_request(req, None).await
+    }
+
     async fn open_url(url: &str, tls: Option<tokio_tungstenite::Connector>) -> (Self, Option<Value>) {
-        let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, false, tls);
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        Self::open_request(url.into_client_request().unwrap(), tls).await
+    }
+
+    async fn open_request(
+        req: tokio_tungstenite::tungstenite::handshake::client::Request,
+        tls: Option<tokio_tungstenite::Connector>,
+    ) -> (Self, Option<Value>) {
+        let connect = tokio_tungstenite::connect_async_tls_with_config(req, None, false, tls);
         let (stream, _) = tokio::time::timeout(WAIT, connect)
             .await
             .expect("WebSocket connect timed out")

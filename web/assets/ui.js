@@ -73,6 +73,7 @@ const ERROR_TITLES = {
   too_large: 'Message too large',
   rate_limited: 'Slow down',
   not_found: 'Not found',
+  unauthenticated: 'Access token needed',
   forbidden: 'Not allowed',
   conflict: 'Conflict',
   unavailable: 'Service unavailable',

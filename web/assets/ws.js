@@ -5,6 +5,9 @@
 // - reconnects to `/ws?resume=<token>` with the last `resume_token` from `welcome`;
 //   the server answers with one `welcome`: our old peer id if it took the token, else a
 //   fresh one followed by an `error` saying why (swallowed here, emitted as `resume_refused`);
+// - carries the page's access token (if any) as `?access_token=` on every upgrade: it comes from
+//   the page's fragment (`/broadcast#access_token=…`), which never reaches a server, a log or a
+//   Referer, and is kept for the tab in sessionStorage (then removed from the address bar);
 // - sends `ping` every 20 s and drops a socket that has been silent for 50 s;
 // - emits a `session` event once the server has (re)established who we are:
 //   `{peerId, resumed}` where `resumed` is true when a reconnect kept our peer id.
@@ -23,9 +26,29 @@ export function defaultSocketUrl(loc = window.location) {
   return `${scheme}//${loc.host}/ws`;
 }
 
+const TOKEN_KEY = 'onair.access_token';
+
+/**
+ * The page's access token: `#access_token=…` in the fragment (remembered for this tab, and taken
+ * out of the address bar so it is not copied along with the link), else the one remembered.
+ */
+export function pageAccessToken(loc = window.location) {
+  const params = new URLSearchParams(loc.hash.slice(1));
+  const fromHash = params.get('access_token');
+  if (fromHash) {
+    try { sessionStorage.setItem(TOKEN_KEY, fromHash); } catch { /* storage off: this load only */ }
+    params.delete('access_token');
+    const rest = params.toString();
+    history.replaceState(null, '', `${loc.pathname}${loc.search}${rest ? `#${rest}` : ''}`);
+    return fromHash;
+  }
+  try { return sessionStorage.getItem(TOKEN_KEY); } catch { return null; }
+}
+
 export class OnairSocket {
-  constructor({ url = defaultSocketUrl() } = {}) {
+  constructor({ url = defaultSocketUrl(), accessToken = pageAccessToken() } = {}) {
     this.url = url;
+    this.accessToken = accessToken || null;
     /** 'idle' | 'connecting' | 'online' | 'reconnecting' | 'closed' */
     this.state = 'idle';
     this.peerId = null;
@@ -45,6 +68,17 @@ export class OnairSocket {
     this._resuming = null;      // our old peer id, from open until the welcome answering our token
     this._refusal = false;      // the frame after a welcome that refused our token explains why
     this._onOnline = () => { if (this.state === 'reconnecting') this._reconnectNow(); };
+    // A link with a new token opened in this tab: reconnect carrying it.
+    this._onHash = () => {
+      const token = pageAccessToken();
+      if (!token || token === this.accessToken) return;
+      this.accessToken = token;
+      const ws = this._ws;
+      this._ws = null;
+      this._stopPing();
+      if (ws) { try { ws.close(1000, 'new access token'); } catch { /* ignore */ } }
+      if (!this._stopped) this._reconnectNow();
+    };
   }
 
   /** Subscribe to an event; returns an unsubscribe function. */
@@ -70,6 +104,7 @@ export class OnairSocket {
   connect() {
     this._stopped = false;
     window.addEventListener('online', this._onOnline);
+    window.addEventListener('hashchange', this._onHash);
     this._open();
     return this;
   }
@@ -78,6 +113,7 @@ export class OnairSocket {
   close(code = 1000, reason = 'bye') {
     this._stopped = true;
     window.removeEventListener('online', this._onOnline);
+    window.removeEventListener('hashchange', this._onHash);
     clearTimeout(this._retryTimer);
     this._stopPing();
     if (this._ws) {
@@ -161,11 +197,12 @@ export class OnairSocket {
     };
   }
 
-  /** The socket URL, carrying `token` (if any) as `?resume=`. */
+  /** The socket URL, carrying `token` (if any) as `?resume=` and the access token. */
   _urlFor(token) {
-    if (!token) return this.url;
+    if (!token && !this.accessToken) return this.url;
     const u = new URL(this.url, window.location.href);
-    u.searchParams.set('resume', token);
+    if (token) u.searchParams.set('resume', token);
+    if (this.accessToken) u.searchParams.set('access_token', this.accessToken);
     return u.href;
   }
 

@@ -59,8 +59,9 @@ pub trait Directory: Send + Sync + 'static {
     async fn remove_watcher(&self, stream: &StreamId, peer: &PeerId) -> Result<u32, DirectoryError>;
     /// Removes a stream's membership; returns its watchers.
     async fn clear_stream(&self, stream: &StreamId) -> Result<Vec<PeerId>, DirectoryError>;
-    /// Records that `node` is alive at `now_ms`.
-    async fn heartbeat(&self, node: &NodeId, now_ms: i64) -> Result<(), DirectoryError>;
+    /// Records that `node` is alive at `now_ms`; `false` if the directory did not know the node (it is
+    /// new, was reaped, or the directory lost its data).
+    async fn heartbeat(&self, node: &NodeId, now_ms: i64) -> Result<bool, DirectoryError>;
     /// Nodes whose last heartbeat is older than `before_ms`.
     async fn stale_nodes(&self, before_ms: i64) -> Result<Vec<NodeId>, DirectoryError>;
     /// Removes a node from the live set; `true` for exactly one caller (the one that cleans up).
@@ -193,9 +194,8 @@ impl Directory for MemoryDirectory {
         Ok(s.watchers.remove(stream).map(|w| w.into_iter().collect()).unwrap_or_default())
     }
 
-    async fn heartbeat(&self, node: &NodeId, now_ms: i64) -> Result<(), DirectoryError> {
-        self.lock().nodes.insert(node.clone(), now_ms);
-        Ok(())
+    async fn heartbeat(&self, node: &NodeId, now_ms: i64) -> Result<bool, DirectoryError> {
+        Ok(self.lock().nodes.insert(node.clone(), now_ms).is_some())
     }
 
     async fn stale_nodes(&self, before_ms: i64) -> Result<Vec<NodeId>, DirectoryError> {

@@ -20,7 +20,9 @@ pub enum ErrorCode {
     RateLimited,
     /// Unknown stream or peer.
     NotFound,
-    /// Not allowed (e.g. signaling an unrelated peer).
+    /// Needs an access token: none was given, or it is expired or forged.
+    Unauthenticated,
+    /// Not allowed (e.g. signaling an unrelated peer, or a token without the grant).
     Forbidden,
     /// Conflicts with current state (e.g. already live).
     Conflict,
@@ -29,13 +31,14 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::BadJson,
         Self::UnknownType,
         Self::BadRequest,
         Self::TooLarge,
         Self::RateLimited,
         Self::NotFound,
+        Self::Unauthenticated,
         Self::Forbidden,
         Self::Conflict,
         Self::Unavailable,
@@ -50,6 +53,7 @@ impl ErrorCode {
             Self::TooLarge => "too_large",
             Self::RateLimited => "rate_limited",
             Self::NotFound => "not_found",
+            Self::Unauthenticated => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::Conflict => "conflict",
             Self::Unavailable => "unavailable",

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use onair_core::{NodeId, PeerId, Stream, StreamEvent};
+use onair_auth::Upstream;
+use onair_core::{NodeId, PeerId, Stream, StreamEvent, StreamId};
 use onair_node::{NodeHandler, NodeLink};
 use onair_proto::convert::FeedEvent;
 use onair_proto::v1 as pb;
@@ -18,7 +19,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
 use tokio::sync::broadcast;
-use tonic::transport::Channel;
 
 use crate::ice::IceServers;
 use crate::protocol::{ErrorCode, ServerFrame, SignalKind};
@@ -29,6 +29,10 @@ pub use crate::queue::{Out, SocketTx};
 struct Slot {
     tx: Option<SocketTx>,
     conn: u64,
+    /// What signaling knows about the peer, kept to re-assert it if the directory is lost.
+    token: String,
+    broadcasting: Option<StreamId>,
+    watching: Option<StreamId>,
 }
 
 /// Gateway metrics.
@@ -42,6 +46,8 @@ pub struct GatewayMetrics {
     pub frames_out: Counter,
     /// Frames rejected (bad input, rate limit).
     pub frames_rejected: Counter,
+    /// WebSocket upgrades refused because the client address had too many open.
+    pub sockets_refused_per_ip: Counter,
 }
 
 impl GatewayMetrics {
@@ -51,6 +57,11 @@ impl GatewayMetrics {
         m.register("gateway_frames_in", "Frames received from browsers", self.frames_in.clone());
         m.register("gateway_frames_out", "Frames sent to browsers", self.frames_out.clone());
         m.register("gateway_frames_rejected", "Frames rejected with an error frame", self.frames_rejected.clone());
+        m.register(
+            "gateway_sockets_refused_per_ip",
+            "WebSocket upgrades refused with 429: too many open from one client address (--max-sockets-per-ip)",
+            self.sockets_refused_per_ip.clone(),
+        );
     }
 }
 
@@ -78,9 +89,9 @@ pub struct HubParts {
     /// The node's signaling link.
     pub link: NodeLink,
     /// Registry client.
-    pub registry: StreamRegistryClient<Channel>,
+    pub registry: StreamRegistryClient<Upstream>,
     /// Signaling client.
-    pub signaling: SignalingClient<Channel>,
+    pub signaling: SignalingClient<Upstream>,
     /// Resume grace.
     pub resume_grace: Duration,
     /// ICE servers.
@@ -137,9 +148,17 @@ impl Hub {
     /// Binds `peer` to a new socket; returns its connection number. A new peer is announced to
     /// signaling with its resume `token`; a `resumed` one was moved here by the `Resume` call
     /// already. An older socket of the same peer on this gateway is closed (4009).
-    pub fn attach(&self, peer: &PeerId, token: &str, tx: SocketTx, resumed: bool) -> u64 {
+    /// `doing` is what a resumed peer broadcasts and watches (from signaling's `Resume`).
+    pub fn attach(&self, peer: &PeerId, token: &str, tx: SocketTx, resumed: bool, doing: Doing) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let old = self.lock().insert(peer.clone(), Slot { tx: Some(tx), conn });
+        let slot = Slot {
+            tx: Some(tx),
+            conn,
+            token: token.to_owned(),
+            broadcasting: doing.broadcasting,
+            watching: doing.watching,
+        };
+        let old = self.lock().insert(peer.clone(), slot);
         if let Some(Slot { tx: Some(old_tx), .. }) = old {
             old_tx.send(Out::Close(4009, "session resumed on another connection"));
         }
@@ -193,6 +212,16 @@ impl Hub {
                 hub.to_signaling(pb::node_message::Msg::Detach(pb::Detach { peer: peer.to_string() }));
             }
         });
+    }
+
+    /// Records what a local peer asked signaling for (`watch`/`unwatch`/`unpublish`), so a re-assert
+    /// after a directory loss carries it.
+    pub fn note(&self, peer: &PeerId, change: impl FnOnce(&mut Doing)) {
+        if let Some(slot) = self.lock().get_mut(peer) {
+            let mut doing = Doing { broadcasting: slot.broadcasting.take(), watching: slot.watching.take() };
+            change(&mut doing);
+            (slot.broadcasting, slot.watching) = (doing.broadcasting, doing.watching);
+        }
     }
 
     /// Sends to a local peer; a client whose queue passes its bound (it does not read) is closed (4008).
@@ -251,6 +280,7 @@ impl Hub {
             Event::Published(stream) => match Stream::try_from(&stream) {
                 Ok(stream) => {
                     tracing::info!(peer = %to, stream_id = %stream.id, "published");
+                    self.note(&to, |d| d.broadcasting = Some(stream.id.clone()));
                     ServerFrame::Published { stream: &stream }.to_json()
                 }
                 Err(e) => {
@@ -299,6 +329,14 @@ impl Hub {
             }
             FeedEvent::Change(StreamEvent::Ended(s)) => {
                 self.with_streams(|list| list.retain(|x| x.id != s.id));
+                for slot in self.lock().values_mut() {
+                    if slot.broadcasting.as_ref() == Some(&s.id) {
+                        slot.broadcasting = None;
+                    }
+                    if slot.watching.as_ref() == Some(&s.id) {
+                        slot.watching = None;
+                    }
+                }
                 self.broadcast(ServerFrame::StreamOff { stream_id: &s.id }.to_json());
             }
         }
@@ -320,4 +358,25 @@ impl NodeHandler for Hub {
     fn stream_event(self: &Arc<Self>, event: FeedEvent) {
         self.apply(event);
     }
+    fn peer_states(&self) -> Vec<pb::PeerState> {
+        let s = |o: &Option<StreamId>| o.as_ref().map(ToString::to_string).unwrap_or_default();
+        self.lock()
+            .iter()
+            .map(|(peer, slot)| pb::PeerState {
+                peer: peer.to_string(),
+                resume_token: slot.token.clone(),
+                broadcasting: s(&slot.broadcasting),
+                watching: s(&slot.watching),
+            })
+            .collect()
+    }
+}
+
+/// What a peer broadcasts and watches, as far as its gateway knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Doing {
+    /// The stream it broadcasts.
+    pub broadcasting: Option<StreamId>,
+    /// The stream it watches.
+    pub watching: Option<StreamId>,
 }

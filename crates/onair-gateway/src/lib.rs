@@ -2,11 +2,14 @@
 //! `/ws`, and relays everything through signaling and the registry. It holds
 //! sockets and nothing that must survive it.
 
+mod access;
 mod api;
 mod download;
+mod http;
 mod hub;
 pub mod ice;
 mod pages;
+pub mod per_ip;
 mod protocol;
 mod queue;
 mod ratelimit;
@@ -59,6 +62,15 @@ pub struct GatewayConfig {
     pub tls: Option<TlsConfig>,
     /// ICE servers handed to browsers in `welcome`.
     pub ice: IceServers,
+    /// The cluster secret for signaling and the registry, and the verifier of browsers' access tokens
+    /// (none: auth off, every socket may publish and watch).
+    pub security: onair_auth::Security,
+    /// WebSockets one client address may hold open (0: no limit); more get 429.
+    pub max_sockets_per_ip: usize,
+    /// Proxies (nginx, a load balancer) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<per_ip::Cidr>,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -66,6 +78,10 @@ struct AppState {
     hub: Arc<Hub>,
     shutdown: CancellationToken,
     allowed_origins: Arc<[String]>,
+    /// Verifies browsers' access tokens (none: auth off).
+    tokens: Option<Arc<onair_auth::Verifier>>,
+    per_ip: Arc<per_ip::PerIp>,
+    trusted_proxies: Arc<[per_ip::Cidr]>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<Hub> {
@@ -79,6 +95,17 @@ impl axum::extract::FromRef<AppState> for Arc<Hub> {
 struct WsQuery {
     /// The `resume_token` of a previous `welcome`: reclaim that peer id and its stream.
     resume: Option<String>,
+    /// An access token (JWT) carrying the socket's grants. Browsers cannot set headers on a
+    /// WebSocket; other clients may send `Authorization: Bearer` instead.
+    access_token: Option<String>,
+}
+
+/// The access token of an upgrade: `?access_token=`, else `Authorization: Bearer`.
+fn access_token<'a>(query: Option<&'a str>, authorization: Option<&'a str>) -> Option<&'a str> {
+    query
+        .or_else(|| authorization.and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer "))))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// Whether a WebSocket upgrade from a page of `origin` may proceed: an origin on `allowed`, or the
@@ -95,6 +122,7 @@ fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) 
 
 async fn ws(
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     Query(q): Query<WsQuery>,
     headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -105,7 +133,25 @@ async fn ws(
         let msg = "this page's origin may not open onair's WebSocket (the server's --allowed-origins)\n";
         return axum::response::IntoResponse::into_response((axum::http::StatusCode::FORBIDDEN, msg));
     }
+    let client = per_ip::client_ip(
+        peer.ip(),
+        header(axum::http::HeaderName::from_static("x-forwarded-for")),
+        &state.trusted_proxies,
+    );
+    let Some(slot) = state.per_ip.acquire(client) else {
+        state.hub.metrics.sockets_refused_per_ip.inc();
+        tracing::debug!(%client, "WebSocket refused: too many from this address");
+        let msg = format!(
+            "too many connections from your address (at most {}); close some tabs and retry\n",
+            state.per_ip.limit()
+        );
+        let mut r = axum::response::IntoResponse::into_response((axum::http::StatusCode::TOO_MANY_REQUESTS, msg));
+        r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("10"));
+        return r;
+    };
     let resume = q.resume.filter(|t| !t.is_empty());
+    let token = access_token(q.access_token.as_deref(), header(axum::http::header::AUTHORIZATION));
+    let access = access::SocketAccess::from_token(state.tokens.as_deref(), token);
     upgrade
         .max_message_size(socket::HARD_FRAME_LIMIT)
         .max_frame_size(socket::HARD_FRAME_LIMIT)
@@ -114,7 +160,10 @@ async fn ws(
         .read_buffer_size(socket::READ_BUFFER_BYTES)
         // Every send is flushed at once anyway (signaling is latency-bound): no write buffer to keep.
         .write_buffer_size(0)
-        .on_upgrade(move |s| socket::run(state.hub, s, resume, state.shutdown))
+        .on_upgrade(move |s| async move {
+            socket::run(state.hub, s, resume, access, state.shutdown).await;
+            drop(slot);
+        })
 }
 
 /// Prepares the gateway on `listener`: registers its readiness check ("upstreams") and metrics
@@ -129,10 +178,11 @@ pub fn serve(
     shutdown: CancellationToken,
 ) -> Result<impl Future<Output = Result<(), ServeError>> + Send + 'static, ServeError> {
     let (link, outbox) = NodeLink::new(config.node.clone());
+    let creds = config.security.credentials();
     let hub = Hub::new(HubParts {
         link,
-        registry: StreamRegistryClient::new(onair_node::lazy_channel(&config.registry_url)?),
-        signaling: SignalingClient::new(onair_node::lazy_channel(&config.signaling_url)?),
+        registry: StreamRegistryClient::new(onair_node::lazy_channel(&config.registry_url, &creds)?),
+        signaling: SignalingClient::new(onair_node::lazy_channel(&config.signaling_url, &creds)?),
         resume_grace: config.resume_grace,
         ice: config.ice.clone(),
         tokens: resume_token::TokenSigner::new(config.resume_secret.as_deref()),
@@ -144,6 +194,9 @@ pub fn serve(
         hub: Arc::clone(&hub),
         shutdown: shutdown.clone(),
         allowed_origins: config.allowed_origins.clone().into(),
+        tokens: config.security.tokens.clone(),
+        per_ip: per_ip::PerIp::new(config.max_sockets_per_ip),
+        trusted_proxies: config.trusted_proxies.clone().into(),
     };
     let mut app = Router::new()
         .route("/", get(pages::watcher))
@@ -177,7 +230,10 @@ pub fn serve(
         };
         let served = match &config.tls {
             Some(tls) => match tls::TlsListener::new(listener, tls) {
-                Ok(listener) => axum::serve(listener, app).with_graceful_shutdown(closing).await,
+                Ok(listener) => {
+                    http::serve(listener, app, config.header_timeout, closing).await;
+                    Ok(())
+                }
                 Err(e) => Err(e),
             },
             // Signaling frames are small and latency-bound: no Nagle delay (the TLS listener does the same).
@@ -185,7 +241,8 @@ pub fn serve(
                 let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
                     let _ = tcp.set_nodelay(true);
                 });
-                axum::serve(listener, app).with_graceful_shutdown(closing).await
+                http::serve(listener, app, config.header_timeout, closing).await;
+                Ok(())
             }
         };
         if config.end_sessions_on_shutdown {

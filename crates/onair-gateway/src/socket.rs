@@ -10,7 +10,8 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Hub, Out};
+use crate::access::SocketAccess;
+use crate::hub::{Doing, Hub, Out};
 use crate::protocol::{ClientFrame, ErrorCode, ServerFrame, SignalKind, parse};
 use crate::queue::{SEND_TIMEOUT, socket_queue};
 use crate::ratelimit::{RateLimiter, Verdict};
@@ -35,6 +36,7 @@ struct Conn {
     peer: PeerId,
     token: String,
     conn: u64,
+    access: SocketAccess,
 }
 
 impl Conn {
@@ -57,19 +59,28 @@ impl Conn {
         match frame {
             ClientFrame::Ping => vec![ServerFrame::Pong.to_json()],
             ClientFrame::Publish { title } => {
+                if let Err((code, message)) = self.access.publish(&title) {
+                    return self.error(code, &message).into_iter().collect();
+                }
                 // Signaling creates the stream and answers with `published` (or an error frame).
                 self.hub.to_signaling(Msg::Publish(pb::Publish { peer, title }));
                 vec![]
             }
             ClientFrame::Unpublish => {
+                self.hub.note(&self.peer, |d| d.broadcasting = None);
                 self.hub.to_signaling(Msg::Unpublished(pb::Unpublished { peer }));
                 vec![]
             }
             ClientFrame::Watch { stream_id } => {
+                if let Err((code, message)) = self.access.watch(stream_id.as_str()) {
+                    return self.error(code, &message).into_iter().collect();
+                }
+                self.hub.note(&self.peer, |d| d.watching = Some(stream_id.clone()));
                 self.hub.to_signaling(Msg::Watch(pb::Watch { peer, stream_id: stream_id.to_string() }));
                 vec![]
             }
             ClientFrame::Unwatch => {
+                self.hub.note(&self.peer, |d| d.watching = None);
                 self.hub.to_signaling(Msg::Unwatch(pb::Unwatch { peer }));
                 vec![]
             }
@@ -90,14 +101,19 @@ impl Conn {
 }
 
 /// Moves the peer named in resume `token` to this gateway (signaling checks the token, and tells
-/// the peer's old gateway to close its socket); on failure, the `error` frame for the client.
-async fn resume(hub: &Hub, token: &str) -> Result<PeerId, (ErrorCode, &'static str)> {
+/// the peer's old gateway to close its socket), with what it broadcasts and watches; on failure,
+/// the `error` frame for the client.
+async fn resume(hub: &Hub, token: &str) -> Result<(PeerId, Doing), (ErrorCode, &'static str)> {
     let old =
         hub.cfg.tokens.peer_of(token).ok_or((ErrorCode::NotFound, "unknown resume token; continuing as a new peer"))?;
     let mut signaling = hub.cfg.signaling.clone();
     let req = pb::ResumeRequest { peer: old.to_string(), resume_token: token.to_owned(), node: hub.node().to_string() };
     match tokio::time::timeout(RESUME_DEADLINE, signaling.resume(req)).await {
-        Ok(Ok(_)) => Ok(old),
+        Ok(Ok(r)) => {
+            let r = r.into_inner();
+            let stream = |s: &str| s.parse().ok();
+            Ok((old, Doing { broadcasting: stream(&r.broadcasting), watching: stream(&r.watching) }))
+        }
         Ok(Err(s)) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::PermissionDenied) => {
             Err((ErrorCode::NotFound, "that session has expired; continuing as a new peer"))
         }
@@ -134,24 +150,33 @@ const TOO_SLOW: (u16, &str) = (4008, "too slow: the client does not read what it
 /// peer's id and stream if signaling accepts it, before anything is sent, so the client gets
 /// exactly one `welcome`. Otherwise it is a new peer, and the frame after `welcome` is the
 /// `error` saying why the token was not taken.
-pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, resume_token: Option<String>, shutdown: CancellationToken) {
+/// `access` is what the socket's access token allows (everything when auth is off); a refused
+/// token is explained in an `error` frame right after `welcome`.
+pub async fn run(
+    hub: Arc<Hub>,
+    mut socket: WebSocket,
+    resume_token: Option<String>,
+    access: SocketAccess,
+    shutdown: CancellationToken,
+) {
     hub.metrics.sockets.inc();
     let resumed = match resume_token {
-        Some(token) => Some(resume(&hub, &token).await.map(|peer| (peer, token))),
+        Some(token) => Some(resume(&hub, &token).await.map(|(peer, doing)| (peer, token, doing))),
         None => None,
     };
-    let (peer, token, refusal, is_resumed) = match resumed {
-        Some(Ok((peer, token))) => (peer, token, None, true),
+    let (peer, token, refusal, is_resumed, doing) = match resumed {
+        Some(Ok((peer, token, doing))) => (peer, token, None, true, doing),
         other => {
             let peer = PeerId::generate();
             let token = hub.cfg.tokens.mint(&peer);
-            (peer, token, other.and_then(Result::err), false)
+            (peer, token, other.and_then(Result::err), false, Doing::default())
         }
     };
     let (tx, mut rx) = socket_queue();
     let too_slow = rx.too_slow.clone();
-    let conn = hub.attach(&peer, &token, tx, is_resumed);
-    let c = Conn { hub: Arc::clone(&hub), peer, token, conn };
+    let conn = hub.attach(&peer, &token, tx, is_resumed, doing);
+    let refused_token = access.refusal();
+    let c = Conn { hub: Arc::clone(&hub), peer, token, conn, access };
     let mut list = hub.subscribe_list();
     let mut limiter =
         RateLimiter::new(hub.cfg.ws_rate.0, hub.cfg.ws_rate.1, MAX_STRIKES, STRIKE_WINDOW, std::time::Instant::now());
@@ -164,6 +189,7 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, resume_token: Option<Stri
 
     let mut first = vec![c.welcome()];
     first.extend(refusal.and_then(|(code, message)| c.error(code, message)));
+    first.extend(refused_token.and_then(|(code, message)| c.error(code, &message)));
     first.push(hub.streams_frame());
     let mut failed = None;
     for text in first {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use onair_auth::{Credentials, Upstream};
 use onair_core::{Bus, BusItem, NodeId};
 use onair_ops::{ReadyCheck, ServeError};
 use onair_proto::convert::FeedEvent;
@@ -19,10 +20,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 /// Heartbeat period; signaling's presence TTL is a few of these.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// What a node does with what its links receive.
 pub trait NodeHandler: Send + Sync + 'static {
@@ -34,6 +34,9 @@ pub trait NodeHandler: Send + Sync + 'static {
     fn deliver(&self, d: pb::Delivery);
     /// A registry change (the first one after each (re)connect is a snapshot).
     fn stream_event(self: &Arc<Self>, event: FeedEvent);
+    /// Every peer this node holds and what it does, for signaling to rebuild the directory from
+    /// when it lost it (a heartbeat answered `reassert`).
+    fn peer_states(&self) -> Vec<pb::PeerState>;
 }
 
 /// Health of a node's two upstream links, for readiness.
@@ -118,7 +121,7 @@ impl Links {
     pub fn spawn<H: NodeHandler>(
         h: &Arc<H>,
         outbox: Outbox,
-        signaling: SignalingClient<Channel>,
+        signaling: SignalingClient<Upstream>,
         bus: Arc<dyn Bus>,
     ) -> Self {
         let cancel = CancellationToken::new();
@@ -136,13 +139,15 @@ impl Links {
     }
 }
 
-/// A lazily connecting gRPC channel with short connect timeouts and keepalives.
-pub fn lazy_channel(url: &str) -> Result<Channel, ServeError> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+/// A lazily connecting gRPC channel with short connect timeouts and keepalives, sending `credentials`
+/// (the cluster secret) on every call.
+pub fn lazy_channel(url: &str, credentials: &Credentials) -> Result<Upstream, ServeError> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .connect_lazy())
+        .connect_lazy();
+    Ok(credentials.on(channel))
 }
 
 struct Backoff(Duration);
@@ -168,7 +173,7 @@ impl Backoff {
 /// what is already queued (final detaches) still goes out before the stream closes.
 async fn signaling_link<H: NodeHandler>(
     h: Arc<H>,
-    signaling: SignalingClient<Channel>,
+    signaling: SignalingClient<Upstream>,
     mut rx: mpsc::Receiver<pb::NodeMessage>,
     shutdown: CancellationToken,
 ) {
@@ -222,8 +227,10 @@ async fn signaling_link<H: NodeHandler>(
     }
 }
 
-/// Tells signaling this node is alive, every [`HEARTBEAT_EVERY`].
-async fn heartbeat<H: NodeHandler>(h: Arc<H>, signaling: SignalingClient<Channel>, shutdown: CancellationToken) {
+/// Tells signaling this node is alive, every [`HEARTBEAT_EVERY`]; when signaling answers that the
+/// directory did not know the node (Redis came back empty), re-asserts every peer through the
+/// NodeStream, behind whatever is already queued.
+async fn heartbeat<H: NodeHandler>(h: Arc<H>, signaling: SignalingClient<Upstream>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     loop {
         tokio::select! {
@@ -231,8 +238,14 @@ async fn heartbeat<H: NodeHandler>(h: Arc<H>, signaling: SignalingClient<Channel
             _ = tick.tick() => {}
         }
         let req = pb::HeartbeatRequest { node: h.link().node().to_string() };
-        if let Err(e) = signaling.clone().heartbeat(req).await {
-            tracing::debug!(error = %e, "heartbeat failed");
+        match signaling.clone().heartbeat(req).await {
+            Ok(r) if r.get_ref().reassert => {
+                let peers = h.peer_states();
+                tracing::info!(peers = peers.len(), "signaling lost this node's peers; re-asserting them");
+                h.link().send(pb::node_message::Msg::Reassert(pb::Reassert { peers }));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
         }
     }
 }
@@ -271,7 +284,7 @@ async fn deliveries<H: NodeHandler>(h: Arc<H>, bus: Arc<dyn Bus>, shutdown: Canc
 /// Follows the registry's WatchStreams and hands every event to the node.
 pub async fn registry_feed<H: NodeHandler>(
     h: Arc<H>,
-    registry: StreamRegistryClient<Channel>,
+    registry: StreamRegistryClient<Upstream>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new();

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use onair_auth::Upstream;
 use onair_core::{Recording, RecordingId, RecordingState, StreamId};
 use onair_proto::convert::{recording_state, recording_to_pb};
 use onair_proto::v1 as pb;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
-use tonic::transport::Channel;
 
 use crate::error::RecorderError;
 
@@ -38,7 +38,7 @@ impl LiveStream {
 /// The registry client, with every call bounded by [`CALL_TIMEOUT`].
 #[derive(Debug, Clone)]
 pub struct Catalog {
-    client: StreamRegistryClient<Channel>,
+    client: StreamRegistryClient<Upstream>,
 }
 
 fn req<T>(msg: T) -> tonic::Request<T> {
@@ -49,12 +49,12 @@ fn req<T>(msg: T) -> tonic::Request<T> {
 
 impl Catalog {
     /// Wraps a registry client.
-    pub fn new(client: StreamRegistryClient<Channel>) -> Self {
+    pub fn new(client: StreamRegistryClient<Upstream>) -> Self {
         Self { client }
     }
 
     /// The raw client (for the change feed).
-    pub fn client(&self) -> StreamRegistryClient<Channel> {
+    pub fn client(&self) -> StreamRegistryClient<Upstream> {
         self.client.clone()
     }
 

@@ -31,6 +31,13 @@ struct Active {
     done: watch::Receiver<Option<Recording>>,
 }
 
+/// A recording session as a signaling peer: its inbox, and what to re-assert if the directory is lost.
+struct SessionPeer {
+    inbox: mpsc::Sender<SessionInput>,
+    token: String,
+    stream: StreamId,
+}
+
 /// Shared recorder state.
 pub struct Hub {
     /// Settings.
@@ -41,7 +48,7 @@ pub struct Hub {
     /// Metrics.
     pub metrics: RecorderMetrics,
     active: Mutex<HashMap<StreamId, Active>>,
-    peers: Mutex<HashMap<PeerId, mpsc::Sender<SessionInput>>>,
+    peers: Mutex<HashMap<PeerId, SessionPeer>>,
     accepting: AtomicBool,
 }
 
@@ -130,12 +137,15 @@ impl Hub {
         self.metrics.active.inc();
         let peer = PeerId::generate();
         let (inbox_tx, inbox) = mpsc::channel(256);
-        self.peers.lock().insert(peer.clone(), inbox_tx);
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let entry = SessionPeer { inbox: inbox_tx, token: token.clone(), stream: stream.id.clone() };
+        self.peers.lock().insert(peer.clone(), entry);
         tracing::info!(stream = %stream.id, recording = %id, %peer, "recording started");
         let params = SessionParams {
             stream,
             recording: recording.clone(),
             peer,
+            token,
             path,
             inbox,
             stop,
@@ -227,12 +237,26 @@ impl Hub {
     }
 
     fn to_session(&self, peer: &PeerId, input: SessionInput) {
-        let tx = self.peers.lock().get(peer).cloned();
+        let tx = self.peers.lock().get(peer).map(|p| p.inbox.clone());
         if let Some(tx) = tx
             && tx.try_send(input).is_err()
         {
             tracing::warn!(%peer, "session inbox full; signaling message dropped");
         }
+    }
+
+    /// The sessions' peers, to re-assert after signaling lost them: each watches its stream.
+    pub fn peer_states(&self) -> Vec<pb::PeerState> {
+        self.peers
+            .lock()
+            .iter()
+            .map(|(peer, p)| pb::PeerState {
+                peer: peer.to_string(),
+                resume_token: p.token.clone(),
+                broadcasting: String::new(),
+                watching: p.stream.to_string(),
+            })
+            .collect()
     }
 
     /// Applies one registry change: records new live streams (with auto-record) and stops
@@ -330,5 +354,8 @@ impl onair_node::NodeHandler for Hub {
     }
     fn stream_event(self: &Arc<Self>, event: FeedEvent) {
         self.apply_feed(event);
+    }
+    fn peer_states(&self) -> Vec<pb::PeerState> {
+        Hub::peer_states(self)
     }
 }

@@ -76,6 +76,8 @@ pub struct RecorderConfig {
     pub registry_url: String,
     /// Signaling gRPC URL.
     pub signaling_url: String,
+    /// The cluster secret (presented to signaling and the registry) and who may call onair.v1.Recorder.
+    pub security: onair_auth::Security,
 }
 
 /// Prepares the recorder on `listener`: registers its readiness check ("upstreams") and metrics
@@ -91,8 +93,11 @@ pub fn serve(
     shutdown: CancellationToken,
 ) -> Result<impl Future<Output = Result<(), ServeError>> + Send + 'static, ServeError> {
     std::fs::create_dir_all(&config.recordings_dir)?;
-    let catalog = catalog::Catalog::new(StreamRegistryClient::new(onair_node::lazy_channel(&config.registry_url)?));
-    let signaling = SignalingClient::new(onair_node::lazy_channel(&config.signaling_url)?);
+    let creds = config.security.credentials();
+    let catalog =
+        catalog::Catalog::new(StreamRegistryClient::new(onair_node::lazy_channel(&config.registry_url, &creds)?));
+    let signaling = SignalingClient::new(onair_node::lazy_channel(&config.signaling_url, &creds)?);
+    let access = config.security.public_api();
     let (link, outbox) = NodeLink::new(config.node.clone());
     let hub = Hub::new(config, catalog, link);
     hub.metrics.register(admin.metrics());
@@ -111,7 +116,7 @@ pub fn serve(
             node = %hub.config.node, dir = %hub.config.recordings_dir.display(),
             auto_record = hub.config.auto_record, "recorder starting"
         );
-        let service = RecorderServer::new(RecorderService::new(Arc::clone(&hub)));
+        let service = onair_auth::Guarded::new(RecorderServer::new(RecorderService::new(Arc::clone(&hub))), access);
         let served =
             onair_ops::grpc::serve(&admin, service, onair_proto::FILE_DESCRIPTOR_SET, listener, shutdown).await;
         let _ = feed.await;

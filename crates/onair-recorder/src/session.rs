@@ -63,6 +63,8 @@ pub struct SessionParams {
     pub recording: Recording,
     /// The session's signaling peer id.
     pub peer: PeerId,
+    /// Its resume token (signaling wants one per peer; the recorder never resumes).
+    pub token: String,
     /// The file.
     pub path: PathBuf,
     /// Deliveries for `peer`.
@@ -121,7 +123,8 @@ pub async fn run(p: SessionParams) -> Recording {
 }
 
 async fn run_inner(p: SessionParams) -> Recording {
-    let SessionParams { stream, recording, peer, path, mut inbox, stop, snapshot, link, catalog, metrics, rtc } = p;
+    let SessionParams { stream, recording, peer, token, path, mut inbox, stop, snapshot, link, catalog, metrics, rtc } =
+        p;
     let (rtc_tx, mut rtc_rx) = mpsc::unbounded_channel();
     let (media_tx, mut media_rx) = mpsc::channel(2048);
     let mut s = Session {
@@ -147,7 +150,6 @@ async fn run_inner(p: SessionParams) -> Recording {
         progress: None,
     };
     // Join the stream like a browser watcher would.
-    let token = uuid::Uuid::new_v4().simple().to_string();
     s.link.send(pb::node_message::Msg::Attach(pb::Attach { peer: s.peer.to_string(), resume_token: token }));
     s.link.send(pb::node_message::Msg::Watch(pb::Watch { peer: s.peer.to_string(), stream_id: stream.id.to_string() }));
     let started = Instant::now();

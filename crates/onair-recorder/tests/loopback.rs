@@ -176,7 +176,8 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
 
     let (l, registry_url) = listener().await;
     let store = Arc::new(onair_registry::LocalStore::memory());
-    let config = onair_registry::RegistryConfig { ended_retention: Duration::from_secs(600) };
+    let config =
+        onair_registry::RegistryConfig { ended_retention: Duration::from_secs(600), access: onair_auth::Access::Open };
     tokio::spawn(onair_registry::serve(config, store, "memory-store", Arc::clone(&bus), &admin, l, shutdown.clone()));
     let (l, signaling_url) = listener().await;
     let dirc = Arc::new(MemoryDirectory::new());
@@ -194,6 +195,7 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
         rtc: onair_recorder::RtcNetwork::only("127.0.0.1".parse().unwrap()),
         registry_url: registry_url.clone(),
         signaling_url: signaling_url.clone(),
+        security: onair_auth::Security::default(),
     };
     let recorder =
         tokio::spawn(onair_recorder::serve(rconf, Arc::clone(&bus), &admin, l, rec_shutdown.clone()).unwrap());

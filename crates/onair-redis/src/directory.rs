@@ -169,10 +169,13 @@ impl Directory for RedisDirectory {
         Ok(ids(members))
     }
 
-    async fn heartbeat(&self, node: &NodeId, now_ms: i64) -> Result<(), DirectoryError> {
+    async fn heartbeat(&self, node: &NodeId, now_ms: i64) -> Result<bool, DirectoryError> {
         #[allow(clippy::cast_precision_loss)]
         let score = now_ms as f64;
-        self.client.zadd::<(), _, _>(NODES, None, None, false, false, (score, node.as_str())).await.map_err(err)
+        // ZADD answers how many members it added: 1 for a node the set did not hold.
+        let added: i64 =
+            self.client.zadd(NODES, None, None, false, false, (score, node.as_str())).await.map_err(err)?;
+        Ok(added == 0)
     }
 
     async fn stale_nodes(&self, before_ms: i64) -> Result<Vec<NodeId>, DirectoryError> {

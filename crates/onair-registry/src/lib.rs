@@ -27,6 +27,8 @@ pub use store::{LocalStore, MongoStore, StoreError, StreamStore};
 pub struct RegistryConfig {
     /// How long ended streams stay listed before they are purged.
     pub ended_retention: Duration,
+    /// Who may call the registry API (an admin token or the cluster secret; open when auth is off).
+    pub access: onair_auth::Access,
 }
 
 /// Deletes ended streams older than the retention, periodically, until `shutdown`.
@@ -71,7 +73,7 @@ pub fn serve(
         let service = RegistryService::new(store, bus, shutdown.clone());
         let served = onair_ops::grpc::serve(
             &admin,
-            StreamRegistryServer::new(service),
+            onair_auth::Guarded::new(StreamRegistryServer::new(service), config.access),
             onair_proto::FILE_DESCRIPTOR_SET,
             listener,
             shutdown,

@@ -24,11 +24,13 @@ use service::SignalingService;
 pub struct SignalingConfig {
     /// A node silent for this long loses its peers (and their streams end).
     pub presence_ttl: Duration,
+    /// The cluster secret: required from callers, presented to the registry (none: open).
+    pub security: onair_auth::Security,
 }
 
 impl Default for SignalingConfig {
     fn default() -> Self {
-        Self { presence_ttl: Duration::from_secs(6) }
+        Self { presence_ttl: Duration::from_secs(6), security: onair_auth::Security::default() }
     }
 }
 
@@ -53,20 +55,21 @@ pub fn serve(
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(3))
         .connect_lazy();
-    let router = Router::new(dir, bus, StreamRegistryClient::new(channel));
+    let router = Router::new(dir, bus, StreamRegistryClient::new(config.security.credentials().on(channel)));
     let admin = admin.clone();
     Ok(async move {
         let reaper = tokio::spawn(service::reap_dead_nodes(router.clone(), config.presence_ttl, shutdown.clone()));
+        let sweeper = tokio::spawn(service::sweep_orphans(router.clone(), config.presence_ttl * 2, shutdown.clone()));
         let service = SignalingService::new(router, config.presence_ttl, shutdown.clone());
         let served = onair_ops::grpc::serve(
             &admin,
-            SignalingServer::new(service),
+            onair_auth::Guarded::new(SignalingServer::new(service), config.security.internal_api()),
             onair_proto::FILE_DESCRIPTOR_SET,
             listener,
             shutdown,
         )
         .await;
-        let _ = reaper.await;
+        let _ = tokio::join!(reaper, sweeper);
         served
     })
 }

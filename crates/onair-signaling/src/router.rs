@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use onair_auth::Upstream;
 use onair_core::{Bus, Directory, NodeId, PeerId, PeerRecord, StreamId};
 use onair_proto::v1 as pb;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
 use prost::Message;
-use tonic::transport::Channel;
 
 use crate::error::RouteError;
 
@@ -69,6 +69,11 @@ pub enum Action {
         /// Passed through untouched.
         payload: String,
     },
+    /// Everything the node's peers are doing (the directory lost it).
+    Reassert {
+        /// The node's peers.
+        peers: Vec<PeerState>,
+    },
 }
 
 impl TryFrom<pb::node_message::Msg> for Action {
@@ -90,6 +95,38 @@ impl TryFrom<pb::node_message::Msg> for Action {
                 }
                 Self::Signal { from: parse("from", &s.from)?, to: parse("to", &s.to)?, kind, payload: s.payload }
             }
+            Msg::Reassert(r) => {
+                Self::Reassert { peers: r.peers.into_iter().map(PeerState::try_from).collect::<Result<_, _>>()? }
+            }
+        })
+    }
+}
+
+/// One peer as its node re-asserts it after the directory lost its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerState {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its resume token.
+    pub resume_token: String,
+    /// The stream it broadcasts.
+    pub broadcasting: Option<StreamId>,
+    /// The stream it watches.
+    pub watching: Option<StreamId>,
+}
+
+fn optional_stream(field: &str, v: &str) -> Result<Option<StreamId>, RouteError> {
+    if v.is_empty() { Ok(None) } else { parse(field, v).map(Some) }
+}
+
+impl TryFrom<pb::PeerState> for PeerState {
+    type Error = RouteError;
+    fn try_from(p: pb::PeerState) -> Result<Self, RouteError> {
+        Ok(Self {
+            peer: parse("peer", &p.peer)?,
+            resume_token: p.resume_token,
+            broadcasting: optional_stream("broadcasting", &p.broadcasting)?,
+            watching: optional_stream("watching", &p.watching)?,
         })
     }
 }
@@ -99,7 +136,7 @@ impl TryFrom<pb::node_message::Msg> for Action {
 pub struct Router {
     dir: Arc<dyn Directory>,
     bus: Arc<dyn Bus>,
-    registry: StreamRegistryClient<Channel>,
+    registry: StreamRegistryClient<Upstream>,
 }
 
 impl std::fmt::Debug for Router {
@@ -110,7 +147,7 @@ impl std::fmt::Debug for Router {
 
 impl Router {
     /// A router over the given state, bus and registry.
-    pub fn new(dir: Arc<dyn Directory>, bus: Arc<dyn Bus>, registry: StreamRegistryClient<Channel>) -> Self {
+    pub fn new(dir: Arc<dyn Directory>, bus: Arc<dyn Bus>, registry: StreamRegistryClient<Upstream>) -> Self {
         Self { dir, bus, registry }
     }
 
@@ -161,7 +198,79 @@ impl Router {
                 Ok(())
             }
             Action::Signal { from, to, kind, payload } => self.signal(from, to, kind, payload).await,
+            Action::Reassert { peers } => self.reassert(node, peers).await,
         }
+    }
+
+    /// Rebuilds the directory entries of `node`'s peers from what the node knows (after Redis came
+    /// back empty): presence, broadcasters, then watchers (telling broadcasters the new counts).
+    /// A peer the directory now places on another node (it resumed there) is left alone.
+    async fn reassert(&self, node: &NodeId, peers: Vec<PeerState>) -> Result<(), RouteError> {
+        let mut mine = Vec::with_capacity(peers.len());
+        for p in peers {
+            if self.dir.peer(&p.peer).await?.is_some_and(|rec| &rec.node != node) {
+                continue;
+            }
+            self.dir.attach(&p.peer, node, &p.resume_token).await?;
+            if let Some(stream) = &p.broadcasting {
+                self.dir.set_broadcasting(&p.peer, Some(stream), None).await?;
+            }
+            mine.push(p);
+        }
+        for p in &mine {
+            let Some(stream) = &p.watching else { continue };
+            let count = self.dir.add_watcher(stream, &p.peer).await?;
+            self.dir.set_watching(&p.peer, Some(stream)).await?;
+            if let Some(b) = self.dir.broadcaster(stream).await? {
+                self.viewers_changed(&b, stream, count).await?;
+            }
+        }
+        tracing::info!(%node, peers = mine.len(), "node re-asserted its peers");
+        Ok(())
+    }
+
+    /// Ends live streams whose broadcaster the directory no longer knows, once `suspects` (the ones
+    /// found orphaned by the previous sweep) confirms them: a broadcaster's node re-asserts within a
+    /// heartbeat or two after a directory loss, so only streams still orphaned a sweep later are
+    /// gone for real (their gateway died meanwhile). Returns this sweep's orphans.
+    pub async fn end_orphans(
+        &self,
+        suspects: &std::collections::HashSet<StreamId>,
+    ) -> Result<std::collections::HashSet<StreamId>, RouteError> {
+        let mut orphans = std::collections::HashSet::new();
+        let mut page_token = String::new();
+        for _ in 0..1000 {
+            let req = pb::ListStreamsRequest {
+                state: pb::StreamState::Live.into(),
+                page_size: 100,
+                page_token: page_token.clone(),
+            };
+            let page = match self.registry.clone().list_streams(req).await {
+                Ok(r) => r.into_inner(),
+                Err(status) => return Err(RouteError::RegistryUnavailable(status.message().to_owned())),
+            };
+            for s in page.streams {
+                let Ok(id) = s.id.parse::<StreamId>() else { continue };
+                if self.dir.broadcaster(&id).await?.is_none() {
+                    orphans.insert(id);
+                }
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        for stream in orphans.intersection(suspects) {
+            tracing::warn!(%stream, "live stream without a broadcaster (its node is gone); ending it");
+            let mut registry = self.registry.clone();
+            if let Err(e) = registry.end_stream(pb::EndStreamRequest { id: stream.to_string() }).await {
+                tracing::warn!(error = %e, %stream, "registry did not end the orphaned stream");
+            }
+            for w in self.dir.clear_stream(stream).await? {
+                self.dir.set_watching(&w, None).await?;
+            }
+        }
+        Ok(orphans)
     }
 
     /// The hot path: checks the pairing and forwards one signaling message.

@@ -47,6 +47,7 @@ fn raw_peer(msg: &pb::node_message::Msg) -> &str {
         Msg::Watch(w) => &w.peer,
         Msg::Unwatch(u) => &u.peer,
         Msg::Signal(s) => &s.from,
+        Msg::Reassert(_) => "",
     }
 }
 
@@ -101,9 +102,13 @@ impl Signaling for SignalingService {
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let node = node_id(&req.get_ref().node)?;
-        self.router.directory().heartbeat(&node, onair_core::time::now_ms()).await.map_err(RouteError::from)?;
+        let known =
+            self.router.directory().heartbeat(&node, onair_core::time::now_ms()).await.map_err(RouteError::from)?;
+        if !known {
+            tracing::info!(%node, "heartbeat from a node the directory does not know; asking it to re-assert its peers");
+        }
         let ttl_ms = u64::try_from(self.presence_ttl.as_millis()).unwrap_or(u64::MAX);
-        Ok(Response::new(pb::HeartbeatResponse { ttl_ms }))
+        Ok(Response::new(pb::HeartbeatResponse { ttl_ms, reassert: !known }))
     }
 
     async fn resume(&self, req: Request<pb::ResumeRequest>) -> Result<Response<pb::ResumeResponse>, Status> {
@@ -116,9 +121,13 @@ impl Signaling for SignalingService {
 
 /// Every second, finds nodes whose heartbeat is older than `ttl` and detaches their peers
 /// (ending their streams). Safe to run on every replica: one claims each dead node.
+///
+/// After the directory was unreachable, nobody's heartbeat could land: the reaper waits a full
+/// `ttl` of reachability before judging anyone, so a Redis outage does not read as every node dying.
 pub async fn reap_dead_nodes(router: Router, ttl: Duration, shutdown: CancellationToken) {
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut judge_after = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -129,9 +138,13 @@ pub async fn reap_dead_nodes(router: Router, ttl: Duration, shutdown: Cancellati
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "reaper skipped");
+                judge_after = tokio::time::Instant::now() + ttl;
                 continue;
             }
         };
+        if tokio::time::Instant::now() < judge_after {
+            continue;
+        }
         for node in stale {
             if !matches!(dir.claim_node(&node).await, Ok(true)) {
                 continue;
@@ -142,6 +155,27 @@ pub async fn reap_dead_nodes(router: Router, ttl: Duration, shutdown: Cancellati
                 if let Err(e) = router.detach(&node, &p).await {
                     tracing::warn!(error = %e, peer = %p, "could not detach");
                 }
+            }
+        }
+    }
+}
+
+/// Every `every`, ends live streams whose broadcaster the directory lost and no node re-asserted
+/// (two sweeps in a row, see [`Router::end_orphans`]). Safe on every replica (ending is idempotent).
+pub async fn sweep_orphans(router: Router, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut suspects = std::collections::HashSet::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match router.end_orphans(&suspects).await {
+            Ok(orphans) => suspects = orphans,
+            Err(e) => {
+                tracing::debug!(error = %e, "orphan sweep skipped");
+                suspects.clear();
             }
         }
     }

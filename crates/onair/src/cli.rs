@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Which service(s) this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -39,6 +39,10 @@ pub enum StoreKind {
 #[derive(Debug, Clone, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
+    /// Something other than serving (e.g. `onair token` mints an access token).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Service to run: `all` runs every service in one process.
     #[arg(long, env = "ONAIR_TARGET", value_enum, default_value = "all")]
     pub target: Target,
@@ -76,13 +80,33 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_TURN_CREDENTIAL_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub turn_credential_ttl: Duration,
 
-    /// gRPC listen address (registry, signaling, recorder APIs).
-    #[arg(long, env = "ONAIR_GRPC_ADDR", default_value = "0.0.0.0:50051")]
-    pub grpc_addr: SocketAddr,
+    /// gRPC listen address (registry, signaling, recorder APIs). Default: 127.0.0.1:50051 for `all`
+    /// (nothing outside this host needs it), 0.0.0.0:50051 for the cluster targets.
+    #[arg(long, env = "ONAIR_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
 
-    /// Admin HTTP listen address: /healthz, /readyz, /metrics.
-    #[arg(long, env = "ONAIR_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
-    pub admin_addr: SocketAddr,
+    /// Admin HTTP listen address: /healthz, /readyz, /metrics. Default: 127.0.0.1:9090 for `all`,
+    /// 0.0.0.0:9090 for the cluster targets (probes and Prometheus scrape it).
+    #[arg(long, env = "ONAIR_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// Turns auth on: access tokens (JWT, HS256) signed with this secret carry what their holder may
+    /// do (publish, subscribe, admin; see `onair token`). Every gateway, registry and recorder of a
+    /// cluster needs it. Without it (or --auth-public-key) anyone who reaches the gateway may go live
+    /// and watch, and anyone who reaches gRPC may call the registry and recorder APIs.
+    #[arg(long, env = "ONAIR_AUTH_SECRET", hide_env_values = true, global = true)]
+    pub auth_secret: Option<String>,
+
+    /// Turns auth on with EdDSA tokens: the issuer's Ed25519 public key (PEM). onair checks tokens
+    /// but cannot mint them.
+    #[arg(long, env = "ONAIR_AUTH_PUBLIC_KEY", value_name = "FILE", conflicts_with = "auth_secret")]
+    pub auth_public_key: Option<PathBuf>,
+
+    /// Secret the services of one cluster share and present to each other on every gRPC call;
+    /// signaling refuses calls without it, so nobody else on the network can impersonate a gateway.
+    /// The all-in-one generates one. Required with --auth-secret on cluster targets.
+    #[arg(long, env = "ONAIR_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
 
     /// This process's node id (its Redis channel is onair:node:<id>). Default: a random id.
     /// In Kubernetes, set it to the pod name.
@@ -108,6 +132,20 @@ pub struct Cli {
     /// visitor's browser into onair.
     #[arg(long, env = "ONAIR_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+
+    /// WebSockets one client address may hold open on a gateway; more get 429 (0: no limit). Raise it
+    /// for audiences behind one big NAT (offices, campuses).
+    #[arg(long, env = "ONAIR_MAX_SOCKETS_PER_IP", default_value_t = 256)]
+    pub max_sockets_per_ip: usize,
+
+    /// Proxies in front of the gateways whose X-Forwarded-For names the client (comma-separated
+    /// addresses or CIDR blocks); the per-address limit counts that client instead of the proxy.
+    #[arg(long, env = "ONAIR_TRUSTED_PROXIES", value_delimiter = ',', default_value = "127.0.0.0/8,::1")]
+    pub trusted_proxies: Vec<onair_gateway::per_ip::Cidr>,
+
+    /// How long a client may take to send the headers of a request before the gateway hangs up.
+    #[arg(long, env = "ONAIR_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
 
     /// Frames per second one browser socket may send, sustained (gateway); more get `rate_limited`.
     #[arg(long, env = "ONAIR_WS_RATE", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
@@ -218,6 +256,34 @@ pub struct Cli {
     pub otlp_endpoint: Option<String>,
 }
 
+/// Commands besides serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Mint an access token (needs --auth-secret or ONAIR_AUTH_SECRET) and print it.
+    Token(TokenArgs),
+}
+
+/// `onair token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// What the token allows, repeatable: `publish` (go live), `publish=NAME` (only with that title),
+    /// `subscribe` (watch any stream), `subscribe=STREAM_ID`, `admin` (the registry and recorder gRPC APIs).
+    #[arg(long = "grant", value_name = "GRANT", required = true)]
+    pub grants: Vec<onair_auth::GrantArg>,
+
+    /// Limits `publish` to this stream title (same as `--grant publish=NAME`).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Who the token is for (its `sub` claim; logged at debug level when used).
+    #[arg(long, default_value = "onair-user")]
+    pub subject: String,
+
+    /// How long the token is valid (e.g. 15m, 1h, 30d).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -233,11 +299,51 @@ impl Cli {
         self.recordings_dir.clone().unwrap_or_else(|| self.data_dir.join("recordings"))
     }
 
+    /// The gRPC listen address in effect.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr.unwrap_or_else(|| self.default_addr(50051))
+    }
+
+    /// The admin listen address in effect.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr.unwrap_or_else(|| self.default_addr(9090))
+    }
+
+    fn default_addr(&self, port: u16) -> SocketAddr {
+        let ip: std::net::IpAddr = if self.target == Target::All { [127, 0, 0, 1].into() } else { [0, 0, 0, 0].into() };
+        SocketAddr::new(ip, port)
+    }
+
     /// The store backend in effect.
     pub fn store_kind(&self) -> StoreKind {
         self.store.unwrap_or(match self.target {
             Target::All => StoreKind::Embedded,
             _ => StoreKind::Mongodb,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn the_all_in_one_listens_for_grpc_and_admin_on_loopback_unless_told_otherwise() {
+        let all = Cli::try_parse_from(["onair"]).unwrap();
+        assert_eq!(all.grpc_addr().to_string(), "127.0.0.1:50051");
+        assert_eq!(all.admin_addr().to_string(), "127.0.0.1:9090");
+        let registry = Cli::try_parse_from(["onair", "--target", "registry"]).unwrap();
+        assert_eq!(registry.grpc_addr().to_string(), "0.0.0.0:50051");
+        assert_eq!(registry.admin_addr().to_string(), "0.0.0.0:9090");
+        let told = Cli::try_parse_from(["onair", "--grpc-addr", "0.0.0.0:6000"]).unwrap();
+        assert_eq!(told.grpc_addr().to_string(), "0.0.0.0:6000");
+    }
+
+    #[test]
+    fn one_kind_of_token_key_at_a_time() {
+        let both = Cli::try_parse_from(["onair", "--auth-secret", "x", "--auth-public-key", "k.pem"]);
+        assert!(both.is_err());
     }
 }

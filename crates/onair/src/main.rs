@@ -3,11 +3,15 @@
 mod cli;
 mod run;
 mod telemetry;
+mod token;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
+    if let Some(cli::Command::Token(args)) = &cli.command {
+        return token::print(args, cli.auth_secret.as_deref());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

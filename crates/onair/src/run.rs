@@ -252,6 +252,49 @@ async fn embedded_turn(cli: &Cli, tls: Option<&onair_gateway::TlsConfig>) -> Res
     Ok(Some(EmbeddedTurn { config, listeners, secret, urls }))
 }
 
+/// The cluster secret and the access-token verifier (auth), checked before anything starts; says
+/// loudly what is open.
+fn security(cli: &Cli) -> Result<onair_auth::Security, RunError> {
+    let config = |flag: &str, e: &dyn std::fmt::Display| RunError::Config(format!("{flag}: {e}"));
+    let tokens = match (&cli.auth_secret, &cli.auth_public_key) {
+        (Some(secret), _) => Some(onair_auth::Verifier::hs256(secret).map_err(|e| config("--auth-secret", &e))?),
+        (None, Some(path)) => {
+            let pem = std::fs::read(path).map_err(|e| config("--auth-public-key", &e))?;
+            Some(onair_auth::Verifier::ed25519_pem(&pem).map_err(|e| config("--auth-public-key", &e))?)
+        }
+        (None, None) => None,
+    };
+    let cluster = match &cli.cluster_secret {
+        Some(s) => Some(onair_auth::ClusterSecret::new(s).map_err(|e| config("--cluster-secret", &e))?),
+        // Every service lives in this process: a secret nobody else knows closes the loopback ports.
+        None if cli.target == Target::All => Some(onair_auth::ClusterSecret::generate()),
+        None => None,
+    };
+    if tokens.is_some() && cluster.is_none() {
+        return Err(RunError::Config(
+            "--auth-secret/--auth-public-key need --cluster-secret on every service of a cluster: the services \
+             prove themselves to each other with it"
+                .to_owned(),
+        ));
+    }
+    if tokens.is_none() && matches!(cli.target, Target::All | Target::Gateway | Target::Registry | Target::Recorder) {
+        println!(
+            "onair: WARNING: auth is off (no --auth-secret): anyone who reaches this server may go live, watch, and \
+             call the registry and recorder gRPC APIs. Fine on your laptop; see README (Auth) before exposing it."
+        );
+        tracing::warn!("auth is off: no --auth-secret or --auth-public-key");
+    }
+    // The TURN server has no gRPC API.
+    if cluster.is_none() && cli.target != Target::Turn {
+        println!(
+            "onair: WARNING: no --cluster-secret: the internal signaling API accepts calls from anyone who reaches \
+             --grpc-addr"
+        );
+        tracing::warn!("no --cluster-secret: internal gRPC APIs are open");
+    }
+    Ok(onair_auth::Security { cluster, tokens: tokens.map(Arc::new) })
+}
+
 /// The services of one shutdown tier and the token that stops them.
 struct Tier {
     name: &'static str,
@@ -307,6 +350,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         }));
     }
     let node = node_id(&cli)?;
+    let security = security(&cli)?;
     // The certificate (gateway, TURN over TLS), the TURN sockets and the ICE servers are
     // checked before anything starts.
     let turn_wanted = target == Target::Turn || (target == Target::All && cli.public_addr.is_some());
@@ -322,10 +366,10 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let mut registry_url = cli.registry_url.clone();
     if runs(Target::Registry) {
         let (store, store_name) = make_store(&cli, &tiers[REGISTRY].stop).await?;
-        let (grpc, addr) = bind(cli.grpc_addr).await?;
+        let (grpc, addr) = bind(cli.grpc_addr()).await?;
         println!("onair: registry gRPC listening on {addr}");
         registry_url = format!("http://{}", loopback(addr));
-        let config = RegistryConfig { ended_retention: cli.ended_retention };
+        let config = RegistryConfig { ended_retention: cli.ended_retention, access: security.public_api() };
         let tier = &mut tiers[REGISTRY];
         tier.tasks.spawn(onair_registry::serve(
             config,
@@ -342,11 +386,11 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let mut signaling_url = cli.signaling_url.clone();
     if runs(Target::Signaling) {
         let dir = make_directory(&cli).await?;
-        let addr = if target == Target::All { SocketAddr::from(([127, 0, 0, 1], 0)) } else { cli.grpc_addr };
+        let addr = if target == Target::All { SocketAddr::from(([127, 0, 0, 1], 0)) } else { cli.grpc_addr() };
         let (grpc, addr) = bind(addr).await?;
         println!("onair: signaling gRPC listening on {addr}");
         signaling_url = format!("http://{}", loopback(addr));
-        let config = onair_signaling::SignalingConfig { presence_ttl: cli.presence_ttl };
+        let config = onair_signaling::SignalingConfig { presence_ttl: cli.presence_ttl, security: security.clone() };
         let tier = &mut tiers[SIGNALING];
         let serve = onair_signaling::serve(
             config,
@@ -362,7 +406,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
 
     // Recorder: on --grpc-addr alone, or on a private loopback port inside `all`.
     if runs(Target::Recorder) {
-        let addr = if target == Target::All { SocketAddr::from(([127, 0, 0, 1], 0)) } else { cli.grpc_addr };
+        let addr = if target == Target::All { SocketAddr::from(([127, 0, 0, 1], 0)) } else { cli.grpc_addr() };
         let (grpc, addr) = bind(addr).await?;
         println!("onair: recorder gRPC listening on {addr} (recordings in {})", cli.recordings_dir().display());
         // Inside `all` the gateway is a node too: the recorder needs its own channel.
@@ -379,6 +423,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             rtc: recorder_network(&cli),
             registry_url: registry_url.clone(),
             signaling_url: signaling_url.clone(),
+            security: security.clone(),
         };
         let tier = &mut tiers[EDGE];
         tier.tasks.spawn(onair_recorder::serve(config, Arc::clone(&bus), &admin, grpc, tier.stop.clone())?);
@@ -399,6 +444,10 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             end_sessions_on_shutdown: target == Target::All,
             tls,
             ice,
+            security: security.clone(),
+            max_sockets_per_ip: cli.max_sockets_per_ip,
+            trusted_proxies: cli.trusted_proxies.clone(),
+            header_timeout: cli.header_timeout,
         };
         let (http, addr) = bind(cli.http_addr).await?;
         println!("onair: gateway listening on {scheme}://{addr} (node {})", config.node);
@@ -415,7 +464,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         tier.tasks.spawn(onair_gateway::serve(config, Arc::clone(&bus), &admin, http, tier.stop.clone())?);
     }
 
-    let (admin_listener, admin_addr) = bind(cli.admin_addr).await?;
+    let (admin_listener, admin_addr) = bind(cli.admin_addr()).await?;
     println!("onair: admin listening on http://{admin_addr} (/healthz /readyz /metrics)");
     {
         let tier = &mut tiers[ADMIN];

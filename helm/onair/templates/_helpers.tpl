@@ -87,16 +87,18 @@ app.kubernetes.io/part-of: onair
 {{- end }}
 
 {{/*
-The resume-token secret: the value from values, else the one in the release's existing Secret, else a
-new random one.
+A secret the services share: the value from values, else the one in the release's existing Secret, else
+a new random one. Usage: include "onair.sharedSecret" (list $ .Values.resumeSecret "ONAIR_RESUME_SECRET")
 */}}
-{{- define "onair.resumeSecret" -}}
-{{- if .Values.resumeSecret }}
-{{- .Values.resumeSecret }}
+{{- define "onair.sharedSecret" -}}
+{{- $root := index . 0 }}
+{{- if index . 1 }}
+{{- index . 1 }}
 {{- else }}
-{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "onair.fullname" .) }}
-{{- if and $existing $existing.data (hasKey $existing.data "ONAIR_RESUME_SECRET") }}
-{{- index $existing.data "ONAIR_RESUME_SECRET" | b64dec }}
+{{- $key := index . 2 }}
+{{- $existing := lookup "v1" "Secret" $root.Release.Namespace (include "onair.fullname" $root) }}
+{{- if and $existing $existing.data (hasKey $existing.data $key) }}
+{{- index $existing.data $key | b64dec }}
 {{- else }}
 {{- randAlphaNum 48 }}
 {{- end }}
@@ -136,7 +138,7 @@ existing Secret, else a new random one; empty without TURN.
 
 {{/* Changes when the secret inputs change (not with a generated resume secret). */}}
 {{- define "onair.secretChecksum" -}}
-{{- list .Values.existingSecret .Values.redis.url .Values.mongodb.uri .Values.resumeSecret .Values.turnSecret | toJson | sha256sum }}
+{{- list .Values.existingSecret .Values.redis.url .Values.mongodb.uri .Values.resumeSecret .Values.clusterSecret .Values.auth.secret .Values.turnSecret | toJson | sha256sum }}
 {{- end }}
 
 {{/* Components that mount the shared recordings volume: "true" or "". Usage: include "onair.mountsRecordings" "gateway" */}}
@@ -206,6 +208,9 @@ existing Secret, else a new random one; empty without TURN.
     secretKeyRef:
       name: {{ include "onair.secretName" $root }}
       key: {{ $f.env }}
+      {{- if $f.optional }}
+      optional: true
+      {{- end }}
 {{- end }}
 {{- else if eq $f.source "grace" }}
 - name: {{ $f.env }}

@@ -211,7 +211,7 @@ async fn signaling_run(label: &str, b_port: u16, w_port: u16, pairs: usize, rate
 async fn signaling() {
     println!("\n### Signaling relay (browser WebSocket → gateway → signaling → Redis → gateway → browser)\n");
     println!("| what | delivered msg/s | p50 ms | p99 ms |\n|---|---|---|---|");
-    let aio = Onair::start("probe-aio", &["--store", "memory"]).await;
+    let aio = Onair::start("probe-aio", &["--store", "memory", "--max-sockets-per-ip", "0"]).await;
     aio.wait_ready().await;
     signaling_run("baseline: all-in-one, one process, no Redis", aio.http, aio.http, 100, 40).await;
     drop(aio);
@@ -231,7 +231,7 @@ async fn idle() {
     println!("\n### Idle WebSockets (all-in-one, memory store; RSS of the onair process)\n");
     println!("| sockets | onair RSS (MiB) | RSS per socket (KiB) |\n|---|---|---|");
     for n in counts {
-        let aio = Onair::start("probe-idle", &["--store", "memory"]).await;
+        let aio = Onair::start("probe-idle", &["--store", "memory", "--max-sockets-per-ip", "0"]).await;
         aio.wait_ready().await;
         let pid = aio.proc.pid().unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -1,0 +1,124 @@
+//! Hostile clients cost little: sockets per client address are bounded (429 with a reason and a
+//! metric), the address behind a trusted proxy is the one counted (and nobody else can claim one),
+//! and a client that sends its headers slowly is cut off.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use onair_tests::Onair;
+use onair_tests::procs::metric;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Opens `/ws` with `X-Forwarded-For: xff` (if any); the socket, or the refusal's status and body.
+async fn upgrade(
+    port: u16,
+    xff: Option<&str>,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    (u16, String, Option<String>),
+> {
+    let mut req = format!("ws://127.0.0.1:{port}/ws").into_client_request().unwrap();
+    if let Some(x) = xff {
+        req.headers_mut().insert("x-forwarded-for", x.parse().unwrap());
+    }
+    match tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(req)).await.unwrap() {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            let body = r.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            Err((r.status().as_u16(), body, retry))
+        }
+        Err(e) => panic!("upgrade failed oddly: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn one_address_gets_a_bounded_number_of_sockets_and_a_clear_429() {
+    let gw =
+        Onair::start("per-ip", &["--store", "memory", "--auto-record", "false", "--max-sockets-per-ip", "3"]).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(upgrade(gw.http, None).await.unwrap());
+    }
+    let Err((status, body, retry)) = upgrade(gw.http, None).await else {
+        panic!("a 4th socket from one address opened")
+    };
+    assert_eq!(status, 429);
+    assert!(body.contains("too many connections from your address (at most 3)"), "{body}");
+    assert_eq!(retry.as_deref(), Some("10"));
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert_eq!(metric(&metrics, "onair_gateway_sockets_refused_per_ip_total"), Some(1), "{metrics}");
+
+    // Behind a trusted proxy (loopback, by default) the forwarded client is counted, not the proxy.
+    let other = upgrade(gw.http, Some("203.0.113.7")).await;
+    assert!(other.is_ok(), "another client behind the proxy is not limited by the first: {:?}", other.err());
+
+    // A socket closed frees its place.
+    let mut first = held.remove(0);
+    first.close(None).await.unwrap();
+    drop(first);
+    let start = Instant::now();
+    loop {
+        match upgrade(gw.http, None).await {
+            Ok(ws) => {
+                held.push(ws);
+                break;
+            }
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(5), "the place never came back: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_untrusted_client_cannot_claim_another_address() {
+    let gw = Onair::start(
+        "per-ip-untrusted",
+        &[
+            "--store",
+            "memory",
+            "--auto-record",
+            "false",
+            "--max-sockets-per-ip",
+            "1",
+            "--trusted-proxies",
+            "10.0.0.0/8",
+        ],
+    )
+    .await;
+    let _one = upgrade(gw.http, None).await.unwrap();
+    let spoof = upgrade(gw.http, Some("198.51.100.1")).await;
+    assert_eq!(spoof.err().map(|e| e.0), Some(429), "X-Forwarded-For from an untrusted peer is ignored");
+}
+
+#[tokio::test]
+async fn headers_sent_slowly_are_cut_off_and_prompt_ones_are_served() {
+    let gw =
+        Onair::start("slow-headers", &["--store", "memory", "--auto-record", "false", "--header-timeout", "2s"]).await;
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", gw.http)).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let start = Instant::now();
+    let mut closed = None;
+    // A header line every 500 ms, never finishing: the gateway must hang up after ~2 s.
+    for i in 0..20 {
+        if slow.write_all(format!("X-Slow-{i}: a\r\n").as_bytes()).await.is_err() {
+            closed = Some(start.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(500), slow.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {
+                closed = Some(start.elapsed());
+                break;
+            }
+            // hyper answers 408 before closing.
+            Ok(Ok(n)) => assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "unexpected reply"),
+            Err(_) => {}
+        }
+    }
+    let closed = closed.expect("a slow client was never cut off");
+    assert!(closed >= Duration::from_millis(1500) && closed < Duration::from_secs(5), "cut off after {closed:?}");
+    let (status, _) = gw.http_get("/healthz").await;
+    assert_eq!(status, 200, "prompt clients are served");
+}
