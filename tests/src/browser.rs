@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::netlab::Netns;
 use crate::procs::{Proc, free_port, wait_port};
 
 /// Chromium flags known to work here (see DESIGN.md).
@@ -27,9 +28,31 @@ pub const CHROME_ARGS: &[&str] = &[
     "--window-size=1280,800",
 ];
 
+/// Where a chromedriver listens: 127.0.0.1:`port` here, or inside a lab namespace.
+#[derive(Debug, Clone)]
+struct Driver {
+    port: u16,
+    netns: Option<Netns>,
+}
+
+impl Driver {
+    async fn connect(&self) -> std::io::Result<tokio::net::TcpStream> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        match &self.netns {
+            None => tokio::net::TcpStream::connect(addr).await,
+            Some(ns) => {
+                let s = ns.tcp_connect(addr, Duration::from_secs(5))?;
+                s.set_nonblocking(true)?;
+                tokio::net::TcpStream::from_std(s)
+            }
+        }
+    }
+}
+
 /// One HTTP/1.1 request with a JSON body; returns (status, JSON).
-async fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("chromedriver unreachable");
+async fn request(driver: &Driver, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let port = driver.port;
+    let mut s = driver.connect().await.expect("chromedriver unreachable");
     let body = body.map(Value::to_string).unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -86,9 +109,11 @@ fn dechunk(mut s: &str) -> String {
 /// A chromedriver process and one browser session.
 pub struct Browser {
     driver: Proc,
-    port: u16,
+    conn: Driver,
     session: String,
     profile: PathBuf,
+    /// Deleted on drop: the profile, or the whole `HOME` of a browser in a namespace.
+    dir: PathBuf,
     /// Name used in logs and screenshots.
     pub name: String,
 }
@@ -105,6 +130,35 @@ impl Browser {
         );
         wait_port(port, "chromedriver").await;
         let profile = std::env::temp_dir().join(format!("onair-chrome-{name}-{}-{port}", std::process::id()));
+        Self::session(name, driver, Driver { port, netns: None }, profile.clone(), profile).await
+    }
+
+    /// Starts chromedriver, and so Chromium, inside the namespace `netns` (a NAT lab home), with
+    /// its own `HOME` whose NSS database (`~/.pki/nssdb`, what Chromium on Linux trusts) holds
+    /// `ca_pem` as a trusted CA: HTTPS pages of a server with a certificate of that CA are a
+    /// secure context, as on a real machine with a real certificate.
+    pub async fn start_in(name: &str, netns: &Netns, ca_pem: &str) -> Self {
+        let id = format!("{name}-{}-{}", std::process::id(), crate::unique());
+        let home = std::env::temp_dir().join(format!("onair-chrome-home-{id}"));
+        trust_ca(&home, ca_pem);
+        // Only this process's browsers listen inside the home: one port each.
+        let port = 9515 + u16::try_from(crate::unique() % 1000).unwrap();
+        let driver = Proc::spawn(
+            &format!("chromedriver-{name}"),
+            "ip",
+            vec!["netns".into(), "exec".into(), netns.name().into(), "chromedriver".into(), format!("--port={port}")],
+            vec![("HOME".into(), home.display().to_string())],
+        );
+        let conn = Driver { port, netns: Some(netns.clone()) };
+        let start = Instant::now();
+        while conn.connect().await.is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "chromedriver in {} did not listen", netns.name());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self::session(name, driver, conn, home.join("profile"), home).await
+    }
+
+    async fn session(name: &str, driver: Proc, conn: Driver, profile: PathBuf, dir: PathBuf) -> Self {
         std::fs::create_dir_all(&profile).unwrap();
         let mut args: Vec<String> = CHROME_ARGS.iter().map(|s| (*s).to_owned()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
@@ -113,14 +167,14 @@ impl Browser {
             "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args},
             "goog:loggingPrefs": {"browser": "ALL"}
         }}});
-        let (status, v) = request(port, "POST", "/session", Some(&caps)).await;
+        let (status, v) = request(&conn, "POST", "/session", Some(&caps)).await;
         assert_eq!(status, 200, "cannot start Chromium: {v}");
         let session = v["value"]["sessionId"].as_str().unwrap().to_owned();
-        Self { driver, port, session, profile, name: name.to_owned() }
+        Self { driver, conn, session, profile, dir, name: name.to_owned() }
     }
 
     async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let (status, v) = request(self.port, method, &format!("/session/{}{path}", self.session), body.as_ref()).await;
+        let (status, v) = request(&self.conn, method, &format!("/session/{}{path}", self.session), body.as_ref()).await;
         assert_eq!(status, 200, "{} {path} failed: {v}", self.name);
         v["value"].clone()
     }
@@ -135,6 +189,14 @@ impl Browser {
         self.cmd("POST", "/execute/sync", Some(json!({"script": script, "args": []}))).await
     }
 
+    /// Runs `script` as an async function body (`await` allowed) and returns what it resolves to.
+    pub async fn eval_async(&self, script: &str) -> Value {
+        let wrapped = format!(
+            "const done = arguments[arguments.length - 1]; (async () => {{ {script} }})().then(done, (e) => done({{error: String(e)}}));"
+        );
+        self.cmd("POST", "/execute/async", Some(json!({"script": wrapped, "args": []}))).await
+    }
+
     /// Polls `script` every 100 ms until it returns something truthy; returns it. Panics after `timeout`.
     pub async fn wait_for(&self, what: &str, timeout: Duration, script: &str) -> Value {
         let start = Instant::now();
@@ -147,14 +209,30 @@ impl Browser {
             if start.elapsed() > timeout {
                 let shot = self.screenshot(&format!("timeout-{}", what.replace(' ', "-"))).await;
                 let status = self.eval("return document.body ? document.body.innerText.slice(0, 2000) : ''").await;
+                let console = self.console().await;
                 panic!(
-                    "{}: timed out after {timeout:?} waiting for {what}; screenshot {}; page text: {status}",
+                    "{}: timed out after {timeout:?} waiting for {what}; screenshot {}; page text: {status}\nconsole:\n{console}",
                     self.name,
                     shot.display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The browser console's messages since the last call (chromedriver's log endpoint), one a line.
+    pub async fn console(&self) -> String {
+        let (_, v) = request(
+            &self.conn,
+            "POST",
+            &format!("/session/{}/se/log", self.session),
+            Some(&json!({"type": "browser"})),
+        )
+        .await;
+        v["value"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["message"].as_str()).collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
     }
 
     /// Opens /broadcast at `base`, waits for the camera, goes live with `title`; returns the stream id.
@@ -211,14 +289,14 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let (port, session) = (self.port, self.session.clone());
+        let (conn, session) = (self.conn.clone(), self.session.clone());
         // Best effort: end the session so Chromium exits, then kill the driver.
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 rt.block_on(async {
                     let _ = tokio::time::timeout(
                         Duration::from_secs(5),
-                        request(port, "DELETE", &format!("/session/{session}"), None),
+                        request(&conn, "DELETE", &format!("/session/{session}"), None),
                     )
                     .await;
                 });
@@ -231,6 +309,26 @@ impl Drop for Browser {
             .args(["-f", "--"])
             .arg(format!("--user-data-dir={}", self.profile.display()))
             .status();
-        let _ = std::fs::remove_dir_all(&self.profile);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Creates an NSS database under `home/.pki/nssdb` trusting `ca_pem` for TLS servers
+/// (`certutil`, Debian package `libnss3-tools`).
+fn trust_ca(home: &std::path::Path, ca_pem: &str) {
+    let db = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&db).unwrap();
+    let ca = home.join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let dbarg = format!("sql:{}", db.display());
+    for args in [
+        vec!["-N", "-d", &dbarg, "--empty-password"],
+        vec!["-A", "-d", &dbarg, "-t", "C,,", "-n", "onair test CA", "-i", ca.to_str().unwrap()],
+    ] {
+        let out = std::process::Command::new("certutil")
+            .args(&args)
+            .output()
+            .expect("cannot run certutil: apt-get install libnss3-tools (scripts/install-deps.sh does)");
+        assert!(out.status.success(), "certutil {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 }

@@ -9,6 +9,7 @@ pub mod container;
 pub mod health;
 pub mod kube;
 pub mod media;
+pub mod netlab;
 pub mod procs;
 pub mod registry;
 pub mod tls;

@@ -353,10 +353,17 @@ impl Onair {
     /// Starts `onair` with `args`, every listener on port 0; reads the ports it printed and waits
     /// until they accept connections.
     pub async fn start(name: &str, args: &[&str]) -> Self {
+        Self::start_on(name, SocketAddr::new(LOCALHOST, 0), args).await
+    }
+
+    /// Like [`Onair::start`] with the gateway on `http` (e.g. a NAT lab's public address, port
+    /// 443); gRPC and admin stay on 127.0.0.1.
+    pub async fn start_on(name: &str, http: SocketAddr, args: &[&str]) -> Self {
         let mut all: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-        for flag in ["--grpc-addr", "--admin-addr", "--http-addr"] {
-            all.extend([flag.to_owned(), "127.0.0.1:0".to_owned()]);
+        for (flag, addr) in [("--grpc-addr", "127.0.0.1:0".to_owned()), ("--admin-addr", "127.0.0.1:0".to_owned())] {
+            all.extend([flag.to_owned(), addr]);
         }
+        all.extend(["--http-addr".to_owned(), http.to_string()]);
         // A private data dir per process unless the test passes --data-dir (flags beat env).
         let data = std::env::temp_dir().join(format!("onair-data-{name}-{}-{}", std::process::id(), unique()));
         let envs = vec![
@@ -396,7 +403,9 @@ impl Onair {
             assert!(!self.proc.exited(), "onair exited at start-up:\n{}", self.proc.output());
             assert!(start.elapsed() < Duration::from_secs(20), "onair did not listen within 20 s");
             let addrs = printed_addrs(&self.proc.output());
-            if addrs.contains_key("admin") && addrs.values().all(|a| port_open(a.port())) {
+            let reachable =
+                |a: &SocketAddr| port_open_at(if a.ip().is_unspecified() { LOCALHOST } else { a.ip() }, a.port());
+            if addrs.contains_key("admin") && addrs.values().all(reachable) {
                 let port = |s: &str| addrs.get(s).map_or(0, SocketAddr::port);
                 self.admin = port("admin");
                 self.http = port("gateway");
@@ -433,9 +442,12 @@ impl Onair {
     pub async fn restart(&mut self) {
         self.proc.kill();
         let (grpc, admin, http) = (self.grpc, self.admin, self.http);
-        for (flag, port) in [("--grpc-addr", grpc), ("--admin-addr", admin), ("--http-addr", http)] {
+        let http_ip = self.addrs.get("gateway").map_or(LOCALHOST, SocketAddr::ip);
+        for (flag, ip, port) in
+            [("--grpc-addr", LOCALHOST, grpc), ("--admin-addr", LOCALHOST, admin), ("--http-addr", http_ip, http)]
+        {
             if port != 0 {
-                self.proc.set_arg(flag, format!("127.0.0.1:{port}"));
+                self.proc.set_arg(flag, SocketAddr::new(ip, port).to_string());
             }
         }
         self.proc.start();

@@ -4,34 +4,50 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::procs::{Proc, free_port, wait_port};
+use std::net::IpAddr;
+
+use crate::procs::{LOCALHOST, Proc, free_port, port_open_at, wait_until};
 
 /// `turnserver` with `use-auth-secret`: checks TURN REST API credentials made with `secret`.
 pub struct Coturn {
     /// The process.
     pub proc: Proc,
-    /// Its UDP and TCP port (127.0.0.1).
+    /// Its UDP and TCP port.
     pub port: u16,
+    /// The address it listens and relays on.
+    pub ip: IpAddr,
     dir: std::path::PathBuf,
 }
 
 impl Coturn {
-    /// Starts coturn (no config file, no daemon, no CLI, no TLS) and waits for its TCP port.
-    pub async fn start(secret: &str) -> Self {
-        Self::start_with_relay_ports(secret, None).await
+    /// `turn:` URLs for `--ice-servers`: UDP and TCP (plus `stun:` on the same port).
+    pub fn ice_servers(&self) -> String {
+        let (ip, port) = (self.ip, self.port);
+        format!("stun:{ip}:{port},turn:{ip}:{port},turn:{ip}:{port}?transport=tcp")
     }
 
-    /// [`Coturn::start`] relaying on `relay` ports (min, max) instead of a window of 100 derived
-    /// from its port (so parallel tests rarely overlap; coturn skips ports it cannot bind anyway).
-    pub async fn start_with_relay_ports(secret: &str, relay: Option<(u16, u16)>) -> Self {
-        let port = free_port();
+    /// Starts coturn (no config file, no daemon, no CLI, no TLS) and waits for its TCP port.
+    pub async fn start(secret: &str) -> Self {
+        Self::start_at(secret, LOCALHOST, free_port()).await
+    }
+
+    /// Like [`Coturn::start`], listening and relaying on `ip:port` (e.g. a NAT lab's public
+    /// address and the standard port 3478).
+    pub async fn start_at(secret: &str, ip: IpAddr, port: u16) -> Self {
+        Self::start_with_relay_ports(secret, ip, port, None).await
+    }
+
+    /// Like [`Coturn::start_at`], relaying on `relay` ports (min, max) instead of a window of 100
+    /// derived from its port (so parallel tests rarely overlap; coturn skips ports it cannot bind
+    /// anyway).
+    pub async fn start_with_relay_ports(secret: &str, ip: IpAddr, port: u16, relay: Option<(u16, u16)>) -> Self {
         let dir = std::env::temp_dir().join(format!("onair-coturn-{}-{}", std::process::id(), crate::unique()));
         std::fs::create_dir_all(&dir).unwrap();
         let (min, max) = relay.unwrap_or((49152 + (port % 150) * 100, 49152 + (port % 150) * 100 + 99));
         let args = vec![
             "-n".to_owned(),
-            "--listening-ip=127.0.0.1".to_owned(),
-            "--relay-ip=127.0.0.1".to_owned(),
+            format!("--listening-ip={ip}"),
+            format!("--relay-ip={ip}"),
             format!("--listening-port={port}"),
             format!("--min-port={min}"),
             format!("--max-port={max}"),
@@ -49,13 +65,16 @@ impl Coturn {
             format!("--userdb={}", dir.join("turndb").display()),
         ];
         let proc = Proc::spawn("coturn", "turnserver", args, vec![]);
-        wait_port(port, "turnserver").await;
-        Self { proc, port, dir }
+        wait_until(Duration::from_secs(20), &format!("turnserver to listen on {ip}:{port}"), || async move {
+            port_open_at(ip, port)
+        })
+        .await;
+        Self { proc, port, ip, dir }
     }
 
     /// TURN allocations on this coturn with `username`/`password`; see [`uclient`].
     pub async fn allocate(&self, username: &str, password: &str, tcp: bool) -> Result<String, String> {
-        uclient(self.port, username, password, tcp).await
+        uclient_at(self.ip, if tcp { &["-t"] } else { &[] }, self.port, username, password).await
     }
 }
 
@@ -74,10 +93,22 @@ pub async fn uclient_tls(port: u16, username: &str, password: &str) -> Result<St
 
 /// [`uclient`] with extra `turnutils_uclient` flags (e.g. `-x`: ask for an IPv6 relayed address).
 pub async fn uclient_with(flags: &[&str], port: u16, username: &str, password: &str) -> Result<String, String> {
+    uclient_at(LOCALHOST, flags, port, username, password).await
+}
+
+/// [`uclient_with`] against the server at `ip:port`.
+pub async fn uclient_at(
+    ip: IpAddr,
+    flags: &[&str],
+    port: u16,
+    username: &str,
+    password: &str,
+) -> Result<String, String> {
     let mut cmd = tokio::process::Command::new("turnutils_uclient");
     cmd.args(flags);
     // -y: two clients relay to each other; -c: no RTCP pair (half the allocations); -n 1: one message.
-    cmd.args(["-y", "-c", "-n", "1", "-p", &port.to_string(), "-u", username, "-w", password, "127.0.0.1"]);
+    let (port, ip) = (port.to_string(), ip.to_string());
+    cmd.args(["-y", "-c", "-n", "1", "-p", &port, "-u", username, "-w", password, &ip]);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
         .await

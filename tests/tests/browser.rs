@@ -157,3 +157,42 @@ async fn a_broadcast_survives_its_gateway_being_killed_by_resuming_through_nginx
     .await;
     assert!(!read().contains("resume="), "a resume token in the access log: {}", read());
 }
+
+#[tokio::test]
+async fn a_watcher_without_a_media_path_is_told_so_plainly() {
+    let dir = std::env::temp_dir().join(format!("onair-browser-nopath-{}", std::process::id()));
+    let args = ["--store", "memory", "--auto-record", "false", "--data-dir", dir.to_str().unwrap()];
+    let gw = Onair::start("all-in-one-nopath", &args).await;
+    gw.wait_ready().await;
+    let base = format!("http://127.0.0.1:{}", gw.http);
+    let b = Browser::start("nopath-broadcaster").await;
+    b.go_live(&base, "No path").await;
+    let w = Browser::start("nopath-watcher").await;
+    w.goto(&format!("{base}/watcher")).await;
+    // No TURN server is configured and the watcher may use relays only: no candidate at all, as
+    // behind a network that blocks everything but a relay.
+    w.eval(
+        "const Native = window.RTCPeerConnection; \
+         window.RTCPeerConnection = function (config) { return new Native({ ...config, iceTransportPolicy: 'relay' }); }; \
+         window.RTCPeerConnection.prototype = Native.prototype; return true",
+    )
+    .await;
+    w.wait_for("the stream", LONG, "return document.querySelectorAll('#streams [data-stream-id]').length === 1").await;
+    w.eval("document.querySelector('#streams [data-stream-id] button').click(); return true").await;
+    let text = w
+        .wait_for(
+            "the cannot-connect message",
+            Duration::from_secs(25),
+            "const o = document.getElementById('player-overlay'); return !o.hidden && o.dataset.reason === 'ice' && o.innerText",
+        )
+        .await;
+    let text = text.as_str().unwrap();
+    assert!(text.contains("Could not reach the broadcaster"), "{text}");
+    assert!(text.contains("TURN servers: none configured"), "{text}");
+    assert_eq!(
+        w.eval("return document.getElementById('status').textContent.trim()").await,
+        "Cannot reach the broadcaster"
+    );
+    println!("screenshot {}", w.screenshot("no-path").await.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}

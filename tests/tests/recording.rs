@@ -224,3 +224,34 @@ async fn sigterm_to_the_all_in_one_finalizes_the_recording_before_exit() {
     drop(again);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn an_ice_restart_by_the_broadcaster_page_keeps_the_recording_going() {
+    let dir = std::env::temp_dir().join(format!("onair-rec-restart-{}-{}", std::process::id(), onair_tests::unique()));
+    let gw = Onair::start("aio-restart", &["--store", "memory", "--data-dir", dir.to_str().unwrap()]).await;
+    gw.wait_ready().await;
+    let b = Browser::start("restart-broadcaster").await;
+    let sid = b.go_live(&format!("http://127.0.0.1:{}", gw.http), "Restarted").await;
+    let reg = gw.grpc_url();
+    let bytes = || async { recordings_of(&reg, &sid).await.first().map_or(0, |r| r.bytes) };
+    wait_until(LONG, "the recording to hold media", || async { bytes().await > 20_000 }).await;
+    // What the page does when a viewer's network changes: restart ICE. The recorder answers from a
+    // new connection (it replaces its connection on every offer); the page then starts over.
+    b.eval("window.onair.restartIce(); return true").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.wait_for(
+        "the recorder's connection to be up again",
+        LONG,
+        "return window.onair.state.peers.length === 1 && window.onair.state.peers[0].state === 'connected'",
+    )
+    .await;
+    let before = bytes().await;
+    wait_until(LONG, "the recording to keep growing", || async { bytes().await > before + 20_000 }).await;
+    b.stop_broadcast().await;
+    let rec = wait_complete(&reg, &sid, Duration::from_secs(10)).await;
+    let path = dir.join("recordings").join(&rec.file_name);
+    let (errors, frames) = media::decode(&path);
+    assert!(errors.trim().is_empty(), "{errors}");
+    assert!(frames > 60, "{frames} frames");
+    let _ = std::fs::remove_dir_all(&dir);
+}

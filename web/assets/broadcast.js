@@ -1,6 +1,6 @@
 // onair — broadcast page: camera preview, go live, one RTCPeerConnection per watcher.
 import { OnairSocket } from './ws.js';
-import { Peer, preferCodec, webrtcSupported } from './rtc.js';
+import { Peer, preferCodec, webrtcSupported, describeTurn } from './rtc.js';
 import {
   h, icon, hydrateIcons, showBanner, clearBanner, showServerError, bindConnectionIndicator,
   setStatus, setOverlay, copyLink, watchUrl, parseTime, formatClock, hueOf, shortId, exposeDebug,
@@ -262,7 +262,8 @@ function renderViewers() {
 function renderPeers() {
   els.peers.replaceChildren(...[...peers.values()].map((p) => {
     const st = p.pc.connectionState;
-    const label = { new: 'connecting', connecting: 'connecting', connected: 'connected', disconnected: 'interrupted', failed: 'failed', closed: 'closed' }[st] || st;
+    let label = { new: 'connecting', connecting: 'connecting', connected: 'connected', disconnected: 'interrupted', failed: 'failed', closed: 'closed' }[st] || st;
+    if (p.trouble && st !== 'connected') label = 'cannot connect';
     return h('li', { dataset: { peerId: p.remoteId } },
       h('span', { class: 'peer-avatar', style: { '--h': String(hueOf(p.remoteId)) } }, String(p.remoteId).replace(/[^a-z0-9]/gi, '').slice(0, 2).toUpperCase() || '?'),
       h('span', { class: 'peer-id', title: p.remoteId }, shortId(p.remoteId)),
@@ -361,6 +362,25 @@ async function createPeer(id) {
     renderPeers();
     renderViewers();
   };
+  // We offer, so we restart ICE when a viewer's connection breaks (their network changed, a
+  // relay went away); what cannot connect at all is said on the page.
+  peer.watchIce({
+    onTrouble: (kind) => {
+      if (peer.closed) return;
+      peer.trouble = kind;
+      renderPeers();
+      renderIceTrouble();
+    },
+    onRestart: () => {
+      if (peer.closed) return;
+      peer.restart().catch((err) => { if (!peer.closed) console.warn('[onair] ICE restart failed', err?.message || err); });
+    },
+    onHealthy: () => {
+      peer.trouble = null;
+      renderPeers();
+      renderIceTrouble();
+    },
+  });
   renderPeers();
   renderViewers();
   try {
@@ -372,16 +392,32 @@ async function createPeer(id) {
   }
 }
 
+/** One banner while any viewer cannot be reached: what failed and what to try. */
+function renderIceTrouble() {
+  const stuck = [...peers.values()].filter((p) => !p.closed && p.trouble);
+  if (!stuck.length) { clearBanner('ice'); return; }
+  const who = stuck.length === 1 ? 'A viewer cannot' : `${stuck.length} viewers cannot`;
+  showBanner({
+    kind: 'warn',
+    title: `${who} receive your video`,
+    message: `No network path was found: your network or theirs may block WebRTC. ${describeTurn(sock.iceServers)}. `
+      + 'Try another network or turn off a VPN or firewall. Still trying…',
+    key: 'ice',
+  });
+}
+
 function closePeer(id) {
   const p = peers.get(id);
   if (!p) return;
   p.close();
   peers.delete(id);
+  renderIceTrouble();
 }
 
 function closeAllPeers() {
   for (const p of peers.values()) p.close();
   peers.clear();
+  clearBanner('ice');
 }
 
 // -------------------------------------------------------- server frames
@@ -428,7 +464,15 @@ sock.on('signal', async (msg) => {
     if (msg.kind === 'answer') await peer.accept(msg.payload);
     else if (msg.kind === 'candidate') await peer.addCandidate(msg.payload);
   } catch (err) {
-    if (!peer.closed) console.warn('[onair] bad signal from', msg.from, err);
+    if (peer.closed) return;
+    if (msg.kind === 'answer' && peer.restarts > 0 && media && peers.get(msg.from) === peer) {
+      // Our ICE restart was answered from a new connection (the recorder replaces its connection
+      // on every offer), which ours cannot take: start over with a new one.
+      console.info('[onair] restart answer not applicable; reconnecting', msg.from, err?.message || err);
+      createPeer(msg.from);
+      return;
+    }
+    console.warn('[onair] bad signal from', msg.from, err);
   }
 });
 
@@ -474,6 +518,8 @@ sock.on('session', ({ resumed }) => {
   if (!wantLive) return;
   if (published && resumed) {
     setStatus(els.status, 'live', 'Live');
+    // Restarts that came due while we were offline were skipped: send them now.
+    for (const p of peers.values()) if (p.troubleSince) p.restart().catch(() => {});
     return;
   }
   if (published && !resumed) {
@@ -508,9 +554,14 @@ exposeDebug(() => ({
   stream: published,
   wantLive,
   viewers: viewerCount(),
-  peers: [...peers.values()].map((p) => ({ id: p.remoteId, state: p.pc.connectionState })),
+  peers: [...peers.values()].map((p) => ({ id: p.remoteId, state: p.pc.connectionState, iceRestarts: p.restarts })),
   stoppedOnce,
-}), { socket: sock });
+}), {
+  socket: sock,
+  pcs: () => [...peers.values()].map((p) => p.pc),
+  // Tests: restart ICE on every connection now, as a network change would.
+  restartIce: () => { for (const p of peers.values()) p.restart().catch(() => {}); },
+});
 
 renderTitleCount();
 renderControls();

@@ -1,6 +1,6 @@
 // onair — watcher page: live list in real time, one stream played over WebRTC.
 import { OnairSocket } from './ws.js';
-import { Peer, webrtcSupported } from './rtc.js';
+import { Peer, webrtcSupported, describeTurn, sessionIdOf, toDesc } from './rtc.js';
 import {
   h, icon, hydrateIcons, showBanner, clearBanner, showServerError, bindConnectionIndicator,
   setStatus, setOverlay, copyLink, watchUrl, parseTime, formatClock, formatSince, plural, hueOf,
@@ -39,6 +39,9 @@ const els = {
 hydrateIcons();
 
 const OFFER_PATIENCE_MS = 10_000;
+// A connection broken this long without the broadcaster's ICE restart bringing it back: ask for a
+// fresh one (watch again), e.g. when the broadcaster's page went away and came back.
+const REWATCH_AFTER_MS = 20_000;
 
 /** id -> Stream */
 const streams = new Map();
@@ -343,10 +346,38 @@ function endWatch(reason) {
   window.scrollTo({ top: 0, behavior: 'smooth' });
 }
 
+/** What went wrong with the media path, and what to try, on the player. */
+function showIceTrouble(kind) {
+  const what = kind === 'failed' ? 'The video connection failed' : 'No network path to the broadcaster was found';
+  setStatus(els.status, 'error', 'Cannot reach the broadcaster');
+  playerOverlay('Could not reach the broadcaster',
+    `${what}: your network or the broadcaster’s may block WebRTC. ${describeTurn(sock.iceServers)}. `
+    + 'Try another network (e.g. a phone hotspot) or turn off a VPN or firewall. Still trying…',
+    { spinner: false, retry: true });
+  els.overlay.dataset.reason = 'ice';
+}
+
+/** An offer for the connection we already have (same SDP session): an ICE restart or other renegotiation. */
+function isRenegotiation(peer, from, payload) {
+  if (!peer || peer.closed || peer.remoteId !== from) return false;
+  const now = sessionIdOf(peer.pc.remoteDescription?.sdp);
+  return !!now && now === sessionIdOf(toDesc(payload, 'offer').sdp);
+}
+
 async function onOffer(from, payload) {
   const c = current;
   clearTimeout(c.offerTimer);
-  // A new offer always means a new connection on the broadcaster's side.
+  if (isRenegotiation(c.peer, from, payload)) {
+    const peer = c.peer;
+    try {
+      await peer.answer(payload);
+      peer.restarts += 1;
+    } catch (err) {
+      if (!peer.closed) console.warn('[onair] renegotiation failed', err?.message || err);
+    }
+    return;
+  }
+  // Otherwise a new offer means a new connection on the broadcaster's side.
   c.peer?.close();
   c.remoteStream = new MediaStream();
   const peer = new Peer(from, sock);
@@ -372,16 +403,32 @@ async function onOffer(from, payload) {
     const st = pc.connectionState;
     tickStage();
     if (st === 'connected') {
+      delete els.overlay.dataset.reason;
       if (!c.playing) playerOverlay('Starting video…', '');
+      else playerOverlay(null);
       if (c.playing) setStatus(els.status, 'live', 'Live');
-    } else if (st === 'disconnected') {
+    } else if (st === 'disconnected' && !peer.troubleShown) {
       setStatus(els.status, 'waiting', 'Reconnecting…');
       playerOverlay('Connection interrupted', 'Trying to get the picture back…');
-    } else if (st === 'failed') {
-      setStatus(els.status, 'error', 'Connection failed');
-      playerOverlay('Could not connect to the broadcaster', 'A firewall or network change may be blocking the video.', { spinner: false, retry: true });
     }
   };
+  // The broadcaster's page offers, so it restarts ICE; we say what is wrong meanwhile, and ask for
+  // a whole new connection if its restarts do not bring the picture back.
+  peer.watchIce({
+    onTrouble: (kind) => {
+      if (current !== c || c.peer !== peer) return;
+      peer.troubleShown = true;
+      showIceTrouble(kind);
+    },
+    onRestart: () => {
+      if (current !== c || c.peer !== peer) return;
+      if (peer.troubleSince && Date.now() - peer.troubleSince > REWATCH_AFTER_MS) rewatch();
+    },
+    onHealthy: () => {
+      if (current !== c || c.peer !== peer) return;
+      peer.troubleShown = false;
+    },
+  });
 
   playerOverlay('Connecting to the broadcast…', '');
   try {
@@ -455,6 +502,11 @@ sock.on('session', ({ resumed }) => {
     unwatchOwed = false;
     if (resumed && !current) sock.send({ type: 'unwatch' });
   }
+  if (current && resumed && current.peer && !current.peer.connected) {
+    // Our answer to an ICE restart may have been lost with the old socket (a network change
+    // breaks both): send it again.
+    current.peer.resend();
+  }
   if (current && (!resumed || !current.watchSent)) {
     // A fresh identity: the broadcaster knows nothing about us any more.
     teardownPeer();
@@ -508,9 +560,11 @@ exposeDebug(() => ({
   listLoaded,
   watching: current?.id ?? null,
   connection: current?.peer?.pc.connectionState ?? null,
+  ice: current?.peer?.pc.iceConnectionState ?? null,
+  iceRestarts: current?.peer?.restarts ?? 0,
   playing: !!current?.playing,
   ended: endedFor,
-}), { socket: sock });
+}), { socket: sock, pc: () => current?.peer?.pc ?? null });
 
 renderEmpty();
 sock.connect();

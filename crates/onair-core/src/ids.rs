@@ -138,6 +138,33 @@ mod tests {
         assert!("gw-1:abc_DEF.9".parse::<NodeId>().is_ok());
     }
 
+    /// The rule, restated independently of `validate`.
+    fn is_valid_id(s: &str) -> bool {
+        (1..=64).contains(&s.len())
+            && s != "."
+            && s != ".."
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_exactly_when_it_is_a_valid_id(s in ".{0,70}") {
+            proptest::prop_assert_eq!(s.parse::<StreamId>().is_ok(), is_valid_id(&s));
+        }
+
+        #[test]
+        fn valid_ids_round_trip_and_never_leave_a_directory(s in "[A-Za-z0-9_.:-]{1,64}") {
+            proptest::prop_assume!(s != "." && s != "..");
+            let id: RecordingId = s.parse().unwrap();
+            proptest::prop_assert_eq!(id.to_string(), s.clone());
+            let json = serde_json::to_string(&id).unwrap();
+            proptest::prop_assert_eq!(serde_json::from_str::<RecordingId>(&json).unwrap(), id);
+            let path = std::path::Path::new(&s);
+            proptest::prop_assert_eq!(path.components().count(), 1);
+            proptest::prop_assert!(matches!(path.components().next(), Some(std::path::Component::Normal(_))));
+        }
+    }
+
     #[test]
     fn serde_validates() {
         let ok: Result<StreamId, _> = serde_json::from_str("\"abc\"");

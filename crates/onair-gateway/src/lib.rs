@@ -125,10 +125,14 @@ async fn ws(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     Query(q): Query<WsQuery>,
     headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let header = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
-    if !origin_allowed(header(axum::http::header::ORIGIN), header(axum::http::header::HOST), &state.allowed_origins) {
+    // HTTP/2 (a browser's WebSocket over extended CONNECT on an HTTPS connection) has no Host
+    // header: the host is the request's `:authority`, which is the URI's.
+    let host = header(axum::http::header::HOST).or_else(|| uri.authority().map(axum::http::uri::Authority::as_str));
+    if !origin_allowed(header(axum::http::header::ORIGIN), host, &state.allowed_origins) {
         tracing::debug!(origin = ?header(axum::http::header::ORIGIN), "WebSocket from a foreign origin refused");
         let msg = "this page's origin may not open onair's WebSocket (the server's --allowed-origins)\n";
         return axum::response::IntoResponse::into_response((axum::http::StatusCode::FORBIDDEN, msg));
@@ -204,7 +208,8 @@ pub fn serve(
         .route("/broadcast", get(pages::broadcast))
         .route("/recordings", get(pages::recordings))
         .route("/assets/{file}", get(pages::asset))
-        .route("/ws", get(ws))
+        // CONNECT: a WebSocket over HTTP/2 (RFC 8441), what browsers use on an HTTPS connection.
+        .route("/ws", get(ws).connect(ws))
         .route("/api/streams", get(api::streams))
         .route("/api/recordings", get(api::recordings))
         .route("/healthz", get(|| async { "ok\n" }))

@@ -160,6 +160,47 @@ pub fn parse(text: &str) -> Result<ClientFrame, ParseError> {
 mod tests {
     use super::*;
 
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            ".{0,40}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(".{0,12}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends, parsing answers a frame or a classified error, never a panic.
+        #[test]
+        fn any_text_parses_or_is_classified(text in ".{0,300}") {
+            if let Err(e) = parse(&text) {
+                proptest::prop_assert!(!e.message.is_empty());
+            }
+        }
+
+        /// Known frame types with arbitrary fields: a frame, or `bad_request` (never `unknown_type`).
+        #[test]
+        fn known_types_with_any_fields_are_frames_or_bad_requests(
+            ty in proptest::sample::select(CLIENT_TYPES.to_vec()),
+            fields in proptest::collection::btree_map("[a-z_]{1,10}", json_value(), 0..5),
+        ) {
+            let mut obj: serde_json::Map<String, Value> = fields.into_iter().collect();
+            obj.insert("type".into(), Value::String(ty.to_owned()));
+            match parse(&Value::Object(obj).to_string()) {
+                Ok(_) => {}
+                Err(e) => proptest::prop_assert_eq!(e.code, ErrorCode::BadRequest, "{}", e.message),
+            }
+        }
+    }
+
     #[test]
     fn classifies_bad_frames() {
         assert_eq!(parse("nope").unwrap_err().code, ErrorCode::BadJson);

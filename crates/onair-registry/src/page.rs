@@ -56,6 +56,24 @@ pub fn paginate<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> Cursor) 
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn every_cursor_round_trips_through_its_token(started_at in proptest::num::i64::ANY, id in ".{1,80}") {
+            let c = Cursor { started_at, id };
+            let token = encode(&c);
+            proptest::prop_assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "opaque and URL-safe");
+            proptest::prop_assert_eq!(decode(&token).unwrap(), Some(c));
+        }
+
+        #[test]
+        fn any_token_decodes_or_is_refused_without_panicking(token in ".{0,200}") {
+            if let Ok(Some(c)) = decode(&token) {
+                proptest::prop_assert!(!c.id.is_empty());
+                proptest::prop_assert_eq!(encode(&c), token.to_ascii_lowercase());
+            }
+        }
+    }
+
     #[test]
     fn token_round_trips() {
         let c = Cursor { started_at: 1_700_000_000_123, id: "abc:def".to_owned() };

@@ -377,7 +377,13 @@ async fn turn() {
         ],
     )
     .await;
-    let coturn = Coturn::start_with_relay_ports(secret, Some((24000, 24999))).await;
+    let coturn = Coturn::start_with_relay_ports(
+        secret,
+        onair_tests::procs::LOCALHOST,
+        onair_tests::free_port(),
+        Some((24000, 24999)),
+    )
+    .await;
     for (clients, interval) in loads {
         #[allow(clippy::cast_precision_loss)]
         let rate = 1200.0 * 8.0 * 1000.0 / interval as f64 / 1e6;

@@ -1,0 +1,322 @@
+//! The NAT lab (tests/src/netlab.rs): onair on a public host over HTTPS, browsers in homes behind
+//! routers, media through TURN where nothing else can work. One lab serves every case in turn, so
+//! the whole runs in about a minute on two cores:
+//! 1. broadcaster and watcher each behind a symmetric NAT: the watcher plays through the relay;
+//! 2. the same broadcast is recorded by the recorder on the public host; the file plays;
+//! 3. a watcher in a home that drops all UDP plays through TURN over TCP;
+//! 4. a watcher whose default route moves to another router mid-stream keeps playing after the
+//!    broadcaster's page restarts ICE;
+//! 5. a watcher whose relay is down is told plainly that it cannot reach the broadcaster.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use onair_proto::v1 as pb;
+use onair_tests::browser::Browser;
+use onair_tests::netlab::{Lab, PUBLIC_IP, Router};
+use onair_tests::registry::recordings_of;
+use onair_tests::tls::TestCa;
+use onair_tests::turn::Coturn;
+use onair_tests::{Onair, media, wait_until};
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(30);
+const SECRET: &str = "lab-turn-secret";
+const TITLE: &str = "Across the NATs";
+
+/// The lab's TURN server on the public host, and the onair flags that hand it out in `welcome`:
+/// coturn with TURN REST credentials (`--turn-secret`). The one place to swap in the embedded TURN
+/// (`onair --target turn` started here, so case 5 can still stop it, and its flags).
+async fn start_turn() -> (Coturn, Vec<String>) {
+    let turn = Coturn::start_at(SECRET, IpAddr::V4(PUBLIC_IP), 3478).await;
+    let args = vec!["--ice-servers".into(), turn.ice_servers(), "--turn-secret".into(), SECRET.into()];
+    (turn, args)
+}
+
+/// The selected ICE candidate pair of `pc` (a JS expression), per `getStats()`.
+async fn selected_pair(b: &Browser, pc: &str) -> Value {
+    b.eval_async(&format!(
+        "const pc = {pc}; if (!pc) return null; const stats = await pc.getStats(); let pair = null; \
+         stats.forEach((r) => {{ if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId); }}); \
+         if (!pair) stats.forEach((r) => {{ if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') pair = r; }}); \
+         if (!pair) return null; const l = stats.get(pair.localCandidateId), r = stats.get(pair.remoteCandidateId); \
+         return {{local: l.candidateType, remote: r.candidateType, protocol: l.protocol, relayProtocol: l.relayProtocol || null, \
+                  localAddress: l.address, localPort: l.port, localRelated: l.relatedAddress || null, remoteAddress: r.address}};"
+    ))
+    .await
+}
+
+/// The watcher's selected pair, once there is one.
+async fn watcher_pair(w: &Browser) -> Value {
+    let start = Instant::now();
+    loop {
+        let pair = selected_pair(w, "window.onair.pc()").await;
+        if !pair.is_null() {
+            return pair;
+        }
+        assert!(start.elapsed() < LONG, "{}: no selected candidate pair", w.name);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Clicks the stream on the watcher page; returns click → first decoded frame in ms, after
+/// checking the video is real (videoWidth > 0) and moving (currentTime advances).
+async fn watch(w: &Browser) -> f64 {
+    let find = format!(
+        "[...document.querySelectorAll('#streams [data-stream-id]')].find(li => li.textContent.includes({}))",
+        Value::String(TITLE.into())
+    );
+    w.wait_for("the stream in the live list", LONG, &format!("return !!{find}")).await;
+    w.eval(&format!(
+        "const li = {find}; const p = document.getElementById('player'); window.__t0 = performance.now(); window.__first = null; \
+         window.__ice = []; clearInterval(window.__iceTimer); window.__iceTimer = setInterval(() => {{ const s = window.onair.state; \
+         const st = `${{s.connection}}/${{s.ice}}`; const l = window.__ice[window.__ice.length - 1]; \
+         if (!l || l[1] !== st) window.__ice.push([Math.round(performance.now() - window.__t0), st]); }}, 50); \
+         const cb = () => {{ if (p.videoWidth > 0) window.__first = performance.now() - window.__t0; else p.requestVideoFrameCallback(cb); }}; \
+         p.requestVideoFrameCallback(cb); (li.querySelector('button') || li).click(); return true"
+    ))
+    .await;
+    let first = w.wait_for("the first video frame", LONG, "return window.__first").await.as_f64().unwrap();
+    if first > 5000.0 {
+        let log = w.eval("return window.__ice").await;
+        println!("{}: slow first frame ({first:.0} ms); ICE states: {log}\n{}", w.name, w.console().await);
+    }
+    assert_advancing(w, Duration::from_millis(1200)).await;
+    let width = w.eval("return document.getElementById('player').videoWidth").await;
+    assert!(width.as_u64().unwrap() > 0, "{}: videoWidth {width}", w.name);
+    first
+}
+
+async fn current_time(w: &Browser) -> f64 {
+    w.eval("return document.getElementById('player').currentTime").await.as_f64().unwrap()
+}
+
+/// The player's currentTime advances over `over`.
+async fn assert_advancing(w: &Browser, over: Duration) {
+    let t1 = current_time(w).await;
+    tokio::time::sleep(over).await;
+    let t2 = current_time(w).await;
+    assert!(t2 > t1, "{}: currentTime does not advance ({t1} → {t2})", w.name);
+}
+
+async fn leave(w: &Browser) {
+    w.eval("document.getElementById('leave').click(); return true").await;
+    w.wait_for("the player to stop", LONG, "return document.getElementById('stage').hidden").await;
+}
+
+/// Three watches (click → first frame), the p50 and all of them.
+async fn first_frames(w: &Browser) -> (f64, Vec<f64>) {
+    let mut times = vec![];
+    for i in 0..3 {
+        if i > 0 {
+            leave(w).await;
+        }
+        times.push(watch(w).await);
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    (sorted[1], times)
+}
+
+#[test]
+fn browsers_behind_nats_play_record_and_roam_through_turn() {
+    let lab = Lab::builder()
+        .home("bcast", &[Router::symmetric()])
+        .home("watch", &[Router::symmetric()])
+        .home("noudp", &[Router::symmetric().blocking_udp()])
+        .home("roam", &[Router::symmetric(), Router::symmetric()])
+        .build();
+    let ca = TestCa::new();
+    let dir = std::env::temp_dir().join(format!("onair-netlab-{}-{}", std::process::id(), onair_tests::unique()));
+    let (cert, key) = ca.issue(&[&PUBLIC_IP.to_string()], "onair lab").write_to(&dir.join("tls"));
+    let ca_pem = ca.pem();
+    let homes = |name: &str| lab.home(name).host.clone();
+    let (bcast, watch_home, noudp, roam) = (homes("bcast"), homes("watch"), homes("noudp"), homes("roam"));
+    let lab_ref = &lab;
+
+    let work = dir.clone();
+    lab.public().block_on(|| async move {
+        let dir = work;
+        let started = Instant::now();
+        let (mut turn, turn_args) = start_turn().await;
+        let data = dir.join("data");
+        let mut args: Vec<String> = [
+            "--store",
+            "memory",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--rtc-ip",
+            &PUBLIC_IP.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(turn_args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let onair = Onair::start_on("netlab", SocketAddr::new(IpAddr::V4(PUBLIC_IP), 443), &args).await;
+        onair.wait_ready().await;
+        let base = format!("https://{PUBLIC_IP}");
+
+        // The broadcaster, behind symmetric NAT 1. The camera works: HTTPS with a trusted CA.
+        let b = Browser::start_in("lab-broadcaster", &bcast, &ca_pem).await;
+        let secure = {
+            b.goto(&format!("{base}/broadcast")).await;
+            b.eval("return window.isSecureContext").await
+        };
+        assert_eq!(secure, json!(true), "the broadcast page is not a secure context");
+        let sid = b.go_live(&base, TITLE).await;
+        let reg = onair.grpc_url();
+
+        // 1. A watcher behind symmetric NAT 2 plays, through the relay.
+        let w = Browser::start_in("lab-watcher", &watch_home, &ca_pem).await;
+        w.goto(&format!("{base}/watcher")).await;
+        let (p50, all) = first_frames(&w).await;
+        let pair = watcher_pair(&w).await;
+        println!("case 1 (symmetric NAT ↔ symmetric NAT): first frame p50 {p50:.0} ms {all:.0?}; pair {pair}");
+        assert!(
+            pair["local"] == "relay" || pair["remote"] == "relay",
+            "two symmetric NATs connected without the relay: {pair}"
+        );
+
+        // 2. The recorder (on the public host, --rtc-ip) records the same broadcast.
+        wait_until(LONG, "the recording to hold media", || async {
+            recordings_of(&reg, &sid).await.first().is_some_and(|r| r.bytes > 50_000)
+        })
+        .await;
+        let recorder_pair = b.eval_async(
+            "const out = []; for (const pc of window.onair.pcs()) { const s = await pc.getStats(); \
+             s.forEach((r) => { if (r.type === 'transport' && r.selectedCandidatePairId) { const p = s.get(r.selectedCandidatePairId); \
+             out.push({local: s.get(p.localCandidateId).candidateType, remote: s.get(p.remoteCandidateId).candidateType, \
+             remoteAddress: s.get(p.remoteCandidateId).address}); } }); } return out;",
+        )
+        .await;
+        println!("case 2: the broadcaster's selected pairs (recorder: remote host {PUBLIC_IP}; watcher): {recorder_pair}");
+        leave(&w).await;
+        drop(w);
+
+        // 3. A watcher in the UDP-blocked home: TURN over TCP.
+        let w = Browser::start_in("lab-noudp", &noudp, &ca_pem).await;
+        w.goto(&format!("{base}/watcher")).await;
+        let (p50, all) = first_frames(&w).await;
+        let pair = watcher_pair(&w).await;
+        println!("case 3 (UDP blocked): first frame p50 {p50:.0} ms {all:.0?}; pair {pair}");
+        assert_eq!((pair["local"].as_str(), pair["relayProtocol"].as_str()), (Some("relay"), Some("tcp")), "{pair}");
+        leave(&w).await;
+        let no_udp = w;
+        println!("cases 1-3 done at {:.0} s", started.elapsed().as_secs_f64());
+
+        // 4. A watcher whose network changes mid-stream keeps playing after an ICE restart.
+        let w = Browser::start_in("lab-roamer", &roam, &ca_pem).await;
+        w.goto(&format!("{base}/watcher")).await;
+        let (p50, all) = first_frames(&w).await;
+        let before = watcher_pair(&w).await;
+        println!("case 4 (roaming), before the move: first frame p50 {p50:.0} ms {all:.0?}; pair {before}");
+        w.screenshot("roam-before").await;
+        let restarts = w.eval("return window.onair.state.iceRestarts").await.as_u64().unwrap();
+        println!("case 4: ICE restarts before the move: {restarts}; ICE states: {}", w.eval("return window.__ice").await);
+        lab_ref.switch_router("roam", 1);
+        let moved = Instant::now();
+        w.eval("window.__moved = Math.round(performance.now() - window.__t0); return true").await;
+        let t0 = current_time(&w).await;
+        // Playing again: an ICE restart happened and the picture moves well past where it was.
+        w.wait_for(
+            "an ICE restart",
+            Duration::from_secs(40),
+            &format!("return window.onair.state.iceRestarts > {restarts} && window.onair.state.ice === 'connected'"),
+        )
+        .await;
+        w.wait_for(
+            "the video to play again after the move",
+            Duration::from_secs(30),
+            &format!("return document.getElementById('player').currentTime > {t0} + 2"),
+        )
+        .await;
+        let recovered = moved.elapsed();
+        assert_advancing(&w, Duration::from_millis(1200)).await;
+        let after = watcher_pair(&w).await;
+        println!("case 4: playing again {:.1} s after the move; pair {after}", recovered.as_secs_f64());
+        println!("case 4: ICE states (ms since the watch): {}", w.eval("return window.__ice").await);
+        // The watcher's end of the path is new: its own new relay allocation (another port, mapped
+        // through the other router) or, through the broadcaster's relay, the other router's address.
+        let end = |p: &Value| (p["localAddress"].clone(), p["localPort"].clone(), p["localRelated"].clone());
+        assert_ne!(end(&before), end(&after), "the watcher's end of the path did not change with the route");
+        w.screenshot("roam-after").await;
+        drop(w);
+
+        // 5. With the relay down, a watcher in the UDP-blocked home has no path at all: the page
+        //    says so plainly, and plays by itself once the relay is back.
+        println!("case 4 done at {:.0} s", started.elapsed().as_secs_f64());
+        turn.proc.kill();
+        let w = no_udp;
+        let find = format!(
+            "[...document.querySelectorAll('#streams [data-stream-id]')].find(li => li.textContent.includes({}))",
+            Value::String(TITLE.into())
+        );
+        w.wait_for("the stream in the live list", LONG, &format!("return !!{find}")).await;
+        w.eval(&format!("const li = {find}; (li.querySelector('button') || li).click(); return true")).await;
+        let shown = Instant::now();
+        let message = w
+            .wait_for(
+                "the cannot-connect message",
+                Duration::from_secs(25),
+                "const o = document.getElementById('player-overlay'); \
+                 return !o.hidden && o.dataset.reason === 'ice' && o.innerText",
+            )
+            .await;
+        println!("case 5: told after {:.1} s: {message}", shown.elapsed().as_secs_f64());
+        let text = message.as_str().unwrap();
+        assert!(text.contains("Could not reach the broadcaster"), "{text}");
+        assert!(text.contains(&format!("TURN servers: {PUBLIC_IP}:3478 (UDP, TCP)")), "{text}");
+        let shot = w.screenshot("cannot-connect").await;
+        println!("case 5: screenshot {}", shot.display());
+        let banner = b
+            .wait_for(
+                "the broadcaster's cannot-connect banner",
+                LONG,
+                "const e = document.querySelector('#banners [data-key=\"ice\"]'); return e && e.innerText",
+            )
+            .await;
+        println!("case 5: the broadcaster is told: {banner}");
+        println!("case 5: screenshot {}", b.screenshot("viewer-cannot-connect").await.display());
+        turn.proc.restart();
+        let back = Instant::now();
+        w.wait_for("the video once the relay is back", Duration::from_secs(45), "return document.getElementById('player').videoWidth > 0 && window.onair.state.ice === 'connected'")
+            .await;
+        assert_advancing(&w, Duration::from_millis(1200)).await;
+        println!("case 5: playing {:.1} s after the relay came back", back.elapsed().as_secs_f64());
+        w.screenshot("relay-back").await;
+        drop(w);
+        println!("case 5 done at {:.0} s", started.elapsed().as_secs_f64());
+
+        // The broadcast ends; its recording is complete and decodes.
+        b.stop_broadcast().await;
+        let rec = {
+            let start = Instant::now();
+            loop {
+                let recs = recordings_of(&reg, &sid).await;
+                if let Some(r) = recs.iter().find(|r| r.state() != pb::RecordingState::Recording) {
+                    break r.clone();
+                }
+                assert!(start.elapsed() < LONG, "recording not finished: {recs:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        assert_eq!(rec.state(), pb::RecordingState::Complete, "{rec:?}");
+        let path = data.join("recordings").join(&rec.file_name);
+        let probe = media::probe(&path);
+        assert_eq!(media::codecs(&probe), vec!["opus", "vp8"], "{probe}");
+        let (errors, frames) = media::decode(&path);
+        assert!(errors.trim().is_empty(), "ffmpeg decode errors: {errors}");
+        println!("case 2: recording {} ms, {} bytes, {frames} frames decoded", rec.duration_ms, rec.bytes);
+        assert!(frames > 100, "only {frames} video frames decoded");
+        drop(b);
+        drop(onair);
+        drop(turn);
+        println!("all done at {:.0} s", started.elapsed().as_secs_f64());
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
