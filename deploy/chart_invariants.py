@@ -50,8 +50,10 @@ COMPONENTS = {  # component -> (kind, minimum terminationGracePeriodSeconds)
     "registry": ("Deployment", 1),
     "recorder": ("StatefulSet", 120),
 }
-ADDR_ENV = {"ONAIR_HTTP_ADDR": "http", "ONAIR_GRPC_ADDR": "grpc", "ONAIR_ADMIN_ADDR": "admin"}
-LISTEN_PORTS = {"gateway": "http", "signaling": "grpc", "registry": "grpc", "recorder": "grpc"}
+# Components rendered only when enabled (the "turn" variant enables them).
+OPTIONAL_COMPONENTS = {"turn": ("Deployment", 1)}
+ADDR_ENV = {"ONAIR_HTTP_ADDR": "http", "ONAIR_GRPC_ADDR": "grpc", "ONAIR_ADMIN_ADDR": "admin", "ONAIR_TURN_ADDR": "turn"}
+LISTEN_PORTS = {"gateway": "http", "signaling": "grpc", "registry": "grpc", "recorder": "grpc", "turn": "turn"}
 RECORDINGS_ENV = "ONAIR_RECORDINGS_DIR"
 # Components that mount the shared recordings volume, and whether they write to it.
 RECORDINGS_MOUNTERS = {"recorder": True, "gateway": False}
@@ -63,6 +65,7 @@ VARIANTS = [
     ("production", ["-f", os.path.join(CHART, "ci", "production-values.yaml")]),
     ("production+servicemonitor",
      ["-f", os.path.join(CHART, "ci", "production-values.yaml"), "--set", "serviceMonitor.enabled=true"]),
+    ("turn", ["-f", os.path.join(CHART, "ci", "turn-values.yaml")]),
 ]
 
 
@@ -175,7 +178,8 @@ def check_contract(res, helpflags):
     with open(CONTRACT) as f:
         contract = yaml.safe_load(f)
     targets = contract.get("targets") or []
-    res.check("contract: lists the four cluster targets", sorted(targets) == sorted(COMPONENTS), f"{targets}")
+    res.check("contract: lists the cluster targets", sorted(targets) == sorted({**COMPONENTS, **OPTIONAL_COMPONENTS}),
+              f"{targets}")
     seen = set()
     for entry in contract.get("flags", []):
         flag = entry.get("flag", "")
@@ -188,7 +192,7 @@ def check_contract(res, helpflags):
         res.check(f"{label}: targets are chart components",
                   bool(entry.get("targets")) and set(entry["targets"]) <= set(targets), f"{entry.get('targets')}")
         if entry.get("source") == "port":
-            res.check(f"{label}: port is http, grpc or admin", entry.get("port") in ("http", "grpc", "admin"))
+            res.check(f"{label}: port is http, grpc, admin or turn", entry.get("port") in ("http", "grpc", "admin", "turn"))
         if helpflags is None:
             continue
         name = flag.lstrip("-")
@@ -261,7 +265,12 @@ def check_workloads(res, variant, docs, helpflags, helpenvs):
         res.check(f"{tag}: selector matches the pod labels", selects(spec["selector"]["matchLabels"], plabels))
         if kind == "Deployment":
             ru = spec.get("strategy", {}).get("rollingUpdate", {})
-            res.check(f"{tag}: rolling update with maxUnavailable 0", ru.get("maxUnavailable") == 0, f"{ru}")
+            if spec["template"]["spec"].get("hostNetwork"):
+                # Host ports: the new pod cannot start beside the old one on the same node.
+                res.check(f"{tag}: hostNetwork rolls one pod at a time without surge",
+                          ru.get("maxUnavailable") == 1 and ru.get("maxSurge") == 0, f"{ru}")
+            else:
+                res.check(f"{tag}: rolling update with maxUnavailable 0", ru.get("maxUnavailable") == 0, f"{ru}")
         psc = pod.get("securityContext", {})
         grace = pod.get("terminationGracePeriodSeconds", 30)
         min_grace = COMPONENTS.get(comp, ("", 1))[1]
@@ -486,10 +495,21 @@ def check_services(res, variant, docs, pods):
         matched = [p for p in pods.values() if selects(sel, p[0])]
         res.check(f"{tag}: selects a workload", bool(matched))
         ports = {}
+        turn = any(m[2] == "turn" for m in matched)
         for p in s["spec"].get("ports", []):
-            res.check(f"{tag}: port {p.get('name')} is named http, grpc or admin",
-                      p.get("name") in ("http", "grpc", "admin"))
-            res.check(f"{tag}: port {p.get('name')} is TCP", p.get("protocol", "TCP") == "TCP", f"{p.get('protocol')}")
+            name = p.get("name") or ""
+            if turn:
+                # TURN: its port over TCP and UDP, and the relay ports (UDP, numbered targets).
+                res.check(f"{tag}: port {name} is turn, turn-udp or relay-N",
+                          name in ("turn", "turn-udp") or name == f"relay-{p.get('port')}")
+                want = "TCP" if name == "turn" else "UDP"
+                res.check(f"{tag}: port {name} is {want}", p.get("protocol", "TCP") == want, f"{p.get('protocol')}")
+                if name.startswith("relay-"):
+                    ports[name] = p
+                    continue
+            else:
+                res.check(f"{tag}: port {name} is named http, grpc or admin", name in ("http", "grpc", "admin"))
+                res.check(f"{tag}: port {name} is TCP", p.get("protocol", "TCP") == "TCP", f"{p.get('protocol')}")
             if any(m[2] == "recorder" for m in matched):
                 # WebRTC media goes browser -> recorder pod IP; the recorder's Services carry gRPC/admin only.
                 res.check(f"{tag}: recorder Service exposes only grpc/admin", p.get("name") in ("grpc", "admin"),

@@ -34,18 +34,23 @@ impl Coturn {
     /// Like [`Coturn::start`], listening and relaying on `ip:port` (e.g. a NAT lab's public
     /// address and the standard port 3478).
     pub async fn start_at(secret: &str, ip: IpAddr, port: u16) -> Self {
+        Self::start_with_relay_ports(secret, ip, port, None).await
+    }
+
+    /// Like [`Coturn::start_at`], relaying on `relay` ports (min, max) instead of a window of 100
+    /// derived from its port (so parallel tests rarely overlap; coturn skips ports it cannot bind
+    /// anyway).
+    pub async fn start_with_relay_ports(secret: &str, ip: IpAddr, port: u16, relay: Option<(u16, u16)>) -> Self {
         let dir = std::env::temp_dir().join(format!("onair-coturn-{}-{}", std::process::id(), crate::unique()));
         std::fs::create_dir_all(&dir).unwrap();
-        // Relay ports: a window of the ephemeral range derived from our port, so parallel tests
-        // rarely overlap (coturn skips ports it cannot bind anyway).
-        let min = 49152 + (port % 150) * 100;
+        let (min, max) = relay.unwrap_or((49152 + (port % 150) * 100, 49152 + (port % 150) * 100 + 99));
         let args = vec![
             "-n".to_owned(),
             format!("--listening-ip={ip}"),
             format!("--relay-ip={ip}"),
             format!("--listening-port={port}"),
             format!("--min-port={min}"),
-            format!("--max-port={}", min + 99),
+            format!("--max-port={max}"),
             "--use-auth-secret".to_owned(),
             format!("--static-auth-secret={secret}"),
             "--realm=onair.test".to_owned(),
@@ -67,48 +72,61 @@ impl Coturn {
         Self { proc, port, ip, dir }
     }
 
-    /// TURN allocations with `username`/`password` (long-term credentials), over UDP or TCP,
-    /// followed by a relayed message (`turnutils_uclient -y`: client to client through two
-    /// allocations). `Ok(output)` when the allocations succeeded and data was relayed, `Err(output)`
-    /// otherwise.
+    /// TURN allocations on this coturn with `username`/`password`; see [`uclient`].
     pub async fn allocate(&self, username: &str, password: &str, tcp: bool) -> Result<String, String> {
-        let mut cmd = tokio::process::Command::new("turnutils_uclient");
-        if tcp {
-            cmd.arg("-t");
-        }
-        // -y: two clients relay to each other; -c: no RTCP pair (half the allocations); -n 1: one message.
-        cmd.args([
-            "-y",
-            "-c",
-            "-n",
-            "1",
-            "-p",
-            &self.port.to_string(),
-            "-u",
-            username,
-            "-w",
-            password,
-            &self.ip.to_string(),
-        ]);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-        let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
-            .await
-            .expect("turnutils_uclient did not finish within 30 s")
-            .expect("cannot run turnutils_uclient (apt-get install coturn; scripts/install-deps.sh does)");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        // Relayed messages came back through the allocations (the final tally, not just a 0 exit).
-        let received = text
-            .rsplit("tot_recv_msgs=")
-            .next()
-            .filter(|_| text.contains("tot_recv_msgs="))
-            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
-        if out.status.success() && !text.contains("Cannot complete Allocation") && received > 0 {
-            Ok(text)
-        } else {
-            Err(text)
-        }
+        uclient_at(self.ip, if tcp { &["-t"] } else { &[] }, self.port, username, password).await
+    }
+}
+
+/// TURN allocations on the TURN server at `127.0.0.1:port` with `username`/`password`
+/// (long-term credentials), over UDP or TCP, followed by a relayed message (`turnutils_uclient
+/// -y`: two clients relay to each other through two allocations, each the other's peer).
+/// `Ok(output)` when the allocations succeeded and data was relayed, `Err(output)` otherwise.
+pub async fn uclient(port: u16, username: &str, password: &str, tcp: bool) -> Result<String, String> {
+    uclient_with(if tcp { &["-t"] } else { &[] }, port, username, password).await
+}
+
+/// [`uclient`] over TLS (`turns:`; the server certificate is not verified).
+pub async fn uclient_tls(port: u16, username: &str, password: &str) -> Result<String, String> {
+    uclient_with(&["-t", "-S"], port, username, password).await
+}
+
+/// [`uclient`] with extra `turnutils_uclient` flags (e.g. `-x`: ask for an IPv6 relayed address).
+pub async fn uclient_with(flags: &[&str], port: u16, username: &str, password: &str) -> Result<String, String> {
+    uclient_at(LOCALHOST, flags, port, username, password).await
+}
+
+/// [`uclient_with`] against the server at `ip:port`.
+pub async fn uclient_at(
+    ip: IpAddr,
+    flags: &[&str],
+    port: u16,
+    username: &str,
+    password: &str,
+) -> Result<String, String> {
+    let mut cmd = tokio::process::Command::new("turnutils_uclient");
+    cmd.args(flags);
+    // -y: two clients relay to each other; -c: no RTCP pair (half the allocations); -n 1: one message.
+    let (port, ip) = (port.to_string(), ip.to_string());
+    cmd.args(["-y", "-c", "-n", "1", "-p", &port, "-u", username, "-w", password, &ip]);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("turnutils_uclient did not finish within 30 s")
+        .expect("cannot run turnutils_uclient (apt-get install coturn; scripts/install-deps.sh does)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // Relayed messages came back through the allocations (the final tally, not just a 0 exit).
+    let received = text
+        .rsplit("tot_recv_msgs=")
+        .next()
+        .filter(|_| text.contains("tot_recv_msgs="))
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    if out.status.success() && !text.contains("Cannot complete Allocation") && received > 0 {
+        Ok(text)
+    } else {
+        Err(text)
     }
 }
 

@@ -7,6 +7,7 @@ mod error_code;
 pub mod ids;
 pub mod model;
 pub mod time;
+pub mod turn_rest;
 
 pub use bus::{Bus, BusError, BusItem, LocalBus, Subscription};
 pub use directory::{Directory, DirectoryError, MemoryDirectory, PeerRecord};

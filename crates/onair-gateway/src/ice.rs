@@ -6,11 +6,8 @@
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
-use hmac::{Hmac, KeyInit, Mac};
 use onair_core::PeerId;
 use serde_json::{Value, json};
-use sha1::Sha1;
 
 /// Why an ICE server URL or the ICE configuration is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,37 +128,7 @@ impl FromStr for IceUrl {
     }
 }
 
-/// The secret shared with the TURN server (coturn's `static-auth-secret`). Never printed.
-#[derive(Clone)]
-pub struct TurnSecret(String);
-
-impl TurnSecret {
-    /// Wraps `secret`.
-    pub fn new(secret: String) -> Self {
-        Self(secret)
-    }
-}
-
-impl std::fmt::Debug for TurnSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TurnSecret(..)")
-    }
-}
-
-/// The TURN REST API username: `<expiry-unix>:<peer-id>`. The TURN server reads the expiry
-/// before the first `:` (peer ids may contain more colons).
-pub fn turn_username(expires: SystemTime, peer: &PeerId) -> String {
-    let secs = expires.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    format!("{secs}:{peer}")
-}
-
-/// The TURN REST API credential for `username`: `base64(HMAC-SHA1(secret, username))`.
-pub fn turn_credential(secret: &TurnSecret, username: &str) -> String {
-    // HMAC takes keys of any length.
-    let mut mac = <Hmac<Sha1> as KeyInit>::new_from_slice(secret.0.as_bytes()).unwrap_or_else(|_| unreachable!());
-    mac.update(username.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-}
+pub use onair_core::turn_rest::{TurnSecret, turn_credential, turn_username};
 
 /// What the gateway hands out in `welcome.ice_servers`.
 #[derive(Debug, Clone, Default)]
@@ -219,17 +186,6 @@ impl IceServers {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn credential_matches_the_turn_rest_api_vector() {
-        // Independently computed: python3 -c 'import hmac,hashlib,base64;
-        // print(base64.b64encode(hmac.new(b"north", b"1700003600:alice", hashlib.sha1).digest()))'
-        let secret = TurnSecret::new("north".into());
-        let peer: PeerId = "alice".parse().unwrap();
-        let username = turn_username(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_003_600), &peer);
-        assert_eq!(username, "1700003600:alice");
-        assert_eq!(turn_credential(&secret, &username), "wjwSXO2ch1B6VaLTLMy2Avn5O9o=");
-    }
 
     #[test]
     fn turn_entries_carry_credentials_expiring_after_the_ttl() {

@@ -153,7 +153,7 @@ impl Hub {
             link: self.link.clone(),
             catalog: self.catalog.clone(),
             metrics: self.metrics.clone(),
-            rtc_ip: self.config.rtc_ip,
+            rtc: self.config.rtc.clone(),
         };
         let hub = Arc::clone(self);
         tokio::spawn(async move {

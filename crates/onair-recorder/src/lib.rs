@@ -37,6 +37,28 @@ pub use error::RecorderError;
 use hub::Hub;
 use service::RecorderService;
 
+/// Where the recorder's WebRTC peers bind and what they announce to browsers.
+///
+/// Each peer binds an ephemeral UDP port and an ICE-TCP passive listener (RFC 6544) on every
+/// `bind` address. webrtc-rs 0.21 has no UDP mux (its `with_udp_network` is still a to-do), so
+/// peers cannot share one UDP port.
+#[derive(Debug, Clone)]
+pub struct RtcNetwork {
+    /// Local addresses ICE binds; an unspecified address (`0.0.0.0`) stands for every
+    /// non-loopback, non-link-local interface.
+    pub bind: Vec<std::net::IpAddr>,
+    /// The address browsers reach this host at when it is not a local one (NAT 1:1): announced as
+    /// a server-reflexive candidate beside the host candidates.
+    pub public: Option<std::net::IpAddr>,
+}
+
+impl RtcNetwork {
+    /// Exactly `ip`, nothing announced besides it.
+    pub fn only(ip: std::net::IpAddr) -> Self {
+        Self { bind: vec![ip], public: None }
+    }
+}
+
 /// Recorder settings.
 #[derive(Debug, Clone)]
 pub struct RecorderConfig {
@@ -48,8 +70,8 @@ pub struct RecorderConfig {
     pub max_concurrent: usize,
     /// Record every live stream without being asked.
     pub auto_record: bool,
-    /// The only IP ICE binds and advertises (UDP).
-    pub rtc_ip: std::net::IpAddr,
+    /// Where the WebRTC peers bind and what they announce.
+    pub rtc: RtcNetwork,
     /// Registry gRPC URL, e.g. `http://127.0.0.1:50051`.
     pub registry_url: String,
     /// Signaling gRPC URL.

@@ -21,6 +21,7 @@ use webrtc::peer_connection::{
     register_default_interceptors,
 };
 
+use crate::RtcNetwork;
 use crate::mux::MediaFrame;
 use crate::timeline::TrackClock;
 use crate::vp8;
@@ -38,23 +39,30 @@ pub enum RtcEvent {
     Track(Arc<dyn TrackRemote>),
 }
 
-struct Handler(mpsc::UnboundedSender<RtcEvent>);
+struct Handler {
+    events: mpsc::UnboundedSender<RtcEvent>,
+    public: Option<IpAddr>,
+}
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         match event.candidate.to_json() {
             Ok(c) => {
-                let _ = self.0.send(RtcEvent::Candidate(c));
+                let mapped = self.public.and_then(|ip| nat_1to1(&c.candidate, ip));
+                let _ = self.events.send(RtcEvent::Candidate(c.clone()));
+                if let Some(candidate) = mapped {
+                    let _ = self.events.send(RtcEvent::Candidate(RTCIceCandidateInit { candidate, ..c }));
+                }
             }
             Err(e) => tracing::debug!(error = %e, "unserializable local candidate"),
         }
     }
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        let _ = self.0.send(RtcEvent::State(state));
+        let _ = self.events.send(RtcEvent::State(state));
     }
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let _ = self.0.send(RtcEvent::Track(track));
+        let _ = self.events.send(RtcEvent::Track(track));
     }
 }
 
@@ -74,9 +82,10 @@ fn codec(mime: &str, clock_rate: u32, channels: u16, fmtp: &str, fb: &[(&str, &s
     }
 }
 
-/// A receive-only peer connection bound to `ip` (UDP, ephemeral port), reporting to `events`.
+/// A receive-only peer connection bound to `net.bind` (UDP and ICE-TCP passive, ephemeral ports),
+/// announcing `net.public` too, reporting to `events`.
 pub async fn peer_connection(
-    ip: IpAddr,
+    net: &RtcNetwork,
     events: mpsc::UnboundedSender<RtcEvent>,
 ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
     let mut media = MediaEngine::default();
@@ -87,26 +96,61 @@ pub async fn peer_connection(
         RtpCodecKind::Audio,
     )?;
     let registry = register_default_interceptors(Registry::new(), &mut media)?;
-    let network = if ip.is_ipv4() { NetworkType::Udp4 } else { NetworkType::Udp6 };
+    let networks = if net.bind.iter().any(IpAddr::is_ipv4) {
+        vec![NetworkType::Udp4, NetworkType::Tcp4]
+    } else {
+        vec![NetworkType::Udp6, NetworkType::Tcp6]
+    };
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-        .with_network_types(vec![network])
-        .with_include_loopback_candidate(ip.is_loopback())
+        .with_network_types(networks)
+        .with_include_loopback_candidate(net.bind.iter().any(IpAddr::is_loopback))
         // Checks every 50 ms instead of 200 ms: on a LAN the pair is found in one or two rounds.
         .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(25))
         .with_host_acceptance_min_wait(Some(Duration::ZERO))
-        .with_ice_timeouts(Some(Duration::from_secs(5)), Some(Duration::from_secs(10)), Some(Duration::from_secs(1)))
-        .build();
+        .with_ice_timeouts(Some(Duration::from_secs(5)), Some(Duration::from_secs(10)), Some(Duration::from_secs(1)));
+    // NAT 1:1 (`net.public`) is applied to the trickled candidates (`nat_1to1`): webrtc-rs 0.21
+    // stores `with_nat_1to1_ips` but never uses it.
+    let settings = settings.build();
+    let addrs: Vec<SocketAddr> = net.bind.iter().map(|ip| SocketAddr::new(*ip, 0)).collect();
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media)
         .with_setting_engine(settings)
         .with_interceptor_registry(registry)
-        .with_handler(Arc::new(Handler(events)))
-        .with_udp_addrs(vec![SocketAddr::new(ip, 0)])
+        .with_handler(Arc::new(Handler { events, public: net.public }))
+        .with_udp_addrs(addrs.clone())
+        .with_tcp_addrs(addrs)
         .build()
         .await?;
     Ok(Arc::new(pc))
+}
+
+/// The server-reflexive twin of a local host candidate, at `public` (NAT 1:1: a 1:1 NAT forwards
+/// `public:port` to `local:port`, so a browser's checks to it reach the same socket, which answers
+/// them as peer-reflexive). `None` for candidates that are not host, not UDP/TCP-passive, on
+/// loopback or already at `public`.
+pub fn nat_1to1(candidate: &str, public: IpAddr) -> Option<String> {
+    let t: Vec<&str> = candidate.split_whitespace().collect();
+    // candidate:<foundation> <component> <transport> <priority> <ip> <port> typ host [tcptype passive]
+    let [foundation, component, transport, priority, ip, port, "typ", "host", rest @ ..] = t.as_slice() else {
+        return None;
+    };
+    let local: IpAddr = ip.parse().ok()?;
+    let tcp = transport.eq_ignore_ascii_case("tcp");
+    if local.is_loopback() || local == public || (tcp && rest != ["tcptype", "passive"]) {
+        return None;
+    }
+    // Type preference 100 (srflx) instead of 126 (host), the rest of the priority kept.
+    let priority = priority.parse::<u32>().ok()?.checked_sub(26 << 24)?;
+    let mut out = format!(
+        "{foundation}1 {component} {transport} {priority} {public} {port} typ srflx raddr {local} rport {port}"
+    );
+    for r in rest {
+        out.push(' ');
+        out.push_str(r);
+    }
+    Some(out)
 }
 
 /// Which media kind a frame belongs to.
@@ -263,7 +307,29 @@ pub fn offered_media(sdp: &str) -> (bool, bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::offered_media;
+    #![allow(clippy::unwrap_used)]
+    use super::{nat_1to1, offered_media};
+
+    #[test]
+    fn host_candidates_get_a_public_twin() {
+        let public = "203.0.113.7".parse().unwrap();
+        assert_eq!(
+            nat_1to1("candidate:607854466 1 udp 2130706431 192.0.2.2 54967 typ host", public).as_deref(),
+            Some("candidate:6078544661 1 udp 1694498815 203.0.113.7 54967 typ srflx raddr 192.0.2.2 rport 54967")
+        );
+        assert_eq!(
+            nat_1to1("candidate:1 1 tcp 2124414975 10.0.0.5 4000 typ host tcptype passive", public).as_deref(),
+            Some("candidate:11 1 tcp 1688207359 203.0.113.7 4000 typ srflx raddr 10.0.0.5 rport 4000 tcptype passive")
+        );
+        for skipped in [
+            "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host",
+            "candidate:1 1 udp 2130706431 203.0.113.7 5000 typ host",
+            "candidate:1 1 tcp 2128609279 10.0.0.5 9 typ host tcptype active",
+            "candidate:1 1 udp 1694498815 198.51.100.1 5000 typ srflx raddr 10.0.0.5 rport 5000",
+        ] {
+            assert_eq!(nat_1to1(skipped, public), None, "{skipped}");
+        }
+    }
 
     #[test]
     fn offered_media_reads_m_lines_and_directions() {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCPeerConnectionState, RTCSessionDescription};
 
+use crate::RtcNetwork;
 use crate::catalog::Catalog;
 use crate::catalog::{AUDIO_CODEC, LiveStream, VIDEO_CODEC};
 use crate::metrics::RecorderMetrics;
@@ -78,8 +79,8 @@ pub struct SessionParams {
     pub catalog: Catalog,
     /// Recorder metrics.
     pub metrics: RecorderMetrics,
-    /// The IP ICE binds and advertises.
-    pub rtc_ip: std::net::IpAddr,
+    /// Where ICE binds and what it announces.
+    pub rtc: RtcNetwork,
 }
 
 /// Why a session ended.
@@ -96,7 +97,7 @@ struct Session {
     link: NodeLink,
     catalog: Catalog,
     metrics: RecorderMetrics,
-    rtc_ip: std::net::IpAddr,
+    rtc: RtcNetwork,
     peer: PeerId,
     path: PathBuf,
     rec: Recording,
@@ -122,27 +123,15 @@ pub async fn run(p: SessionParams) -> Recording {
 }
 
 async fn run_inner(p: SessionParams) -> Recording {
-    let SessionParams {
-        stream,
-        recording,
-        peer,
-        token,
-        path,
-        mut inbox,
-        stop,
-        snapshot,
-        link,
-        catalog,
-        metrics,
-        rtc_ip,
-    } = p;
+    let SessionParams { stream, recording, peer, token, path, mut inbox, stop, snapshot, link, catalog, metrics, rtc } =
+        p;
     let (rtc_tx, mut rtc_rx) = mpsc::unbounded_channel();
     let (media_tx, mut media_rx) = mpsc::channel(2048);
     let mut s = Session {
         link,
         catalog,
         metrics,
-        rtc_ip,
+        rtc,
         peer,
         path,
         rec: recording,
@@ -298,7 +287,7 @@ impl Session {
             self.mux = Some(Mux::create(&self.path, tracks).map_err(|e| format!("cannot create the file: {e}"))?);
         }
         self.mid = first_mid(&offer.sdp);
-        let pc = peer::peer_connection(self.rtc_ip, self.rtc_tx.clone())
+        let pc = peer::peer_connection(&self.rtc, self.rtc_tx.clone())
             .await
             .map_err(|e| format!("peer connection setup failed: {e}"))?;
         self.pc = Some(Arc::clone(&pc));

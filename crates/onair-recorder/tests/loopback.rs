@@ -192,7 +192,7 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
         recordings_dir: rec_dir.clone(),
         max_concurrent: 4,
         auto_record: true,
-        rtc_ip: "127.0.0.1".parse().unwrap(),
+        rtc: onair_recorder::RtcNetwork::only("127.0.0.1".parse().unwrap()),
         registry_url: registry_url.clone(),
         signaling_url: signaling_url.clone(),
         security: onair_auth::Security::default(),

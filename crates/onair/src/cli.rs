@@ -1,7 +1,7 @@
 //! Command-line flags. Every flag has an `ONAIR_*` environment variable; this is
 //! the only place that reads the environment.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,6 +20,8 @@ pub enum Target {
     Registry,
     /// Only the recorder (gRPC + WebRTC): records every live stream to WebM.
     Recorder,
+    /// Only the embedded TURN server (needs --turn-secret, shared with the gateways).
+    Turn,
 }
 
 /// Where the registry keeps its catalog.
@@ -203,9 +205,47 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_MAX_RECORDINGS", default_value_t = 16)]
     pub max_recordings: usize,
 
-    /// IP address the recorder's WebRTC (ICE) binds and advertises; browsers must reach it.
-    #[arg(long, env = "ONAIR_RTC_IP", default_value = "127.0.0.1")]
-    pub rtc_ip: std::net::IpAddr,
+    /// The only IP address the recorder's WebRTC (ICE, UDP and TCP) binds and announces. Default:
+    /// every non-loopback interface plus 127.0.0.1.
+    #[arg(long, env = "ONAIR_RTC_IP")]
+    pub rtc_ip: Option<IpAddr>,
+
+    /// The address browsers reach this host at, when it is not one of its own (NAT 1:1, e.g. a cloud
+    /// VM's public IP): server peers bind locally and announce this too. In the all-in-one it also
+    /// starts the embedded TURN server and hands its stun:/turn: URLs out in welcome.
+    #[arg(long, env = "ONAIR_PUBLIC_ADDR", value_name = "IP")]
+    pub public_addr: Option<IpAddr>,
+
+    /// Embedded TURN server: UDP and TCP listen address (turn:HOST:PORT, ?transport=tcp).
+    #[arg(long, env = "ONAIR_TURN_ADDR", default_value = "0.0.0.0:3478")]
+    pub turn_addr: SocketAddr,
+
+    /// Embedded TURN server: TLS listen address (turns:), used when a certificate is configured
+    /// (--tls-cert/--tls-key or --tls-self-signed).
+    #[arg(long, env = "ONAIR_TURNS_ADDR", default_value = "0.0.0.0:5349")]
+    pub turns_addr: SocketAddr,
+
+    /// Embedded TURN server: UDP ports relayed addresses are taken from (one per allocation).
+    #[arg(long, env = "ONAIR_TURN_RELAY_PORTS", value_name = "MIN-MAX", default_value = "49152-65535")]
+    pub turn_relay_ports: onair_turn::RelayPorts,
+
+    /// Embedded TURN server: internal networks peers may be on after all, comma-separated CIDRs
+    /// (loopback, private, shared and link-local addresses are refused by default).
+    #[arg(long, env = "ONAIR_TURN_ALLOW_PEER", value_name = "CIDR,...", value_delimiter = ',')]
+    pub turn_allow_peer: Vec<onair_turn::Cidr>,
+
+    /// Embedded TURN server: allocations one user (peer id) may hold at once.
+    #[arg(long, env = "ONAIR_TURN_USER_QUOTA", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub turn_user_quota: u32,
+
+    /// Embedded TURN server: most kilobits per second one allocation relays (both directions); the
+    /// excess is dropped.
+    #[arg(long, env = "ONAIR_TURN_MAX_KBPS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub turn_max_kbps: u64,
+
+    /// Embedded TURN server: the realm of its long-term credentials.
+    #[arg(long, env = "ONAIR_TURN_REALM", default_value = "onair")]
+    pub turn_realm: String,
 
     /// Log format.
     #[arg(long, env = "ONAIR_LOG_FORMAT", value_enum, default_value = "text")]

@@ -1,6 +1,6 @@
 //! Wiring: which implementations each target gets, listeners, ordered shutdown.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use onair_core::{Bus, Directory, LocalBus, MemoryDirectory, NodeId};
@@ -52,6 +52,8 @@ async fn make_bus(cli: &Cli) -> Result<Arc<dyn Bus>, RunError> {
             onair_redis::RedisBus::connect(url).await.map_err(|e| RunError::Config(format!("redis: {e}")))?,
         )),
         None if cli.target == Target::All => Ok(Arc::new(LocalBus::new())),
+        // The TURN server uses no bus.
+        None if cli.target == Target::Turn => Ok(Arc::new(LocalBus::new())),
         None if cli.target == Target::Registry => {
             tracing::warn!("no --redis-url: WatchStreams only sees changes made through this registry replica");
             Ok(Arc::new(LocalBus::new()))
@@ -119,11 +121,135 @@ fn gateway_tls(cli: &Cli) -> Result<Option<onair_gateway::TlsConfig>, RunError> 
     Ok(Some(tls))
 }
 
-/// The ICE servers handed out in `welcome` (--ice-servers, --turn-secret, --turn-credential-ttl).
-fn gateway_ice(cli: &Cli) -> Result<onair_gateway::IceServers, RunError> {
-    let secret = cli.turn_secret.clone().map(onair_gateway::TurnSecret::new);
-    onair_gateway::IceServers::new(cli.ice_servers.clone(), secret, cli.turn_credential_ttl)
-        .map_err(|e| RunError::Config(e.to_string()))
+/// The ICE servers handed out in `welcome`: --ice-servers, plus the embedded TURN server's URLs
+/// when it runs in this process; credentials from --turn-secret (or the generated one).
+fn gateway_ice(cli: &Cli, turn: Option<&EmbeddedTurn>) -> Result<onair_gateway::IceServers, RunError> {
+    let mut urls = cli.ice_servers.clone();
+    let mut secret = cli.turn_secret.clone();
+    if let Some(turn) = turn {
+        for url in &turn.urls {
+            urls.push(url.parse().map_err(|e: onair_gateway::ice::IceError| RunError::Config(e.to_string()))?);
+        }
+        secret = Some(turn.secret.clone());
+    }
+    let secret = secret.map(onair_gateway::TurnSecret::new);
+    onair_gateway::IceServers::new(urls, secret, cli.turn_credential_ttl).map_err(|e| RunError::Config(e.to_string()))
+}
+
+/// This host's interface addresses, loopback and link-local excluded, IPv4 first.
+fn local_addresses() -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs
+                .filter_map(|a| {
+                    let a = a.address?;
+                    a.as_sockaddr_in()
+                        .map(|v4| IpAddr::V4(v4.ip()))
+                        .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                })
+                .filter(|ip| !ip.is_loopback() && !is_link_local(*ip))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_by_key(IpAddr::is_ipv6);
+    out.dedup();
+    out
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// Where the recorder's WebRTC binds (--rtc-ip, or every interface plus loopback) and what it
+/// announces besides (--public-addr).
+fn recorder_network(cli: &Cli) -> onair_recorder::RtcNetwork {
+    let bind = match cli.rtc_ip {
+        Some(ip) => vec![ip],
+        None => vec![IpAddr::from([0, 0, 0, 0]), IpAddr::from([127, 0, 0, 1])],
+    };
+    onair_recorder::RtcNetwork { bind, public: cli.public_addr }
+}
+
+/// A UDP socket and a TCP listener on the same port of `addr` (with port 0: the same free port;
+/// retried when another process holds the TCP side of the port the UDP socket got).
+async fn bind_udp_and_tcp(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, TcpListener, u16), RunError> {
+    let mut attempts = if addr.port() == 0 { 20 } else { 1 };
+    loop {
+        attempts -= 1;
+        let udp = tokio::net::UdpSocket::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
+        let port = udp.local_addr().map_err(|source| RunError::Bind { addr, source })?.port();
+        match bind(SocketAddr::new(addr.ip(), port)).await {
+            Ok((tcp, _)) => return Ok((udp, tcp, port)),
+            Err(e) if attempts == 0 => return Err(e),
+            Err(_) => {}
+        }
+    }
+}
+
+/// The embedded TURN server, bound and ready to serve.
+struct EmbeddedTurn {
+    config: onair_turn::TurnConfig,
+    listeners: onair_turn::TurnListeners,
+    secret: String,
+    /// `stun:`, `turn:` (UDP, TCP) and, with TLS, `turns:` URLs at the announced address.
+    urls: Vec<String>,
+}
+
+/// Binds the embedded TURN server when this process runs it (--target turn, or `all` with
+/// --public-addr): UDP and TCP on --turn-addr (one port), TLS on --turns-addr with `tls`.
+async fn embedded_turn(cli: &Cli, tls: Option<&onair_gateway::TlsConfig>) -> Result<Option<EmbeddedTurn>, RunError> {
+    let runs = cli.target == Target::Turn || (cli.target == Target::All && cli.public_addr.is_some());
+    if !runs {
+        return Ok(None);
+    }
+    let secret = match &cli.turn_secret {
+        Some(s) => s.clone(),
+        None if cli.target == Target::All => {
+            format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+        }
+        None => {
+            return Err(RunError::Config(
+                "--target turn needs --turn-secret: the secret the gateways derive TURN credentials from".into(),
+            ));
+        }
+    };
+    let announce = match cli.public_addr.or_else(|| local_addresses().first().copied()) {
+        Some(ip) => ip,
+        None => {
+            return Err(RunError::Config(
+                "the TURN server needs --public-addr: this host has no non-loopback address to announce".into(),
+            ));
+        }
+    };
+    let (udp, tcp, port) = bind_udp_and_tcp(cli.turn_addr).await?;
+    let public = SocketAddr::new(announce, port);
+    let mut urls = vec![format!("stun:{public}"), format!("turn:{public}"), format!("turn:{public}?transport=tcp")];
+    let mut listeners = onair_turn::TurnListeners { udp: vec![udp], tcp: vec![tcp], tls: Vec::new() };
+    if let Some(tls) = tls {
+        let (l, addr) = bind(cli.turns_addr).await?;
+        urls.push(format!("turns:{}?transport=tcp", SocketAddr::new(announce, addr.port())));
+        println!("onair: turns listening on {addr} (TURN over TLS)");
+        listeners.tls.push((l, tls.server_config()));
+    }
+    println!(
+        "onair: turn listening on {} (UDP and TCP; relay ports {}, announced as {announce})",
+        SocketAddr::new(cli.turn_addr.ip(), port),
+        cli.turn_relay_ports
+    );
+    let config = onair_turn::TurnConfig {
+        realm: cli.turn_realm.clone(),
+        secret: onair_core::turn_rest::TurnSecret::new(secret.clone()),
+        relay_ip: announce,
+        relay_bind: if announce.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::from([0u16; 8]) },
+        relay_ports: cli.turn_relay_ports,
+        allow_peers: cli.turn_allow_peer.clone(),
+        user_quota: cli.turn_user_quota as usize,
+        max_bitrate: cli.turn_max_kbps.saturating_mul(1000),
+    };
+    Ok(Some(EmbeddedTurn { config, listeners, secret, urls }))
 }
 
 /// The cluster secret and the access-token verifier (auth), checked before anything starts; says
@@ -158,7 +284,8 @@ fn security(cli: &Cli) -> Result<onair_auth::Security, RunError> {
         );
         tracing::warn!("auth is off: no --auth-secret or --auth-public-key");
     }
-    if cluster.is_none() {
+    // The TURN server has no gRPC API.
+    if cluster.is_none() && cli.target != Target::Turn {
         println!(
             "onair: WARNING: no --cluster-secret: the internal signaling API accepts calls from anyone who reaches \
              --grpc-addr"
@@ -189,12 +316,28 @@ const SIGNALING: usize = 1;
 const REGISTRY: usize = 2;
 const ADMIN: usize = 3;
 
+/// Flag values clap cannot judge alone.
+fn check_network_flags(cli: &Cli) -> Result<(), RunError> {
+    if let Some(ip) = cli.public_addr
+        && (ip.is_unspecified() || ip.is_multicast())
+    {
+        return Err(RunError::Config(format!(
+            "--public-addr {ip}: must be the unicast address browsers reach this host at"
+        )));
+    }
+    if cli.turn_realm.trim().is_empty() {
+        return Err(RunError::Config("--turn-realm must not be empty".into()));
+    }
+    Ok(())
+}
+
 /// Runs `cli.target` until SIGTERM/ctrl-c, then shuts down tier by tier within the grace period.
 pub async fn run(cli: Cli) -> Result<(), RunError> {
+    check_network_flags(&cli)?;
     let mut tiers = [Tier::new("gateway+recorder"), Tier::new("signaling"), Tier::new("registry"), Tier::new("admin")];
     let target = cli.target;
     let runs = |t: Target| target == Target::All || target == t;
-    if target != Target::All && target != Target::Registry {
+    if ![Target::All, Target::Registry, Target::Turn].contains(&target) {
         needs_redis(&cli)?;
     }
     let bus = make_bus(&cli).await?;
@@ -208,8 +351,16 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     }
     let node = node_id(&cli)?;
     let security = security(&cli)?;
-    // The gateway's certificate and ICE servers are checked before anything starts.
-    let gateway_edge = if runs(Target::Gateway) { Some((gateway_tls(&cli)?, gateway_ice(&cli)?)) } else { None };
+    // The certificate (gateway, TURN over TLS), the TURN sockets and the ICE servers are
+    // checked before anything starts.
+    let turn_wanted = target == Target::Turn || (target == Target::All && cli.public_addr.is_some());
+    let tls = if runs(Target::Gateway) || turn_wanted { gateway_tls(&cli)? } else { None };
+    let turn = embedded_turn(&cli, tls.as_ref()).await?;
+    let gateway_edge = if runs(Target::Gateway) { Some((tls, gateway_ice(&cli, turn.as_ref())?)) } else { None };
+    if let Some(turn) = turn {
+        let tier = &mut tiers[EDGE];
+        tier.tasks.spawn(onair_turn::serve(turn.config, &admin, turn.listeners, tier.stop.clone())?);
+    }
 
     // Registry: on --grpc-addr (the public developer API).
     let mut registry_url = cli.registry_url.clone();
@@ -269,7 +420,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             recordings_dir: cli.recordings_dir(),
             max_concurrent: cli.max_recordings,
             auto_record: cli.auto_record,
-            rtc_ip: cli.rtc_ip,
+            rtc: recorder_network(&cli),
             registry_url: registry_url.clone(),
             signaling_url: signaling_url.clone(),
             security: security.clone(),

@@ -105,9 +105,40 @@ a new random one. Usage: include "onair.sharedSecret" (list $ .Values.resumeSecr
 {{- end }}
 {{- end }}
 
+{{/*
+The TURN secret (gateways and TURN servers): turnSecret, else (with turn.enabled) the one in the release's
+existing Secret, else a new random one; empty without TURN.
+*/}}
+{{- define "onair.turnSecret" -}}
+{{- if .Values.turnSecret }}
+{{- .Values.turnSecret }}
+{{- else if .Values.turn.enabled }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "onair.fullname" .) }}
+{{- if and $existing $existing.data (hasKey $existing.data "ONAIR_TURN_SECRET") }}
+{{- index $existing.data "ONAIR_TURN_SECRET" | b64dec }}
+{{- else }}
+{{- randAlphaNum 48 }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* ICE servers for welcome: gateway.iceServers, plus the embedded TURN server's URLs at publicAddr. */}}
+{{- define "onair.iceServers" -}}
+{{- $urls := list }}
+{{- with .Values.gateway.iceServers }}{{ $urls = append $urls . }}{{ end }}
+{{- if .Values.turn.enabled }}
+{{- if not .Values.publicAddr }}
+{{- fail "turn.enabled needs publicAddr: the address browsers reach the TURN server at" }}
+{{- end }}
+{{- $a := printf "%s:%v" .Values.publicAddr .Values.ports.turn }}
+{{- $urls = append $urls (printf "stun:%s,turn:%s,turn:%s?transport=tcp" $a $a $a) }}
+{{- end }}
+{{- join "," $urls }}
+{{- end }}
+
 {{/* Changes when the secret inputs change (not with a generated resume secret). */}}
 {{- define "onair.secretChecksum" -}}
-{{- list .Values.existingSecret .Values.redis.url .Values.mongodb.uri .Values.resumeSecret .Values.clusterSecret .Values.auth.secret | toJson | sha256sum }}
+{{- list .Values.existingSecret .Values.redis.url .Values.mongodb.uri .Values.resumeSecret .Values.clusterSecret .Values.auth.secret .Values.turnSecret | toJson | sha256sum }}
 {{- end }}
 
 {{/* Components that mount the shared recordings volume: "true" or "". Usage: include "onair.mountsRecordings" "gateway" */}}
@@ -228,6 +259,11 @@ metadata:
     {{- end }}
 spec:
   serviceAccountName: {{ include "onair.serviceAccountName" $root }}
+  {{- if $c.hostNetwork }}
+  # The node's network: WebRTC/TURN ports are the node's own (see values: hostNetwork).
+  hostNetwork: true
+  dnsPolicy: ClusterFirstWithHostNet
+  {{- end }}
   automountServiceAccountToken: false
   enableServiceLinks: false
   terminationGracePeriodSeconds: {{ $c.terminationGracePeriodSeconds }}
@@ -250,6 +286,11 @@ spec:
         - name: {{ $port }}
           containerPort: {{ index $root.Values.ports $port }}
           protocol: TCP
+        {{- if eq $port "turn" }}
+        - name: turn-udp
+          containerPort: {{ index $root.Values.ports $port }}
+          protocol: UDP
+        {{- end }}
         {{- end }}
       livenessProbe:
         httpGet:

@@ -1,7 +1,7 @@
 //! Load probes behind `make bench` (not tests). Starts real processes with the
 //! test harness and prints one table row per measurement.
 //!
-//! Usage: probe [registry|signaling|recorder|all]    (ONAIR_BIN selects the binary; release in `make bench`)
+//! Usage: probe [registry|signaling|recorder|idle|turn|all]    (ONAIR_BIN selects the binary; release in `make bench`)
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -313,6 +313,90 @@ async fn recorder() {
     }
 }
 
+/// One TURN load run: `clients` uclient sessions in pairs (`-y`), each sending 1200-byte
+/// messages every `interval_ms` through its allocation to its partner's. Returns (payload Mbit/s
+/// received by the clients, server CPU % of one core, CPU ms per Mbit relayed).
+async fn turn_load(pid: u32, port: u16, secret: &str, clients: usize, interval_ms: u64) -> (f64, f64, f64) {
+    let messages = 10_000 / interval_ms; // 10 s
+    let (t0, _) = proc_usage(pid);
+    let start = Instant::now();
+    let out = tokio::process::Command::new("turnutils_uclient")
+        .args(["-y", "-c", "-l", "1200", "-m", &clients.to_string(), "-n", &messages.to_string()])
+        .args(["-z", &interval_ms.to_string(), "-p", &port.to_string(), "-W", secret, "-u", "bench", "127.0.0.1"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("turnutils_uclient (Debian coturn) runs");
+    let secs = start.elapsed().as_secs_f64();
+    let (t1, _) = proc_usage(pid);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let received: f64 = text
+        .rsplit("tot_recv_bytes ~ ")
+        .next()
+        .filter(|_| text.contains("tot_recv_bytes ~ "))
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    let mbit = received * 8.0 / 1e6;
+    #[allow(clippy::cast_precision_loss)]
+    let cpu_s = (t1 - t0) as f64 / 100.0;
+    (mbit / secs, cpu_s / secs * 100.0, if mbit > 0.0 { cpu_s * 1000.0 / mbit } else { f64::NAN })
+}
+
+async fn turn() {
+    use onair_tests::turn::Coturn;
+    println!(
+        "\n### TURN relay (turnutils_uclient -y over UDP: clients in pairs, each message relayed through two \
+         allocations, 1200-byte payloads; 10 s per row)\n"
+    );
+    println!(
+        "| server | clients × rate | relayed payload (Mbit/s) | server CPU (% of one core) | CPU ms per Mbit relayed |"
+    );
+    println!("|---|---|---|---|---|");
+    let secret = "bench-secret";
+    let loads = [(20usize, 10u64), (40, 5)];
+    let onair = Onair::start(
+        "probe-turn",
+        &[
+            "--target",
+            "turn",
+            "--turn-secret",
+            secret,
+            "--turn-addr",
+            "127.0.0.1:0",
+            "--public-addr",
+            "127.0.0.1",
+            "--turn-relay-ports",
+            "23000-23999",
+            "--turn-allow-peer",
+            "127.0.0.0/8",
+            "--turn-user-quota",
+            "1000",
+            "--turn-max-kbps",
+            "1000000",
+        ],
+    )
+    .await;
+    let coturn = Coturn::start_with_relay_ports(
+        secret,
+        onair_tests::procs::LOCALHOST,
+        onair_tests::free_port(),
+        Some((24000, 24999)),
+    )
+    .await;
+    for (clients, interval) in loads {
+        #[allow(clippy::cast_precision_loss)]
+        let rate = 1200.0 * 8.0 * 1000.0 / interval as f64 / 1e6;
+        for (name, pid, port) in [
+            ("onair (embedded)", onair.proc.pid().unwrap(), onair.addrs["turn"].port()),
+            ("coturn (baseline)", coturn.proc.pid().unwrap(), coturn.port),
+        ] {
+            let (mbps, cpu, per) = turn_load(pid, port, secret, clients, interval).await;
+            println!("| {name} | {clients} × {rate:.2} Mbit/s | {mbps:.1} | {cpu:.1} | {per:.1} |");
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -332,5 +416,8 @@ async fn main() {
     }
     if what == "idle" || what == "all" {
         idle().await;
+    }
+    if what == "turn" || what == "all" {
+        turn().await;
     }
 }
