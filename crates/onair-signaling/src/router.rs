@@ -204,11 +204,13 @@ impl Router {
 
     /// Rebuilds the directory entries of `node`'s peers from what the node knows (after Redis came
     /// back empty): presence, broadcasters, then watchers (telling broadcasters the new counts).
-    /// A peer the directory now places on another node (it resumed there) is left alone.
+    /// Only peers the directory lost are rebuilt: one it still knows is more current there than in
+    /// the node's report (a `published` may still be on its way to the node), and one it places on
+    /// another node resumed there.
     async fn reassert(&self, node: &NodeId, peers: Vec<PeerState>) -> Result<(), RouteError> {
         let mut mine = Vec::with_capacity(peers.len());
         for p in peers {
-            if self.dir.peer(&p.peer).await?.is_some_and(|rec| &rec.node != node) {
+            if self.dir.peer(&p.peer).await?.is_some() {
                 continue;
             }
             self.dir.attach(&p.peer, node, &p.resume_token).await?;
@@ -225,7 +227,9 @@ impl Router {
                 self.viewers_changed(&b, stream, count).await?;
             }
         }
-        tracing::info!(%node, peers = mine.len(), "node re-asserted its peers");
+        if !mine.is_empty() {
+            tracing::info!(%node, peers = mine.len(), "node re-asserted its peers");
+        }
         Ok(())
     }
 
