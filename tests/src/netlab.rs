@@ -154,7 +154,7 @@ impl Netns {
     }
 
     /// Loads an nftables ruleset (`nft -f -`) inside the namespace.
-    fn nft(&self, ruleset: &str) {
+    pub fn nft(&self, ruleset: &str) {
         use std::io::Write;
         let mut child = self
             .command("nft")

@@ -6,7 +6,11 @@
 //! 3. a watcher in a home that drops all UDP plays through TURN over TCP;
 //! 4. a watcher whose default route moves to another router mid-stream keeps playing after the
 //!    broadcaster's page restarts ICE;
-//! 5. a watcher whose relay is down is told plainly that it cannot reach the broadcaster.
+//! 5. a watcher whose relay is down is told plainly that it cannot reach the broadcaster, and plays by
+//!    itself once the relay is back.
+//!
+//! onair runs the way the README tells an operator to serve other machines: one all-in-one process
+//! with `--public-addr A --tls-cert C --tls-key K`, whose embedded TURN server is the lab's relay.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, SocketAddr};
@@ -14,24 +18,38 @@ use std::time::{Duration, Instant};
 
 use onair_proto::v1 as pb;
 use onair_tests::browser::Browser;
-use onair_tests::netlab::{Lab, PUBLIC_IP, Router};
+use onair_tests::netlab::{Lab, Netns, PUBLIC_IP, Router};
 use onair_tests::registry::recordings_of;
 use onair_tests::tls::TestCa;
-use onair_tests::turn::Coturn;
 use onair_tests::{Onair, media, wait_until};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(30);
-const SECRET: &str = "lab-turn-secret";
 const TITLE: &str = "Across the NATs";
 
-/// The lab's TURN server on the public host, and the onair flags that hand it out in `welcome`:
-/// coturn with TURN REST credentials (`--turn-secret`). The one place to swap in the embedded TURN
-/// (`onair --target turn` started here, so case 5 can still stop it, and its flags).
-async fn start_turn() -> (Coturn, Vec<String>) {
-    let turn = Coturn::start_at(SECRET, IpAddr::V4(PUBLIC_IP), 3478).await;
-    let args = vec!["--ice-servers".into(), turn.ice_servers(), "--turn-secret".into(), SECRET.into()];
-    (turn, args)
+/// The relay ports of the all-in-one's embedded TURN server (below the ephemeral range, so blocking
+/// them in case 5 leaves the recorder's own ports alone).
+const RELAY_PORTS: &str = "20000-20999";
+
+/// The relay made unreachable (its TURN port and relay ports refuse, as if the server had died)
+/// until dropped: nftables in the public host's namespace.
+struct RelayDown<'a>(&'a Netns);
+
+impl<'a> RelayDown<'a> {
+    fn new(public: &'a Netns) -> Self {
+        let (lo, hi) = RELAY_PORTS.split_once('-').unwrap();
+        public.nft(&format!(
+            "table inet onair_relay_down {{\n chain input {{\n type filter hook input priority -10;\n \
+             udp dport {{ 3478, {lo}-{hi} }} reject\n tcp dport {{ 3478, 5349 }} reject with tcp reset\n }}\n}}\n"
+        ));
+        Self(public)
+    }
+}
+
+impl Drop for RelayDown<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.command("nft").args(["delete", "table", "inet", "onair_relay_down"]).status();
+    }
 }
 
 /// The selected ICE candidate pair of `pc` (a JS expression), per `getStats()`.
@@ -139,9 +157,8 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
     lab.public().block_on(|| async move {
         let dir = work;
         let started = Instant::now();
-        let (mut turn, turn_args) = start_turn().await;
         let data = dir.join("data");
-        let mut args: Vec<String> = [
+        let args: Vec<String> = [
             "--store",
             "memory",
             "--data-dir",
@@ -150,12 +167,13 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
             cert.to_str().unwrap(),
             "--tls-key",
             key.to_str().unwrap(),
-            "--rtc-ip",
+            "--public-addr",
             &PUBLIC_IP.to_string(),
+            "--turn-relay-ports",
+            RELAY_PORTS,
         ]
         .map(String::from)
         .to_vec();
-        args.extend(turn_args);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let onair = Onair::start_on("netlab", SocketAddr::new(IpAddr::V4(PUBLIC_IP), 443), &args).await;
         onair.wait_ready().await;
@@ -250,7 +268,7 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
         // 5. With the relay down, a watcher in the UDP-blocked home has no path at all: the page
         //    says so plainly, and plays by itself once the relay is back.
         println!("case 4 done at {:.0} s", started.elapsed().as_secs_f64());
-        turn.proc.kill();
+        let relay_down = RelayDown::new(lab_ref.public());
         let w = no_udp;
         let find = format!(
             "[...document.querySelectorAll('#streams [data-stream-id]')].find(li => li.textContent.includes({}))",
@@ -282,7 +300,7 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
             .await;
         println!("case 5: the broadcaster is told: {banner}");
         println!("case 5: screenshot {}", b.screenshot("viewer-cannot-connect").await.display());
-        turn.proc.restart();
+        drop(relay_down);
         let back = Instant::now();
         w.wait_for("the video once the relay is back", Duration::from_secs(45), "return document.getElementById('player').videoWidth > 0 && window.onair.state.ice === 'connected'")
             .await;
@@ -315,7 +333,6 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
         assert!(frames > 100, "only {frames} video frames decoded");
         drop(b);
         drop(onair);
-        drop(turn);
         println!("all done at {:.0} s", started.elapsed().as_secs_f64());
     });
     let _ = std::fs::remove_dir_all(&dir);
