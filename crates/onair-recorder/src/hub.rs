@@ -100,6 +100,19 @@ impl Hub {
             if active.contains_key(&stream.id) {
                 return Err(RecorderError::AlreadyExists(format!("stream {} is already being recorded", stream.id)));
             }
+            let free = crate::disk::free_bytes(&self.config.recordings_dir).unwrap_or(u64::MAX);
+            if free < self.config.min_free_bytes {
+                self.metrics.refused_disk_full.inc();
+                let (free, min) = (free / (1024 * 1024), self.config.min_free_bytes / (1024 * 1024));
+                tracing::warn!(
+                    stream = %stream.id, free_mib = free, min_free_mib = min,
+                    "not recording stream: the recordings volume is (nearly) full"
+                );
+                return Err(RecorderError::ResourceExhausted(format!(
+                    "the recordings volume has {free} MiB free, below --min-free-mib {min}; new recordings \
+                     start again once space returns"
+                )));
+            }
             if active.len() >= self.config.max_concurrent {
                 self.metrics.skipped.inc();
                 tracing::warn!(

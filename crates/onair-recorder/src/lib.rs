@@ -10,6 +10,7 @@
 //! cleanup), `service` (gRPC).
 
 mod catalog;
+mod disk;
 mod error;
 mod hub;
 mod metrics;
@@ -70,6 +71,9 @@ pub struct RecorderConfig {
     pub max_concurrent: usize,
     /// Record every live stream without being asked.
     pub auto_record: bool,
+    /// Free space the recordings volume must have for a new recording to start (RESOURCE_EXHAUSTED
+    /// below it, until space returns).
+    pub min_free_bytes: u64,
     /// Where the WebRTC peers bind and what they announce.
     pub rtc: RtcNetwork,
     /// Registry gRPC URL, e.g. `http://127.0.0.1:50051`.

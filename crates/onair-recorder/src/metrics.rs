@@ -20,6 +20,8 @@ pub struct RecorderMetrics {
     pub failed: Counter,
     /// Streams not recorded because the recorder was at its maximum.
     pub skipped: Counter,
+    /// Streams not recorded because the recordings volume was below --min-free-mib.
+    pub refused_disk_full: Counter,
 }
 
 impl RecorderMetrics {
@@ -31,6 +33,11 @@ impl RecorderMetrics {
         m.register("recorder_recordings_started", "Recordings started", self.started.clone());
         m.register("recorder_recordings_completed", "Recordings finalized as COMPLETE", self.completed.clone());
         m.register("recorder_recordings_failed", "Recordings finalized as FAILED", self.failed.clone());
+        m.register(
+            "recorder_refused_disk_full",
+            "Streams not recorded: the recordings volume had less than --min-free-mib free",
+            self.refused_disk_full.clone(),
+        );
         m.register("recorder_recordings_skipped", "Streams not recorded: at max concurrent", self.skipped.clone());
     }
 }

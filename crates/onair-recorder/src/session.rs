@@ -357,7 +357,13 @@ impl Session {
     }
 
     /// Writes the frames the reorder buffer releases (all of them when `all`).
+    /// The directory the recording file lives in (the recordings volume).
+    fn dir(&self) -> PathBuf {
+        self.path.parent().map(PathBuf::from).unwrap_or_default()
+    }
+
     fn write_ready(&mut self, all: bool) -> Result<(), String> {
+        let dir = self.dir();
         let Some(mux) = self.mux.as_mut() else {
             while self.reorder.drain().is_some() {}
             return Ok(());
@@ -365,7 +371,7 @@ impl Session {
         loop {
             let next = if all { self.reorder.drain() } else { self.reorder.pop_ready() };
             let Some((ts, frame)) = next else { return Ok(()) };
-            mux.write(ts, &frame).map_err(|e| format!("write failed: {e}"))?;
+            mux.write(ts, &frame).map_err(|e| crate::disk::write_failure(&e, &dir))?;
         }
     }
 
@@ -380,6 +386,7 @@ impl Session {
     }
 
     fn on_tick(&mut self, started: Instant, last_progress: &mut Instant) -> Result<(), String> {
+        let dir = self.dir();
         let Some(mux) = self.mux.as_mut() else {
             return if started.elapsed() > NO_MEDIA_TIMEOUT {
                 Err(format!("no offer from the broadcaster within {} s", NO_MEDIA_TIMEOUT.as_secs()))
@@ -390,7 +397,7 @@ impl Session {
         if !mux.started() && started.elapsed() > NO_MEDIA_TIMEOUT {
             return Err(format!("no media arrived within {} s", NO_MEDIA_TIMEOUT.as_secs()));
         }
-        mux.flush().map_err(|e| format!("write failed: {e}"))?;
+        mux.flush().map_err(|e| crate::disk::write_failure(&e, &dir))?;
         let stats = mux.stats();
         self.refresh(stats);
         if last_progress.elapsed() >= PROGRESS_EVERY && self.progress.as_ref().is_none_or(JoinHandle::is_finished) {

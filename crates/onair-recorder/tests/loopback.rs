@@ -191,6 +191,7 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
         node: "rec1".parse().unwrap(),
         recordings_dir: rec_dir.clone(),
         max_concurrent: 4,
+        min_free_bytes: 0,
         auto_record: true,
         rtc: onair_recorder::RtcNetwork::only("127.0.0.1".parse().unwrap()),
         registry_url: registry_url.clone(),

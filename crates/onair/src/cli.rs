@@ -205,6 +205,11 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_MAX_RECORDINGS", default_value_t = 16)]
     pub max_recordings: usize,
 
+    /// Free space (MiB) the recordings volume must have for a recording to start; below it streams are
+    /// not recorded (RESOURCE_EXHAUSTED, a log line, a metric) until space returns.
+    #[arg(long, env = "ONAIR_MIN_FREE_MIB", default_value_t = 64)]
+    pub min_free_mib: u64,
+
     /// The only IP address the recorder's WebRTC (ICE, UDP and TCP) binds and announces. Default:
     /// every non-loopback interface plus 127.0.0.1.
     #[arg(long, env = "ONAIR_RTC_IP")]

@@ -419,6 +419,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             node: rec_node,
             recordings_dir: cli.recordings_dir(),
             max_concurrent: cli.max_recordings,
+            min_free_bytes: cli.min_free_mib.saturating_mul(1024 * 1024),
             auto_record: cli.auto_record,
             rtc: recorder_network(&cli),
             registry_url: registry_url.clone(),

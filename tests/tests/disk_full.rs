@@ -1,0 +1,95 @@
+//! A full recordings volume: the recording that hits it ends FAILED saying so, the broadcast goes
+//! on, new recordings are refused (RESOURCE_EXHAUSTED, counted) until space returns, then they
+//! start again. The volume is a 3 MiB tmpfs the test mounts (CI runs as root) and unmounts.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use onair_proto::v1 as pb;
+use onair_tests::Onair;
+use onair_tests::browser::Browser;
+use onair_tests::procs::metric;
+use onair_tests::registry::recordings_of;
+
+/// A small tmpfs mounted for the test; unmounted (lazily, so a busy file cannot keep it) on drop.
+struct SmallVolume(PathBuf);
+
+impl SmallVolume {
+    fn mount(size: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("onair-small-volume-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out =
+            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&dir).output();
+        let out = out.expect("mount(8) missing");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs (the test needs root, as CI runs): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for SmallVolume {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn recording_of(
+    url: &str,
+    stream: &str,
+    within: Duration,
+    done: impl Fn(&pb::Recording) -> bool,
+) -> pb::Recording {
+    let start = Instant::now();
+    loop {
+        if let Some(r) = recordings_of(url, stream).await.into_iter().find(|r| done(r)) {
+            return r;
+        }
+        assert!(start.elapsed() < within, "no such recording of {stream} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_volume_fails_the_recording_keeps_the_broadcast_and_refuses_new_ones_until_space_returns() {
+    let volume = SmallVolume::mount("3m");
+    let dir = volume.path().to_str().unwrap().to_owned();
+    let gw = Onair::start("disk-full", &["--store", "memory", "--recordings-dir", &dir, "--min-free-mib", "1"]).await;
+    gw.wait_ready().await;
+    let base = format!("http://127.0.0.1:{}", gw.http);
+    let reg = gw.grpc_url();
+
+    // 1. The recording fills the volume and fails, saying why; the broadcast stays live.
+    let b = Browser::start("disk-full-broadcaster").await;
+    let first = b.go_live(&base, "Fills the disk").await;
+    let failed =
+        recording_of(&reg, &first, Duration::from_secs(60), |r| r.state == pb::RecordingState::Failed as i32).await;
+    assert!(failed.error.contains("recordings volume is full"), "reason: {}", failed.error);
+    let status = b.eval("return document.getElementById('status').textContent.trim()").await;
+    assert_eq!(status, "Live", "the broadcast goes on");
+    b.stop_broadcast().await;
+
+    // 2. With the volume full, a new broadcast is not recorded (and that is counted).
+    let second = b.go_live(&base, "No room").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(recordings_of(&reg, &second).await.is_empty(), "a recording started on a full volume");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(metric(&metrics, "onair_recorder_refused_disk_full_total").unwrap_or(0) >= 1, "{metrics}");
+    assert!(gw.proc.output().contains("the recordings volume is (nearly) full"));
+    b.stop_broadcast().await;
+
+    // 3. Space returns (the operator deletes the file): the next broadcast is recorded again.
+    std::fs::remove_file(volume.path().join(&failed.file_name)).unwrap();
+    let third = b.go_live(&base, "Room again").await;
+    recording_of(&reg, &third, Duration::from_secs(20), |r| r.state == pb::RecordingState::Recording as i32).await;
+    b.stop_broadcast().await;
+}
