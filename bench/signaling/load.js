@@ -107,22 +107,23 @@ async function main() {
   let measuring = false;
   let sent = 0; let delivered = 0; let lost = 0;
   const rtts = [];
-  const inflight = new Map(); // seq -> sent at (ms)
+  const inflight = new Map(); // seq -> {at: sent at (ms), counted: sent inside the measured window}
   let seq = 0;
   for (const [a, b] of pairs) {
     b.onMessage((from, payload) => { b.send(from, payload); if (measuring) delivered++; });
     a.onMessage((_from, payload) => {
-      const t0 = inflight.get(payload.seq);
-      if (t0 === undefined) return;
+      const sent = inflight.get(payload.seq);
+      if (sent === undefined) return;
       inflight.delete(payload.seq);
-      if (measuring) { delivered++; rtts.push(performance.now() - t0); }
+      if (measuring && sent.counted) { delivered++; rtts.push(performance.now() - sent.at); }
+      // Closed loop: every echo sends the next message (warm-up included, or the loop would stall).
       if (o.window > 0 && running) fire(a, b);
     });
   }
   let running = true;
   const fire = (a, b) => {
     const s = seq++;
-    inflight.set(s, performance.now());
+    inflight.set(s, { at: performance.now(), counted: measuring });
     if (measuring) sent++;
     a.send(b.id, { ...CANDIDATE, seq: s });
   };
@@ -141,7 +142,6 @@ async function main() {
   };
   const stop = start();
   await sleep(o.warmup * 1000);
-  inflight.clear();
   const cpu0 = totalCpu(o.pids);
   measuring = true;
   const t0 = Date.now();
@@ -152,9 +152,9 @@ async function main() {
   running = false;
   stop();
   // Whatever was sent in the window and is not back within 2 s is lost.
-  const pending = new Map(inflight);
+  const pending = [...inflight.entries()].filter(([, v]) => v.counted).map(([k]) => k);
   await sleep(2000);
-  for (const s of pending.keys()) if (inflight.has(s)) lost++;
+  for (const s of pending) if (inflight.has(s)) lost++;
   rtts.sort((x, y) => x - y);
   const q = (p) => (rtts.length ? rtts[Math.min(rtts.length - 1, Math.floor(p * rtts.length))] : null);
   const secs = (t1 - t0) / 1000;
