@@ -13,6 +13,9 @@ use onair_core::{Bus, BusError, BusItem, Subscription};
 
 use crate::connect::{build_client, builder, unavailable};
 
+/// Pub/sub messages the subscriber connection buffers for the dispatch task.
+pub const SUBSCRIBER_BUFFER: usize = 16 * 1024;
+
 /// Redis-backed bus.
 #[derive(Clone)]
 pub struct RedisBus {
@@ -32,7 +35,13 @@ impl RedisBus {
     /// if Redis goes away; does not fail when Redis is down at start-up.
     pub async fn connect(url: &str) -> Result<Self, BusError> {
         let client = build_client(url)?;
-        let subscriber = builder(url)?.build_subscriber_client().map_err(unavailable)?;
+        // fred hands pub/sub messages to us through a broadcast channel of 32 by default: under a
+        // few thousand deliveries a second the dispatch task fell behind and whole bursts were lost
+        // (a gap). Room for bursts of this many messages (tokio allocates the slots up front).
+        let subscriber = builder(url)?
+            .with_performance_config(|p| p.broadcast_channel_capacity = SUBSCRIBER_BUFFER)
+            .build_subscriber_client()
+            .map_err(unavailable)?;
         let fan = FanOut::default();
 
         // Dispatch every message to local subscribers.
