@@ -51,6 +51,46 @@ fn raw_peer(msg: &pb::node_message::Msg) -> &str {
     }
 }
 
+/// Parallel lanes per NodeStream. A node's messages are handled in order per peer (the sender, or
+/// the peer a message is about), so a pair's offer/answer/candidates never overtake each other, while
+/// different peers' messages no longer wait for one another's Redis round trips.
+const SHARDS: usize = 8;
+
+/// The lane of messages about `peer` (messages about no peer, like `hello`, take lane 0).
+fn shard_of(peer: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    if peer.is_empty() {
+        return 0;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    peer.hash(&mut h);
+    usize::try_from(h.finish() % SHARDS as u64).unwrap_or(0)
+}
+
+/// One lane: handles its messages in order, answering refusals on the node's event stream.
+fn spawn_shard(
+    router: Router,
+    node: NodeId,
+    events: mpsc::Sender<Result<pb::NodeEvent, Status>>,
+) -> mpsc::Sender<(String, pb::node_message::Msg)> {
+    let (tx, mut rx) = mpsc::channel::<(String, pb::node_message::Msg)>(1024);
+    tokio::spawn(async move {
+        while let Some((raw, msg)) = rx.recv().await {
+            let handled = match Action::try_from(msg) {
+                Ok(action) => router.handle(&node, action).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = handled {
+                let ev = pb::NodeEvent { peer: raw, code: e.code().as_str().to_owned(), message: e.to_string() };
+                if events.send(Ok(ev)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    tx
+}
+
 type EventStream = Pin<Box<dyn FutStream<Item = Result<pb::NodeEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -67,6 +107,7 @@ impl Signaling for SignalingService {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut node: Option<NodeId> = None;
+            let mut shards: Vec<mpsc::Sender<(String, pb::node_message::Msg)>> = Vec::new();
             loop {
                 let next = tokio::select! {
                     () = shutdown.cancelled() => break,
@@ -76,26 +117,23 @@ impl Signaling for SignalingService {
                 let Some(msg) = m.msg else { continue };
                 if node.is_none() {
                     match m.node.parse::<NodeId>() {
-                        Ok(n) => node = Some(n),
+                        Ok(n) => {
+                            shards = (0..SHARDS).map(|_| spawn_shard(router.clone(), n.clone(), tx.clone())).collect();
+                            node = Some(n);
+                        }
                         Err(e) => {
                             let _ = tx.send(Err(Status::invalid_argument(format!("hello.node: {e}")))).await;
                             break;
                         }
                     }
                 }
-                let Some(n) = node.as_ref() else { break };
                 let raw = raw_peer(&msg).to_owned();
-                let handled = match Action::try_from(msg) {
-                    Ok(action) => router.handle(n, action).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = handled {
-                    let ev = pb::NodeEvent { peer: raw, code: e.code().as_str().to_owned(), message: e.to_string() };
-                    if tx.send(Ok(ev)).await.is_err() {
-                        break;
-                    }
+                // Waiting for room in a shard is the backpressure on this node's stream.
+                if shards[shard_of(&raw)].send((raw, msg)).await.is_err() {
+                    break;
                 }
             }
+            // Dropping the shard senders lets each shard finish what it holds, then end.
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
