@@ -122,3 +122,27 @@ async fn headers_sent_slowly_are_cut_off_and_prompt_ones_are_served() {
     let (status, _) = gw.http_get("/healthz").await;
     assert_eq!(status, 200, "prompt clients are served");
 }
+
+#[tokio::test]
+async fn a_stream_takes_at_most_its_watcher_limit_and_says_so() {
+    use serde_json::json;
+    let gw =
+        Onair::start("watchers", &["--store", "memory", "--auto-record", "false", "--max-watchers-per-stream", "1"])
+            .await;
+    let mut b = onair_tests::ws::Ws::connect(gw.http).await;
+    let s = b.publish("one seat").await;
+    let mut w1 = onair_tests::ws::Ws::connect(gw.http).await;
+    w1.send(json!({"type": "watch", "stream_id": s["id"]})).await;
+    b.expect_where("watcher_joined", |f| f["peer"] == w1.peer_id.as_str()).await;
+    let mut w2 = onair_tests::ws::Ws::connect(gw.http).await;
+    w2.send(json!({"type": "watch", "stream_id": s["id"]})).await;
+    let e = w2.expect_error("full").await;
+    assert!(e["message"].as_str().unwrap().contains("maximum of 1 watchers"), "{e}");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert_eq!(metric(&metrics, "onair_signaling_watch_refused_full_total"), Some(1), "{metrics}");
+    // The seat frees up when the first watcher leaves.
+    w1.send(json!({"type": "unwatch"})).await;
+    b.expect_where("watcher_left", |f| f["peer"] == w1.peer_id.as_str()).await;
+    w2.send(json!({"type": "watch", "stream_id": s["id"]})).await;
+    b.expect_where("watcher_joined", |f| f["peer"] == w2.peer_id.as_str()).await;
+}

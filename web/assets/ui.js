@@ -76,6 +76,7 @@ const ERROR_TITLES = {
   unauthenticated: 'Access token needed',
   forbidden: 'Not allowed',
   conflict: 'Conflict',
+  full: 'Full',
   unavailable: 'Service unavailable',
 };
 

@@ -526,7 +526,7 @@ sock.on('error', (msg) => {
     endWatch('gone');
     return;
   }
-  if (current && !current.peer && (msg.code === 'forbidden' || msg.code === 'unauthenticated' || msg.code === 'unavailable' || msg.code === 'bad_request')) {
+  if (current && !current.peer && (msg.code === 'forbidden' || msg.code === 'unauthenticated' || msg.code === 'full' || msg.code === 'unavailable' || msg.code === 'bad_request')) {
     // Shown on the player and in the status; no banner repeating it.
     setStatus(els.status, 'error', msg.message || 'Could not watch this stream');
     playerOverlay('Could not watch this stream', msg.message || '', { spinner: false, retry: true });

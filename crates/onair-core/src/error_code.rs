@@ -26,12 +26,14 @@ pub enum ErrorCode {
     Forbidden,
     /// Conflicts with current state (e.g. already live).
     Conflict,
+    /// A limit is reached (e.g. the stream has its maximum of watchers).
+    Full,
     /// A backend is unavailable; retry.
     Unavailable,
 }
 
 impl ErrorCode {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 11] = [
         Self::BadJson,
         Self::UnknownType,
         Self::BadRequest,
@@ -41,6 +43,7 @@ impl ErrorCode {
         Self::Unauthenticated,
         Self::Forbidden,
         Self::Conflict,
+        Self::Full,
         Self::Unavailable,
     ];
 
@@ -56,6 +59,7 @@ impl ErrorCode {
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::Conflict => "conflict",
+            Self::Full => "full",
             Self::Unavailable => "unavailable",
         }
     }

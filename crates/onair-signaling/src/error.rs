@@ -18,6 +18,9 @@ pub enum RouteError {
     /// Conflicts with current state (e.g. already live).
     #[error("{0}")]
     Conflict(String),
+    /// A limit is reached (e.g. the stream's maximum of watchers).
+    #[error("{0}")]
+    Full(String),
     /// The registry did not answer; the message says what to retry.
     #[error("{0}")]
     RegistryUnavailable(String),
@@ -40,6 +43,7 @@ impl RouteError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::Conflict(_) => ErrorCode::Conflict,
+            Self::Full(_) => ErrorCode::Full,
             Self::Unavailable(_) | Self::RegistryUnavailable(_) => ErrorCode::Unavailable,
         }
     }
@@ -52,6 +56,7 @@ impl From<RouteError> for tonic::Status {
             RouteError::NotFound(m) => tonic::Status::not_found(m.clone()),
             RouteError::Forbidden(m) => tonic::Status::permission_denied(m.clone()),
             RouteError::Conflict(m) => tonic::Status::already_exists(m.clone()),
+            RouteError::Full(m) => tonic::Status::resource_exhausted(m.clone()),
             RouteError::RegistryUnavailable(m) => tonic::Status::unavailable(m.clone()),
             RouteError::Unavailable(source) => {
                 tracing::warn!(error = %source, "directory unavailable");

@@ -26,11 +26,17 @@ pub struct SignalingConfig {
     pub presence_ttl: Duration,
     /// The cluster secret: required from callers, presented to the registry (none: open).
     pub security: onair_auth::Security,
+    /// Most watchers one stream may have (0: no limit); more get `error{full}`.
+    pub max_watchers_per_stream: u32,
 }
 
 impl Default for SignalingConfig {
     fn default() -> Self {
-        Self { presence_ttl: Duration::from_secs(6), security: onair_auth::Security::default() }
+        Self {
+            presence_ttl: Duration::from_secs(6),
+            security: onair_auth::Security::default(),
+            max_watchers_per_stream: 0,
+        }
     }
 }
 
@@ -55,7 +61,14 @@ pub fn serve(
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(3))
         .connect_lazy();
-    let router = Router::new(dir, bus, StreamRegistryClient::new(config.security.credentials().on(channel)));
+    let refused_full = prometheus_client::metrics::counter::Counter::<u64>::default();
+    admin.metrics().register(
+        "signaling_watch_refused_full",
+        "Watches refused because the stream had --max-watchers-per-stream watchers",
+        refused_full.clone(),
+    );
+    let router = Router::new(dir, bus, StreamRegistryClient::new(config.security.credentials().on(channel)))
+        .with_watcher_limit(config.max_watchers_per_stream, refused_full);
     let admin = admin.clone();
     Ok(async move {
         let reaper = tokio::spawn(service::reap_dead_nodes(router.clone(), config.presence_ttl, shutdown.clone()));

@@ -137,6 +137,8 @@ pub struct Router {
     dir: Arc<dyn Directory>,
     bus: Arc<dyn Bus>,
     registry: StreamRegistryClient<Upstream>,
+    max_watchers: u32,
+    refused_full: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for Router {
@@ -148,7 +150,14 @@ impl std::fmt::Debug for Router {
 impl Router {
     /// A router over the given state, bus and registry.
     pub fn new(dir: Arc<dyn Directory>, bus: Arc<dyn Bus>, registry: StreamRegistryClient<Upstream>) -> Self {
-        Self { dir, bus, registry }
+        Self { dir, bus, registry, max_watchers: 0, refused_full: Default::default() }
+    }
+
+    /// At most `max` watchers per stream (0: no limit); refusals are counted in `refused`.
+    pub fn with_watcher_limit(mut self, max: u32, refused: prometheus_client::metrics::counter::Counter) -> Self {
+        self.max_watchers = max;
+        self.refused_full = refused;
+        self
     }
 
     /// The directory (for the reaper and readiness).
@@ -350,6 +359,14 @@ impl Router {
             self.leave(peer, &rec).await?;
         }
         let count = self.dir.add_watcher(stream, peer).await?;
+        if self.max_watchers != 0 && count > self.max_watchers {
+            self.dir.remove_watcher(stream, peer).await?;
+            self.refused_full.inc();
+            return Err(RouteError::Full(format!(
+                "this stream has its maximum of {} watchers; try again later",
+                self.max_watchers
+            )));
+        }
         self.dir.set_watching(peer, Some(stream)).await?;
         tracing::debug!(%peer, %stream, count, "watcher joined");
         self.deliver_to_peer(&broadcaster, pb::delivery::Event::WatcherJoined(peer.to_string())).await?;

@@ -176,6 +176,10 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Most watchers one stream may have (signaling); more get `error{full}` (0: no limit).
+    #[arg(long, env = "ONAIR_MAX_WATCHERS_PER_STREAM", default_value_t = 10_000)]
+    pub max_watchers_per_stream: u32,
+
     /// How long ended streams stay listed before they are purged (e.g. 7d, 12h, 30s).
     #[arg(long, env = "ONAIR_ENDED_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub ended_retention: Duration,

@@ -390,7 +390,11 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         let (grpc, addr) = bind(addr).await?;
         println!("onair: signaling gRPC listening on {addr}");
         signaling_url = format!("http://{}", loopback(addr));
-        let config = onair_signaling::SignalingConfig { presence_ttl: cli.presence_ttl, security: security.clone() };
+        let config = onair_signaling::SignalingConfig {
+            presence_ttl: cli.presence_ttl,
+            security: security.clone(),
+            max_watchers_per_stream: cli.max_watchers_per_stream,
+        };
         let tier = &mut tiers[SIGNALING];
         let serve = onair_signaling::serve(
             config,
