@@ -45,8 +45,11 @@ pub struct Credentials(Option<AsciiMetadataValue>);
 impl Credentials {
     /// Calls carry `authorization: Bearer <secret>`.
     pub fn cluster(secret: &ClusterSecret) -> Self {
-        // A cluster secret is visible ASCII (checked in `ClusterSecret::new`): always a valid header.
-        Self::bearer(&secret.0).unwrap_or_default()
+        let value = MetadataValue::try_from(format!("Bearer {}", secret.0)).ok().map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
+        Self(value)
     }
 
     /// Calls carry `authorization: Bearer <token>`: a developer's access token with the admin grant.

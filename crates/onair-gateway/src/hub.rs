@@ -31,7 +31,8 @@ struct Slot {
     conn: u64,
     /// What signaling knows about the peer, kept to re-assert it if the directory is lost.
     token: String,
-    doing: Doing,
+    broadcasting: Option<StreamId>,
+    watching: Option<StreamId>,
 }
 
 /// Gateway metrics.
@@ -168,7 +169,13 @@ impl Hub {
     /// `doing` is what a resumed peer broadcasts and watches (from signaling's `Resume`).
     pub fn attach(&self, peer: &PeerId, token: &str, tx: SocketTx, resumed: bool, doing: Doing) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot { tx: Some(tx), conn, token: token.to_owned(), doing };
+        let slot = Slot {
+            tx: Some(tx),
+            conn,
+            token: token.to_owned(),
+            broadcasting: doing.broadcasting,
+            watching: doing.watching,
+        };
         let old = self.lock().insert(peer.clone(), slot);
         if let Some(Slot { tx: Some(old_tx), .. }) = old {
             old_tx.send(Out::Close(4009, "session resumed on another connection"));
@@ -229,7 +236,9 @@ impl Hub {
     /// after a directory loss carries it.
     pub fn note(&self, peer: &PeerId, change: impl FnOnce(&mut Doing)) {
         if let Some(slot) = self.lock().get_mut(peer) {
-            change(&mut slot.doing);
+            let mut doing = Doing { broadcasting: slot.broadcasting.take(), watching: slot.watching.take() };
+            change(&mut doing);
+            (slot.broadcasting, slot.watching) = (doing.broadcasting, doing.watching);
         }
     }
 
@@ -339,12 +348,11 @@ impl Hub {
             FeedEvent::Change(StreamEvent::Ended(s)) => {
                 self.with_streams(|list| list.retain(|x| x.id != s.id));
                 for slot in self.lock().values_mut() {
-                    let d = &mut slot.doing;
-                    if d.broadcasting.as_ref() == Some(&s.id) {
-                        d.broadcasting = None;
+                    if slot.broadcasting.as_ref() == Some(&s.id) {
+                        slot.broadcasting = None;
                     }
-                    if d.watching.as_ref() == Some(&s.id) {
-                        d.watching = None;
+                    if slot.watching.as_ref() == Some(&s.id) {
+                        slot.watching = None;
                     }
                 }
                 self.broadcast(ServerFrame::StreamOff { stream_id: &s.id }.to_json());
@@ -375,8 +383,8 @@ impl NodeHandler for Hub {
             .map(|(peer, slot)| pb::PeerState {
                 peer: peer.to_string(),
                 resume_token: slot.token.clone(),
-                broadcasting: s(&slot.doing.broadcasting),
-                watching: s(&slot.doing.watching),
+                broadcasting: s(&slot.broadcasting),
+                watching: s(&slot.watching),
             })
             .collect()
     }

@@ -275,7 +275,13 @@ impl Router {
         }
         for stream in orphans.intersection(suspects) {
             tracing::warn!(%stream, "live stream without a broadcaster (its node is gone); ending it");
-            self.end_stream(stream).await?;
+            let mut registry = self.registry.clone();
+            if let Err(e) = registry.end_stream(pb::EndStreamRequest { id: stream.to_string() }).await {
+                tracing::warn!(error = %e, %stream, "registry did not end the orphaned stream");
+            }
+            for w in self.dir.clear_stream(stream).await? {
+                self.dir.set_watching(&w, None).await?;
+            }
         }
         Ok(orphans)
     }
@@ -393,14 +399,6 @@ impl Router {
     /// Ends the peer's broadcast: registry first (so every page sees stream_off), then membership.
     async fn stop_broadcast(&self, peer: &PeerId, rec: &PeerRecord) -> Result<(), RouteError> {
         let Some(stream) = &rec.broadcasting else { return Ok(()) };
-        self.end_stream(stream).await?;
-        self.dir.set_broadcasting(peer, None, Some(stream)).await?;
-        tracing::info!(%peer, %stream, "broadcast stopped");
-        Ok(())
-    }
-
-    /// Ends `stream` in the registry (so every page sees stream_off) and drops its membership.
-    async fn end_stream(&self, stream: &StreamId) -> Result<(), RouteError> {
         let mut registry = self.registry.clone();
         if let Err(e) = registry.end_stream(pb::EndStreamRequest { id: stream.to_string() }).await {
             tracing::warn!(error = %e, %stream, "registry did not end the stream");
@@ -408,6 +406,8 @@ impl Router {
         for w in self.dir.clear_stream(stream).await? {
             self.dir.set_watching(&w, None).await?;
         }
+        self.dir.set_broadcasting(peer, None, Some(stream)).await?;
+        tracing::info!(%peer, %stream, "broadcast stopped");
         Ok(())
     }
 
