@@ -32,7 +32,7 @@ LIMITS=(--ulimit nofile=16384:16384 --ulimit nproc=4096:4096)
 # The base recipe: anything here changes the key, and so the base.
 BASE_SUITE=bookworm
 BASE_VARIANT=minbase
-BASE_INCLUDE=""   # extra packages (comma-separated) beyond minbase: the binary needs only libc, libgcc, libstdc++
+BASE_INCLUDE="libssl3"   # extra packages (comma-separated) beyond minbase: the binary needs libc, libgcc, libstdc++ and (relay DTLS/SRTP) libssl3
 BASE_TRIM="usr/share/doc usr/share/man usr/share/info usr/share/locale usr/share/lintian var/lib/apt/lists var/cache/apt var/cache/debconf/templates.dat-old var/log"
 
 log() { printf '\033[1;34m[image]\033[0m %s\n' "$*" >&2; }

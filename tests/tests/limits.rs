@@ -35,8 +35,11 @@ async fn upgrade(
 
 #[tokio::test]
 async fn one_address_gets_a_bounded_number_of_sockets_and_a_clear_429() {
-    let gw =
-        Onair::start("per-ip", &["--store", "memory", "--auto-record", "false", "--max-sockets-per-ip", "3"]).await;
+    let gw = Onair::start(
+        "per-ip",
+        &["--store", "memory", "--media", "p2p", "--auto-record", "false", "--max-sockets-per-ip", "3"],
+    )
+    .await;
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(upgrade(gw.http, None).await.unwrap());
@@ -94,8 +97,11 @@ async fn an_untrusted_client_cannot_claim_another_address() {
 
 #[tokio::test]
 async fn headers_sent_slowly_are_cut_off_and_prompt_ones_are_served() {
-    let gw =
-        Onair::start("slow-headers", &["--store", "memory", "--auto-record", "false", "--header-timeout", "2s"]).await;
+    let gw = Onair::start(
+        "slow-headers",
+        &["--store", "memory", "--media", "p2p", "--auto-record", "false", "--header-timeout", "2s"],
+    )
+    .await;
     let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", gw.http)).await.unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let start = Instant::now();
@@ -126,9 +132,11 @@ async fn headers_sent_slowly_are_cut_off_and_prompt_ones_are_served() {
 #[tokio::test]
 async fn a_stream_takes_at_most_its_watcher_limit_and_says_so() {
     use serde_json::json;
-    let gw =
-        Onair::start("watchers", &["--store", "memory", "--auto-record", "false", "--max-watchers-per-stream", "1"])
-            .await;
+    let gw = Onair::start(
+        "watchers",
+        &["--store", "memory", "--media", "p2p", "--auto-record", "false", "--max-watchers-per-stream", "1"],
+    )
+    .await;
     let mut b = onair_tests::ws::Ws::connect(gw.http).await;
     let s = b.publish("one seat").await;
     let mut w1 = onair_tests::ws::Ws::connect(gw.http).await;

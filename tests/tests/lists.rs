@@ -49,7 +49,11 @@ async fn wait_total(gw: &Onair, n: u64) {
 #[tokio::test]
 async fn ten_thousand_live_streams_reach_a_new_socket_as_kilobytes_and_page_without_gaps() {
     // A long presence TTL: these streams have no broadcaster peer, which the orphan sweep would end.
-    let gw = Onair::start("lists", &["--store", "memory", "--auto-record", "false", "--presence-ttl", "120s"]).await;
+    let gw = Onair::start(
+        "lists",
+        &["--store", "memory", "--media", "p2p", "--auto-record", "false", "--presence-ttl", "120s"],
+    )
+    .await;
     let t0 = Instant::now();
     create_streams(&gw, 10_000).await;
     println!("10 000 streams created in {:?}", t0.elapsed());
@@ -90,8 +94,11 @@ async fn ten_thousand_live_streams_reach_a_new_socket_as_kilobytes_and_page_with
 #[tokio::test]
 async fn the_watcher_page_shows_more_on_demand() {
     use onair_tests::browser::Browser;
-    let gw =
-        Onair::start("lists-page", &["--store", "memory", "--auto-record", "false", "--presence-ttl", "120s"]).await;
+    let gw = Onair::start(
+        "lists-page",
+        &["--store", "memory", "--media", "p2p", "--auto-record", "false", "--presence-ttl", "120s"],
+    )
+    .await;
     create_streams(&gw, 230).await;
     wait_total(&gw, 230).await;
     let w = Browser::start("lists-watcher").await;

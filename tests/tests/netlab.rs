@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use onair_proto::v1 as pb;
 use onair_tests::browser::Browser;
 use onair_tests::netlab::{Lab, Netns, PUBLIC_IP, Router};
-use onair_tests::registry::recordings_of;
+use onair_tests::registry::{finished_recording, recordings_of};
 use onair_tests::tls::TestCa;
 use onair_tests::{Onair, media, wait_until};
 use serde_json::{Value, json};
@@ -171,6 +171,9 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
             &PUBLIC_IP.to_string(),
             "--turn-relay-ports",
             RELAY_PORTS,
+            // This lab proves the peer-to-peer path through NATs and the embedded TURN server.
+            "--media",
+            "p2p",
         ]
         .map(String::from)
         .to_vec();
@@ -319,17 +322,7 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
 
         // The broadcast ends; its recording is complete and decodes.
         b.stop_broadcast().await;
-        let rec = {
-            let start = Instant::now();
-            loop {
-                let recs = recordings_of(&reg, &sid).await;
-                if let Some(r) = recs.iter().find(|r| r.state() != pb::RecordingState::Recording) {
-                    break r.clone();
-                }
-                assert!(start.elapsed() < LONG, "recording not finished: {recs:?}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        };
+        let rec = finished_recording(&reg, &sid, LONG).await;
         assert_eq!(rec.state(), pb::RecordingState::Complete, "{rec:?}");
         let path = data.join("recordings").join(&rec.file_name);
         let probe = media::probe(&path);

@@ -121,7 +121,7 @@ async fn signaling_rules_refuse_unrelated_peers() {
 
 #[tokio::test]
 async fn bad_input_gets_error_frames_and_the_connection_stays_up() {
-    let gw = Onair::start("all-bad-input", &["--store", "memory"]).await;
+    let gw = Onair::start("all-bad-input", &["--store", "memory", "--media", "p2p"]).await;
     gw.wait_ready().await;
     let mut ws = Ws::connect(gw.http).await;
     let cases: Vec<(String, &str)> = vec![
@@ -174,7 +174,7 @@ async fn no_second_welcome(ws: &mut Ws) {
 
 #[tokio::test]
 async fn flooding_is_rate_limited_and_sustained_flooding_closes_the_socket() {
-    let gw = Onair::start("all-flood", &["--store", "memory"]).await;
+    let gw = Onair::start("all-flood", &["--store", "memory", "--media", "p2p"]).await;
     gw.wait_ready().await;
     let mut ws = Ws::connect(gw.http).await;
     for _ in 0..150 {
@@ -194,7 +194,7 @@ async fn flooding_is_rate_limited_and_sustained_flooding_closes_the_socket() {
 
 #[tokio::test]
 async fn a_frame_over_a_mebibyte_is_refused_with_close_code_1009() {
-    let gw = Onair::start("all-huge-frame", &["--store", "memory"]).await;
+    let gw = Onair::start("all-huge-frame", &["--store", "memory", "--media", "p2p"]).await;
     let mut ws = Ws::connect(gw.http).await;
     // 2 MiB: not even read (64 KiB..1 MiB frames get a too_large error and the socket stays up).
     let _ = ws.try_send_text("x".repeat(2 * 1024 * 1024)).await;
@@ -204,7 +204,11 @@ async fn a_frame_over_a_mebibyte_is_refused_with_close_code_1009() {
 #[tokio::test]
 async fn the_per_socket_rate_limit_is_a_flag() {
     // A closed-loop tool may need more than a browser: --ws-rate/--ws-burst set the limit.
-    let fast = Onair::start("all-rate-high", &["--store", "memory", "--ws-rate", "2000", "--ws-burst", "1000"]).await;
+    let fast = Onair::start(
+        "all-rate-high",
+        &["--store", "memory", "--media", "p2p", "--ws-rate", "2000", "--ws-burst", "1000"],
+    )
+    .await;
     let mut ws = Ws::connect(fast.http).await;
     for _ in 0..500 {
         ws.send(json!({"type": "ping"})).await;
@@ -216,7 +220,9 @@ async fn the_per_socket_rate_limit_is_a_flag() {
     }
     assert_eq!(pongs, 500);
     // ...and a tight one refuses a burst the default accepts.
-    let slow = Onair::start("all-rate-low", &["--store", "memory", "--ws-rate", "2", "--ws-burst", "3"]).await;
+    let slow =
+        Onair::start("all-rate-low", &["--store", "memory", "--media", "p2p", "--ws-rate", "2", "--ws-burst", "3"])
+            .await;
     let mut ws = Ws::connect(slow.http).await;
     for _ in 0..10 {
         ws.send(json!({"type": "ping"})).await;
@@ -224,7 +230,7 @@ async fn the_per_socket_rate_limit_is_a_flag() {
     ws.expect_error("rate_limited").await;
     // A limit of zero is a configuration error, said at start.
     let out = std::process::Command::new(onair_tests::procs::onair_bin())
-        .args(["--ws-rate", "0", "--store", "memory"])
+        .args(["--ws-rate", "0", "--store", "memory", "--media", "p2p"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -309,7 +315,7 @@ async fn peers_of_a_killed_gateway_expire_and_their_streams_end() {
 
 #[tokio::test]
 async fn all_in_one_binary_relays_signaling_without_redis() {
-    let gw = Onair::start("all-in-one", &["--store", "memory"]).await;
+    let gw = Onair::start("all-in-one", &["--store", "memory", "--media", "p2p"]).await;
     gw.wait_ready().await;
     let mut b = Ws::connect(gw.http).await;
     let mut w = Ws::connect(gw.http).await;

@@ -27,7 +27,11 @@ async fn open_sockets(gw: &Onair) -> u64 {
 
 #[tokio::test]
 async fn a_watcher_that_stops_reading_is_closed_and_costs_bounded_memory() {
-    let gw = Onair::start("all-slow-reader", &["--store", "memory", "--ws-rate", "1000", "--ws-burst", "1000"]).await;
+    let gw = Onair::start(
+        "all-slow-reader",
+        &["--store", "memory", "--media", "p2p", "--ws-rate", "1000", "--ws-burst", "1000"],
+    )
+    .await;
     gw.wait_ready().await;
     let mut b = Ws::connect(gw.http).await;
     let sid = b.publish("big signals").await["id"].as_str().unwrap().to_owned();

@@ -37,7 +37,18 @@ async fn welcome_credentials_allocate_on_coturn_and_wrong_ones_do_not() {
     let ice = format!("stun:127.0.0.1:{p},turn:127.0.0.1:{p},turn:127.0.0.1:{p}?transport=tcp", p = coturn.port);
     let gw = Onair::start(
         "turn-creds",
-        &["--store", "memory", "--ice-servers", &ice, "--turn-secret", SECRET, "--turn-credential-ttl", "10m"],
+        &[
+            "--store",
+            "memory",
+            "--media",
+            "p2p",
+            "--ice-servers",
+            &ice,
+            "--turn-secret",
+            SECRET,
+            "--turn-credential-ttl",
+            "10m",
+        ],
     )
     .await;
     let ws = Ws::connect(gw.http).await;
@@ -81,7 +92,18 @@ async fn expired_credentials_are_refused_by_coturn() {
     let ice = format!("turn:127.0.0.1:{}", coturn.port);
     let gw = Onair::start(
         "turn-expiry",
-        &["--store", "memory", "--ice-servers", &ice, "--turn-secret", SECRET, "--turn-credential-ttl", "2s"],
+        &[
+            "--store",
+            "memory",
+            "--media",
+            "p2p",
+            "--ice-servers",
+            &ice,
+            "--turn-secret",
+            SECRET,
+            "--turn-credential-ttl",
+            "2s",
+        ],
     )
     .await;
     let ws = Ws::connect(gw.http).await;
@@ -99,7 +121,7 @@ async fn expired_credentials_are_refused_by_coturn() {
 
 #[tokio::test]
 async fn without_ice_servers_welcome_lists_none() {
-    let gw = Onair::start("ice-none", &["--store", "memory"]).await;
+    let gw = Onair::start("ice-none", &["--store", "memory", "--media", "p2p"]).await;
     let ws = Ws::connect(gw.http).await;
     assert_eq!(ws.welcome["ice_servers"], json!([]));
 }

@@ -35,7 +35,7 @@ async fn onair_with_turn(name: &str, extra: &[&str]) -> (Onair, u16) {
 /// The same, announcing `public`.
 async fn onair_with_turn_at(name: &str, public: &str, extra: &[&str]) -> (Onair, u16) {
     let ports = relay_ports();
-    let mut args = vec!["--store", "memory", "--public-addr", public, "--turn-addr", "127.0.0.1:0"];
+    let mut args = vec!["--store", "memory", "--media", "p2p", "--public-addr", public, "--turn-addr", "127.0.0.1:0"];
     args.extend(["--turn-relay-ports", ports.as_str()]);
     args.extend(extra);
     let gw = Onair::start(name, &args).await;
@@ -221,7 +221,7 @@ async fn turn_target_needs_its_secret_and_bad_flag_values_stop_the_start() {
     let addr = taken.local_addr().unwrap().to_string();
     let (code, out) = Onair::start_expecting_exit(
         "turn-taken",
-        &["--store", "memory", "--public-addr", "127.0.0.1", "--turn-addr", &addr],
+        &["--store", "memory", "--media", "p2p", "--public-addr", "127.0.0.1", "--turn-addr", &addr],
     )
     .await;
     assert!(code.is_some_and(|c| c != 0), "started on a taken port:\n{out}");
@@ -374,7 +374,7 @@ async fn recorder_announces_the_public_addr_and_ice_tcp() {
 
 #[tokio::test]
 async fn recorder_without_public_addr_announces_a_non_loopback_address() {
-    let gw = Onair::start("rec-local", &["--store", "memory"]).await;
+    let gw = Onair::start("rec-local", &["--store", "memory", "--media", "p2p"]).await;
     let candidates = recorder_candidates(&gw, Duration::from_secs(2)).await;
     assert!(candidates.iter().any(|c| c.contains(" 127.0.0.1 ")), "{candidates:#?}");
     if let Some(ip) = default_route_ip() {

@@ -26,6 +26,7 @@ const els = {
   timer: $('live-timer'),
   viewersChip: $('viewers-chip'),
   viewersChipN: $('viewers-chip-n'),
+  mediaMode: $('media-mode'),
   viewerCount: $('viewer-count'),
   onAir: $('on-air-time'),
   shareBox: $('share-box'),
@@ -54,6 +55,7 @@ let published = null;      // the Stream from `published`
 const earlyWatchers = new Set();
 let liveSince = 0;
 let serverViewers = null;  // last `viewers` count from the server
+let relayPeer = null;      // the relay peer we upload to (`media` frame); null: peer to peer
 let stoppedOnce = false;
 let unpublishOwed = false; // stopped while the socket was down
 /** watcher peer id -> Peer */
@@ -266,7 +268,7 @@ function renderPeers() {
     if (p.trouble && st !== 'connected') label = 'cannot connect';
     return h('li', { dataset: { peerId: p.remoteId } },
       h('span', { class: 'peer-avatar', style: { '--h': String(hueOf(p.remoteId)) } }, String(p.remoteId).replace(/[^a-z0-9]/gi, '').slice(0, 2).toUpperCase() || '?'),
-      h('span', { class: 'peer-id', title: p.remoteId }, shortId(p.remoteId)),
+      h('span', { class: 'peer-id', title: p.remoteId }, p.remoteId === relayPeer ? 'onair relay · sends to every viewer' : shortId(p.remoteId)),
       h('span', { class: 'peer-state', dataset: { state: st } }, label));
   }));
   els.peersEmpty.hidden = peers.size > 0;
@@ -438,6 +440,15 @@ sock.on('published', (msg) => {
   renderControls();
   for (const peer of earlyWatchers) if (media) createPeer(peer);
   earlyWatchers.clear();
+  renderPeers();
+});
+
+sock.on('media', (msg) => {
+  relayPeer = msg.relay || null;
+  els.mediaMode.textContent = relayPeer ? 'Once, via relay' : 'To each viewer';
+  els.mediaMode.title = relayPeer
+    ? 'Your browser uploads one copy; the server relays it to every viewer and the recorder.'
+    : 'No relay is running: your browser sends a copy to each viewer.';
   renderPeers();
 });
 

@@ -28,6 +28,19 @@ pub struct PeerRecord {
     pub broadcasting: Option<StreamId>,
     /// The stream it watches.
     pub watching: Option<StreamId>,
+    /// The stream it relays (a peer signaling created on a relay node).
+    pub relaying: Option<StreamId>,
+}
+
+/// A relay node that takes streams, and how busy it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayNode {
+    /// The node.
+    pub node: NodeId,
+    /// Subscribers it forwards to now.
+    pub subscribers: u32,
+    /// Streams it relays now.
+    pub streams: u32,
 }
 
 /// Presence and membership store. Every method is a small atomic step; the
@@ -57,11 +70,22 @@ pub trait Directory: Send + Sync + 'static {
     async fn add_watcher(&self, stream: &StreamId, peer: &PeerId) -> Result<u32, DirectoryError>;
     /// Removes a watcher; returns the watcher count.
     async fn remove_watcher(&self, stream: &StreamId, peer: &PeerId) -> Result<u32, DirectoryError>;
+    /// A stream's watchers.
+    async fn watchers(&self, stream: &StreamId) -> Result<Vec<PeerId>, DirectoryError>;
     /// Removes a stream's membership; returns its watchers.
     async fn clear_stream(&self, stream: &StreamId) -> Result<Vec<PeerId>, DirectoryError>;
     /// Records that `node` is alive at `now_ms`; `false` if the directory did not know the node (it is
     /// new, was reaped, or the directory lost its data).
     async fn heartbeat(&self, node: &NodeId, now_ms: i64) -> Result<bool, DirectoryError>;
+    /// Makes `relay` the media source of `stream` (or forgets the stream's relay), and marks the
+    /// relay peer as relaying it.
+    async fn set_relay(&self, stream: &StreamId, relay: Option<&PeerId>) -> Result<(), DirectoryError>;
+    /// The relay peer of a stream, if it has one.
+    async fn relay(&self, stream: &StreamId) -> Result<Option<PeerId>, DirectoryError>;
+    /// Records a relay node's load at `now_ms` (`None`: it takes no new streams).
+    async fn relay_load(&self, node: &NodeId, load: Option<(u32, u32)>, now_ms: i64) -> Result<(), DirectoryError>;
+    /// Relay nodes that reported since `since_ms` and take new streams.
+    async fn relay_nodes(&self, since_ms: i64) -> Result<Vec<RelayNode>, DirectoryError>;
     /// Nodes whose last heartbeat is older than `before_ms`.
     async fn stale_nodes(&self, before_ms: i64) -> Result<Vec<NodeId>, DirectoryError>;
     /// Removes a node from the live set; `true` for exactly one caller (the one that cleans up).
@@ -79,6 +103,8 @@ struct State {
     nodes: HashMap<NodeId, i64>,
     watchers: HashMap<StreamId, HashSet<PeerId>>,
     broadcasters: HashMap<StreamId, PeerId>,
+    relays: HashMap<StreamId, PeerId>,
+    relay_nodes: HashMap<NodeId, (i64, u32, u32)>,
 }
 
 /// The in-process directory of the all-in-one binary.
@@ -112,7 +138,13 @@ fn count(set: Option<&HashSet<PeerId>>) -> u32 {
 impl Directory for MemoryDirectory {
     async fn attach(&self, peer: &PeerId, node: &NodeId, token: &str) -> Result<(), DirectoryError> {
         let mut s = self.lock();
-        let rec = PeerRecord { node: node.clone(), token: token.to_owned(), broadcasting: None, watching: None };
+        let rec = PeerRecord {
+            node: node.clone(),
+            token: token.to_owned(),
+            broadcasting: None,
+            watching: None,
+            relaying: None,
+        };
         s.peers.insert(peer.clone(), rec);
         s.node_peers.entry(node.clone()).or_default().insert(peer.clone());
         Ok(())
@@ -188,10 +220,57 @@ impl Directory for MemoryDirectory {
         Ok(count(s.watchers.get(stream)))
     }
 
+    async fn watchers(&self, stream: &StreamId) -> Result<Vec<PeerId>, DirectoryError> {
+        Ok(self.lock().watchers.get(stream).map(|w| w.iter().cloned().collect()).unwrap_or_default())
+    }
+
     async fn clear_stream(&self, stream: &StreamId) -> Result<Vec<PeerId>, DirectoryError> {
         let mut s = self.lock();
         s.broadcasters.remove(stream);
+        s.relays.remove(stream);
         Ok(s.watchers.remove(stream).map(|w| w.into_iter().collect()).unwrap_or_default())
+    }
+
+    async fn set_relay(&self, stream: &StreamId, relay: Option<&PeerId>) -> Result<(), DirectoryError> {
+        let mut s = self.lock();
+        match relay {
+            Some(r) => {
+                s.relays.insert(stream.clone(), r.clone());
+                if let Some(rec) = s.peers.get_mut(r) {
+                    rec.relaying = Some(stream.clone());
+                }
+            }
+            None => {
+                s.relays.remove(stream);
+            }
+        }
+        Ok(())
+    }
+
+    async fn relay(&self, stream: &StreamId) -> Result<Option<PeerId>, DirectoryError> {
+        Ok(self.lock().relays.get(stream).cloned())
+    }
+
+    async fn relay_load(&self, node: &NodeId, load: Option<(u32, u32)>, now_ms: i64) -> Result<(), DirectoryError> {
+        let mut s = self.lock();
+        match load {
+            Some((subscribers, streams)) => s.relay_nodes.insert(node.clone(), (now_ms, subscribers, streams)),
+            None => s.relay_nodes.remove(node),
+        };
+        Ok(())
+    }
+
+    async fn relay_nodes(&self, since_ms: i64) -> Result<Vec<RelayNode>, DirectoryError> {
+        let s = self.lock();
+        Ok(s.relay_nodes
+            .iter()
+            .filter(|(_, (t, _, _))| *t >= since_ms)
+            .map(|(node, (_, subscribers, streams))| RelayNode {
+                node: node.clone(),
+                subscribers: *subscribers,
+                streams: *streams,
+            })
+            .collect())
     }
 
     async fn heartbeat(&self, node: &NodeId, now_ms: i64) -> Result<bool, DirectoryError> {

@@ -10,7 +10,7 @@ pub mod time;
 pub mod turn_rest;
 
 pub use bus::{Bus, BusError, BusItem, LocalBus, Subscription};
-pub use directory::{Directory, DirectoryError, MemoryDirectory, PeerRecord};
+pub use directory::{Directory, DirectoryError, MemoryDirectory, PeerRecord, RelayNode};
 pub use error_code::ErrorCode;
 pub use ids::{IdError, NodeId, PeerId, RecordingId, StreamId};
 pub use model::{Recording, RecordingState, Stream, StreamEvent, StreamState, TITLE_MAX_CHARS, is_plain_file_name};

@@ -307,6 +307,17 @@ impl Hub {
                         .to_json()
                 }
             },
+            Event::Media(m) => {
+                let relay = (!m.relay.is_empty()).then_some(m.relay.as_str());
+                ServerFrame::Media {
+                    stream_id: &m.stream_id,
+                    mode: if relay.is_some() { "relay" } else { "p2p" },
+                    relay,
+                }
+                .to_json()
+            }
+            // Only relay nodes get relay assignments.
+            Event::Relay(_) => return,
             Event::Evicted(_) => {
                 let slot = self.lock().remove(&to);
                 if let Some(Slot { tx: Some(tx), .. }) = slot {
@@ -385,6 +396,7 @@ impl NodeHandler for Hub {
                 resume_token: slot.token.clone(),
                 broadcasting: s(&slot.broadcasting),
                 watching: s(&slot.watching),
+                relaying: String::new(),
             })
             .collect()
     }

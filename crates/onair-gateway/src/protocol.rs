@@ -89,6 +89,17 @@ pub enum ServerFrame<'a> {
         /// Your stream.
         stream: &'a Stream,
     },
+    /// How your stream's media travels: to a relay peer (it appears as your one watcher, and
+    /// every watcher receives from it), or peer to peer (`relay` absent: you send to each watcher).
+    Media {
+        /// Your stream.
+        stream_id: &'a str,
+        /// `relay` or `p2p`.
+        mode: &'static str,
+        /// The relay peer you upload to; absent: peer to peer.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        relay: Option<&'a str>,
+    },
     /// A watcher joined your stream.
     WatcherJoined {
         /// Its peer id.

@@ -37,6 +37,10 @@ pub trait NodeHandler: Send + Sync + 'static {
     /// Every peer this node holds and what it does, for signaling to rebuild the directory from
     /// when it lost it (a heartbeat answered `reassert`).
     fn peer_states(&self) -> Vec<pb::PeerState>;
+    /// A relay node's load, sent with every heartbeat (`None`: this node relays nothing).
+    fn relay_load(&self) -> Option<pb::RelayLoad> {
+        None
+    }
 }
 
 /// Health of a node's two upstream links, for readiness.
@@ -237,7 +241,7 @@ async fn heartbeat<H: NodeHandler>(h: Arc<H>, signaling: SignalingClient<Upstrea
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let req = pb::HeartbeatRequest { node: h.link().node().to_string() };
+        let req = pb::HeartbeatRequest { node: h.link().node().to_string(), relay: h.relay_load() };
         match signaling.clone().heartbeat(req).await {
             Ok(r) if r.get_ref().reassert => {
                 let peers = h.peer_states();

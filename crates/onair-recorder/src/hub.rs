@@ -268,6 +268,7 @@ impl Hub {
                 resume_token: p.token.clone(),
                 broadcasting: String::new(),
                 watching: p.stream.to_string(),
+                relaying: String::new(),
             })
             .collect()
     }

@@ -206,7 +206,7 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
     let mut deliveries = bus.subscribe("onair:node:gw1").await.unwrap();
     let mut registry = StreamRegistryClient::connect(registry_url.clone()).await.unwrap();
     let mut signaling = SignalingClient::connect(signaling_url.clone()).await.unwrap();
-    signaling.heartbeat(pb::HeartbeatRequest { node: gw.to_string() }).await.unwrap();
+    signaling.heartbeat(pb::HeartbeatRequest { node: gw.to_string(), relay: None }).await.unwrap();
     let me = PeerId::generate();
     let node = FakeNode::open(&mut signaling, gw.clone()).await;
     let attach = pb::Attach { peer: me.to_string(), resume_token: "t".into() };

@@ -1,9 +1,11 @@
 //! [`Directory`] in Redis. Keys (all prefixed `onair:`):
-//! - `peer:{peer}` hash: `node`, `token`, `broadcasting`, `watching`
+//! - `peer:{peer}` hash: `node`, `token`, `broadcasting`, `watching`, `relaying`
 //! - `nodepeers:{node}` set of peers on a node
 //! - `nodes` sorted set: node → last heartbeat (Unix ms)
 //! - `watchers:{stream}` set of watchers
 //! - `bcast:{stream}` string: the broadcaster
+//! - `relay:{stream}` string: the stream's relay peer
+//! - `relays` hash: relay node → `"<last report ms>,<subscribers>,<streams>"`
 
 use std::collections::HashMap;
 
@@ -11,7 +13,7 @@ use async_trait::async_trait;
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface};
 use fred::types::Expiration;
-use onair_core::{Directory, DirectoryError, NodeId, PeerId, PeerRecord, StreamId};
+use onair_core::{Directory, DirectoryError, NodeId, PeerId, PeerRecord, RelayNode, StreamId};
 
 use crate::connect::{build_client, unavailable};
 
@@ -30,7 +32,12 @@ fn watchers_key(s: &StreamId) -> String {
 fn bcast_key(s: &StreamId) -> String {
     format!("onair:bcast:{s}")
 }
+fn relay_key(s: &StreamId) -> String {
+    format!("onair:relay:{s}")
+}
 const NODES: &str = "onair:nodes";
+/// Relay nodes taking streams: node → `"<ms>,<subscribers>,<streams>"`.
+const RELAYS: &str = "onair:relays";
 
 fn err(e: fred::error::Error) -> DirectoryError {
     DirectoryError::Unavailable(e.to_string())
@@ -85,6 +92,7 @@ impl Directory for RedisDirectory {
             token: h.get("token").cloned().unwrap_or_default(),
             broadcasting: opt("broadcasting"),
             watching: opt("watching"),
+            relaying: opt("relaying"),
         }))
     }
 
@@ -162,11 +170,72 @@ impl Directory for RedisDirectory {
         Ok(n)
     }
 
+    async fn watchers(&self, stream: &StreamId) -> Result<Vec<PeerId>, DirectoryError> {
+        let members: Vec<String> = self.client.smembers(watchers_key(stream)).await.map_err(err)?;
+        Ok(ids(members))
+    }
+
     async fn clear_stream(&self, stream: &StreamId) -> Result<Vec<PeerId>, DirectoryError> {
         let key = watchers_key(stream);
         let members: Vec<String> = self.client.smembers(&key).await.map_err(err)?;
-        let _: i64 = self.client.del((key, bcast_key(stream))).await.map_err(err)?;
+        let _: i64 = self.client.del((key, bcast_key(stream), relay_key(stream))).await.map_err(err)?;
         Ok(ids(members))
+    }
+
+    async fn set_relay(&self, stream: &StreamId, relay: Option<&PeerId>) -> Result<(), DirectoryError> {
+        match relay {
+            Some(r) => {
+                let pipe = self.client.pipeline();
+                let _: () = pipe
+                    .set(relay_key(stream), r.as_str(), Some(Expiration::EX(PEER_KEY_TTL_SECS)), None, false)
+                    .await
+                    .map_err(err)?;
+                let _: () = pipe.hset(peer_key(r), ("relaying", stream.as_str())).await.map_err(err)?;
+                let _: Vec<fred::types::Value> = pipe.all().await.map_err(err)?;
+                Ok(())
+            }
+            None => self.client.del::<(), _>(relay_key(stream)).await.map_err(err),
+        }
+    }
+
+    async fn relay(&self, stream: &StreamId) -> Result<Option<PeerId>, DirectoryError> {
+        let v: Option<String> = self.client.get(relay_key(stream)).await.map_err(err)?;
+        Ok(v.and_then(|s| s.parse().ok()))
+    }
+
+    async fn relay_load(&self, node: &NodeId, load: Option<(u32, u32)>, now_ms: i64) -> Result<(), DirectoryError> {
+        match load {
+            Some((subscribers, streams)) => {
+                let v = format!("{now_ms},{subscribers},{streams}");
+                self.client.hset::<(), _, _>(RELAYS, (node.as_str(), v)).await.map_err(err)
+            }
+            None => self.client.hdel::<(), _, _>(RELAYS, node.as_str()).await.map_err(err),
+        }
+    }
+
+    async fn relay_nodes(&self, since_ms: i64) -> Result<Vec<RelayNode>, DirectoryError> {
+        let all: HashMap<String, String> = self.client.hgetall(RELAYS).await.map_err(err)?;
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        for (node, v) in all {
+            let mut parts = v.split(',').map(str::parse::<i64>);
+            let (Some(Ok(t)), Some(Ok(subs)), Some(Ok(streams))) = (parts.next(), parts.next(), parts.next()) else {
+                stale.push(node);
+                continue;
+            };
+            match node.parse::<NodeId>() {
+                Ok(n) if t >= since_ms => out.push(RelayNode {
+                    node: n,
+                    subscribers: u32::try_from(subs).unwrap_or(u32::MAX),
+                    streams: u32::try_from(streams).unwrap_or(u32::MAX),
+                }),
+                _ => stale.push(node),
+            }
+        }
+        if !stale.is_empty() {
+            let _: Result<i64, _> = self.client.hdel(RELAYS, stale).await;
+        }
+        Ok(out)
     }
 
     async fn heartbeat(&self, node: &NodeId, now_ms: i64) -> Result<bool, DirectoryError> {

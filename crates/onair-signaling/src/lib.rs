@@ -28,6 +28,9 @@ pub struct SignalingConfig {
     pub security: onair_auth::Security,
     /// Most watchers one stream may have (0: no limit); more get `error{full}`.
     pub max_watchers_per_stream: u32,
+    /// Place new streams on relay nodes when one is up (false: `--media p2p`, browsers send media
+    /// to each other).
+    pub relays: bool,
 }
 
 impl Default for SignalingConfig {
@@ -36,6 +39,7 @@ impl Default for SignalingConfig {
             presence_ttl: Duration::from_secs(6),
             security: onair_auth::Security::default(),
             max_watchers_per_stream: 0,
+            relays: true,
         }
     }
 }
@@ -68,7 +72,8 @@ pub fn serve(
         refused_full.clone(),
     );
     let router = Router::new(dir, bus, StreamRegistryClient::new(config.security.credentials().on(channel)))
-        .with_watcher_limit(config.max_watchers_per_stream, refused_full);
+        .with_watcher_limit(config.max_watchers_per_stream, refused_full)
+        .with_media(config.relays, config.presence_ttl);
     let admin = admin.clone();
     Ok(async move {
         let reaper = tokio::spawn(service::reap_dead_nodes(router.clone(), config.presence_ttl, shutdown.clone()));

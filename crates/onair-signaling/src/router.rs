@@ -113,6 +113,8 @@ pub struct PeerState {
     pub broadcasting: Option<StreamId>,
     /// The stream it watches.
     pub watching: Option<StreamId>,
+    /// The stream it relays (a relay node's peer).
+    pub relaying: Option<StreamId>,
 }
 
 fn optional_stream(field: &str, v: &str) -> Result<Option<StreamId>, RouteError> {
@@ -127,6 +129,7 @@ impl TryFrom<pb::PeerState> for PeerState {
             resume_token: p.resume_token,
             broadcasting: optional_stream("broadcasting", &p.broadcasting)?,
             watching: optional_stream("watching", &p.watching)?,
+            relaying: optional_stream("relaying", &p.relaying)?,
         })
     }
 }
@@ -139,6 +142,10 @@ pub struct Router {
     registry: StreamRegistryClient<Upstream>,
     max_watchers: u32,
     refused_full: prometheus_client::metrics::counter::Counter,
+    /// Place new streams on relay nodes (false: `--media p2p`).
+    relays: bool,
+    /// A relay node whose last report is older than this takes no new streams.
+    relay_fresh: std::time::Duration,
 }
 
 impl std::fmt::Debug for Router {
@@ -150,7 +157,23 @@ impl std::fmt::Debug for Router {
 impl Router {
     /// A router over the given state, bus and registry.
     pub fn new(dir: Arc<dyn Directory>, bus: Arc<dyn Bus>, registry: StreamRegistryClient<Upstream>) -> Self {
-        Self { dir, bus, registry, max_watchers: 0, refused_full: Default::default() }
+        Self {
+            dir,
+            bus,
+            registry,
+            max_watchers: 0,
+            refused_full: Default::default(),
+            relays: true,
+            relay_fresh: std::time::Duration::from_secs(6),
+        }
+    }
+
+    /// Whether new streams go to relay nodes when one is up (`relays`), and how recent a relay's
+    /// report must be to count as up.
+    pub fn with_media(mut self, relays: bool, fresh: std::time::Duration) -> Self {
+        self.relays = relays;
+        self.relay_fresh = fresh;
+        self
     }
 
     /// At most `max` watchers per stream (0: no limit); refusals are counted in `refused`.
@@ -226,6 +249,9 @@ impl Router {
             if let Some(stream) = &p.broadcasting {
                 self.dir.set_broadcasting(&p.peer, Some(stream), None).await?;
             }
+            if let Some(stream) = &p.relaying {
+                self.dir.set_relay(stream, Some(&p.peer)).await?;
+            }
             mine.push(p);
         }
         for p in &mine {
@@ -279,6 +305,9 @@ impl Router {
             if let Err(e) = registry.end_stream(pb::EndStreamRequest { id: stream.to_string() }).await {
                 tracing::warn!(error = %e, %stream, "registry did not end the orphaned stream");
             }
+            if let Some(r) = self.dir.relay(stream).await? {
+                self.drop_relay(stream, &r).await?;
+            }
             for w in self.dir.clear_stream(stream).await? {
                 self.dir.set_watching(&w, None).await?;
             }
@@ -298,7 +327,10 @@ impl Router {
             ))
         };
         let to_rec = to_rec.ok_or_else(unrelated)?;
-        let paired = |a: &PeerRecord, b: &PeerRecord| a.watching.is_some() && a.watching == b.broadcasting;
+        let paired = |a: &PeerRecord, b: &PeerRecord| {
+            (a.watching.is_some() && a.watching == b.broadcasting)
+                || (a.relaying.is_some() && (a.relaying == b.watching || a.relaying == b.broadcasting))
+        };
         if !(paired(&from_rec, &to_rec) || paired(&to_rec, &from_rec)) {
             return Err(unrelated());
         }
@@ -317,6 +349,13 @@ impl Router {
         }
         let stream = StreamId::generate();
         self.dir.set_broadcasting(peer, Some(&stream), None).await?;
+        let relay = match self.place(&stream, peer, None).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.dir.set_broadcasting(peer, None, Some(&stream)).await?;
+                return Err(e);
+            }
+        };
         let req = pb::CreateStreamRequest {
             title,
             broadcaster: peer.to_string(),
@@ -327,6 +366,9 @@ impl Router {
             Ok(r) => r.into_inner(),
             Err(status) => {
                 self.dir.set_broadcasting(peer, None, Some(&stream)).await?;
+                if let Some(r) = &relay {
+                    self.drop_relay(&stream, r).await?;
+                }
                 return Err(match status.code() {
                     tonic::Code::InvalidArgument => RouteError::BadRequest(status.message().to_owned()),
                     tonic::Code::AlreadyExists => RouteError::Conflict("you are already live".into()),
@@ -337,9 +379,95 @@ impl Router {
                 });
             }
         };
-        tracing::info!(%peer, %stream, "published");
+        tracing::info!(%peer, %stream, relay = ?relay, "published");
+        let media = pb::MediaMode {
+            stream_id: stream.to_string(),
+            relay: relay.as_ref().map(ToString::to_string).unwrap_or_default(),
+        };
+        self.deliver(&rec.node, peer, pb::delivery::Event::Media(media)).await;
         self.deliver(&rec.node, peer, pb::delivery::Event::Published(created)).await;
+        if let Some(r) = relay {
+            self.deliver(&rec.node, peer, pb::delivery::Event::WatcherJoined(r.to_string())).await;
+        }
         Ok(())
+    }
+
+    /// Puts `stream` on the least loaded relay node, if relays are on and one is up: a new peer on
+    /// that node, told to relay the stream, becomes the stream's media source. `None`: peer to peer.
+    async fn place(
+        &self,
+        stream: &StreamId,
+        broadcaster: &PeerId,
+        not_on: Option<&NodeId>,
+    ) -> Result<Option<PeerId>, RouteError> {
+        if !self.relays {
+            return Ok(None);
+        }
+        let fresh = i64::try_from(self.relay_fresh.as_millis()).unwrap_or(i64::MAX);
+        let nodes = self.dir.relay_nodes(onair_core::time::now_ms().saturating_sub(fresh)).await?;
+        let Some(node) = nodes
+            .into_iter()
+            .filter(|n| Some(&n.node) != not_on)
+            .min_by_key(|n| (n.subscribers, n.streams, n.node.to_string()))
+        else {
+            return Ok(None);
+        };
+        let relay = PeerId::generate();
+        // No resume token: a relay peer lives and dies with its node.
+        self.dir.attach(&relay, &node.node, "").await?;
+        self.dir.set_relay(stream, Some(&relay)).await?;
+        let assign = pb::RelayAssign { stream_id: stream.to_string(), broadcaster: broadcaster.to_string() };
+        self.deliver(&node.node, &relay, pb::delivery::Event::Relay(assign)).await;
+        tracing::debug!(%stream, %relay, node = %node.node, "stream placed on a relay");
+        Ok(Some(relay))
+    }
+
+    /// Forgets `relay` as the source of `stream` and tells its node to drop it.
+    async fn drop_relay(&self, stream: &StreamId, relay: &PeerId) -> Result<(), RouteError> {
+        if self.dir.relay(stream).await?.as_ref() == Some(relay) {
+            self.dir.set_relay(stream, None).await?;
+        }
+        if let Some(rec) = self.dir.peer(relay).await? {
+            self.deliver(&rec.node, relay, pb::delivery::Event::Evicted(pb::Evicted {})).await;
+            self.dir.remove_peer(relay, &rec.node).await?;
+        }
+        Ok(())
+    }
+
+    /// The relay peer of `stream` is gone (its node died or dropped it): while the stream is live,
+    /// it moves to another relay, or to peer to peer when none is up; either way the new source
+    /// is told about every watcher (and offers to them), so watchers see a short freeze.
+    async fn relay_lost(&self, stream: &StreamId, relay: &PeerId, node: &NodeId) -> Result<(), RouteError> {
+        if self.dir.relay(stream).await?.as_ref() != Some(relay) {
+            return Ok(());
+        }
+        self.dir.set_relay(stream, None).await?;
+        let Some(broadcaster) = self.dir.broadcaster(stream).await? else { return Ok(()) };
+        let Some(brec) = self.dir.peer(&broadcaster).await? else { return Ok(()) };
+        self.deliver(&brec.node, &broadcaster, pb::delivery::Event::WatcherLeft(relay.to_string())).await;
+        let next = self.place(stream, &broadcaster, Some(node)).await?;
+        tracing::warn!(%stream, lost = %relay, next = ?next, "relay lost; moving the stream");
+        let media = pb::MediaMode {
+            stream_id: stream.to_string(),
+            relay: next.as_ref().map(ToString::to_string).unwrap_or_default(),
+        };
+        self.deliver(&brec.node, &broadcaster, pb::delivery::Event::Media(media)).await;
+        let source = match &next {
+            Some(r) => {
+                self.deliver(&brec.node, &broadcaster, pb::delivery::Event::WatcherJoined(r.to_string())).await;
+                r.clone()
+            }
+            None => broadcaster,
+        };
+        for w in self.dir.watchers(stream).await? {
+            self.deliver_to_peer(&source, pb::delivery::Event::WatcherJoined(w.to_string())).await?;
+        }
+        Ok(())
+    }
+
+    /// Where a watcher of `stream` gets its media: the stream's relay, else its broadcaster.
+    async fn source(&self, stream: &StreamId, broadcaster: PeerId) -> Result<PeerId, RouteError> {
+        Ok(self.dir.relay(stream).await?.unwrap_or(broadcaster))
     }
 
     async fn watch(&self, peer: &PeerId, stream: &StreamId) -> Result<(), RouteError> {
@@ -349,7 +477,7 @@ impl Router {
             .broadcaster(stream)
             .await?
             .ok_or_else(|| RouteError::NotFound(format!("stream {stream} is not live")))?;
-        if &broadcaster == peer {
+        if &broadcaster == peer || rec.relaying.is_some() {
             return Err(RouteError::BadRequest("you cannot watch your own stream".into()));
         }
         if rec.watching.as_ref() == Some(stream) {
@@ -369,7 +497,8 @@ impl Router {
         }
         self.dir.set_watching(peer, Some(stream)).await?;
         tracing::debug!(%peer, %stream, count, "watcher joined");
-        self.deliver_to_peer(&broadcaster, pb::delivery::Event::WatcherJoined(peer.to_string())).await?;
+        let source = self.source(stream, broadcaster.clone()).await?;
+        self.deliver_to_peer(&source, pb::delivery::Event::WatcherJoined(peer.to_string())).await?;
         self.viewers_changed(&broadcaster, stream, count).await
     }
 
@@ -379,7 +508,8 @@ impl Router {
         let count = self.dir.remove_watcher(stream, peer).await?;
         self.dir.set_watching(peer, None).await?;
         if let Some(b) = self.dir.broadcaster(stream).await? {
-            self.deliver_to_peer(&b, pb::delivery::Event::WatcherLeft(peer.to_string())).await?;
+            let source = self.source(stream, b.clone()).await?;
+            self.deliver_to_peer(&source, pb::delivery::Event::WatcherLeft(peer.to_string())).await?;
             self.viewers_changed(&b, stream, count).await?;
         }
         Ok(())
@@ -403,6 +533,9 @@ impl Router {
         if let Err(e) = registry.end_stream(pb::EndStreamRequest { id: stream.to_string() }).await {
             tracing::warn!(error = %e, %stream, "registry did not end the stream");
         }
+        if let Some(r) = self.dir.relay(stream).await? {
+            self.drop_relay(stream, &r).await?;
+        }
         for w in self.dir.clear_stream(stream).await? {
             self.dir.set_watching(&w, None).await?;
         }
@@ -420,6 +553,9 @@ impl Router {
         self.stop_broadcast(peer, &rec).await?;
         self.leave(peer, &rec).await?;
         self.dir.remove_peer(peer, node).await?;
+        if let Some(stream) = &rec.relaying {
+            self.relay_lost(stream, peer, node).await?;
+        }
         Ok(())
     }
 

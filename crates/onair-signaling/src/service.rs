@@ -140,8 +140,12 @@ impl Signaling for SignalingService {
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let node = node_id(&req.get_ref().node)?;
-        let known =
-            self.router.directory().heartbeat(&node, onair_core::time::now_ms()).await.map_err(RouteError::from)?;
+        let now = onair_core::time::now_ms();
+        let known = self.router.directory().heartbeat(&node, now).await.map_err(RouteError::from)?;
+        if let Some(relay) = &req.get_ref().relay {
+            let load = relay.accepting.then_some((relay.subscribers, relay.streams));
+            self.router.directory().relay_load(&node, load, now).await.map_err(RouteError::from)?;
+        }
         if !known {
             tracing::info!(%node, "heartbeat from a node the directory does not know; asking it to re-assert its peers");
         }

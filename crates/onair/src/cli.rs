@@ -22,6 +22,17 @@ pub enum Target {
     Recorder,
     /// Only the embedded TURN server (needs --turn-secret, shared with the gateways).
     Turn,
+    /// Only a relay (SFU): receives each broadcast once and forwards it to its watchers.
+    Relay,
+}
+
+/// How live media travels between browsers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MediaMode {
+    /// Through a relay node when one is up (the broadcaster uploads once); peer to peer otherwise.
+    Relay,
+    /// Browser to browser, as the old demo did (the broadcaster uploads once per watcher).
+    P2p,
 }
 
 /// Where the registry keeps its catalog.
@@ -175,6 +186,18 @@ pub struct Cli {
     /// which only works when every service runs in this one process.
     #[arg(long, env = "ONAIR_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// How media travels (signaling; in the all-in-one also whether the relay runs).
+    #[arg(long, env = "ONAIR_MEDIA", value_enum, default_value_t = MediaMode::Relay)]
+    pub media: MediaMode,
+
+    /// The relay's UDP port, the same on every address it binds (0: a free one). All its peers share it.
+    #[arg(long, env = "ONAIR_RELAY_PORT", default_value_t = 0)]
+    pub relay_port: u16,
+
+    /// Most subscribers (watchers and recorders) one relay forwards to; more are refused.
+    #[arg(long, env = "ONAIR_RELAY_MAX_SUBSCRIBERS", default_value_t = 2000)]
+    pub relay_max_subscribers: usize,
 
     /// Most watchers one stream may have (signaling); more get `error{full}` (0: no limit).
     #[arg(long, env = "ONAIR_MAX_WATCHERS_PER_STREAM", default_value_t = 10_000)]

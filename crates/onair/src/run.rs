@@ -173,6 +173,18 @@ fn recorder_network(cli: &Cli) -> onair_recorder::RtcNetwork {
     onair_recorder::RtcNetwork { bind, public: cli.public_addr }
 }
 
+/// Where the relay's UDP sockets bind: --rtc-ip, or every IPv4 interface plus loopback.
+fn relay_addresses(cli: &Cli) -> Vec<IpAddr> {
+    match cli.rtc_ip {
+        Some(ip) => vec![ip],
+        None => {
+            let mut ips: Vec<IpAddr> = local_addresses().into_iter().filter(IpAddr::is_ipv4).collect();
+            ips.push(IpAddr::from([127, 0, 0, 1]));
+            ips
+        }
+    }
+}
+
 /// A UDP socket and a TCP listener on the same port of `addr` (with port 0: the same free port;
 /// retried when another process holds the TCP side of the port the UDP socket got).
 async fn bind_udp_and_tcp(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, TcpListener, u16), RunError> {
@@ -394,6 +406,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             presence_ttl: cli.presence_ttl,
             security: security.clone(),
             max_watchers_per_stream: cli.max_watchers_per_stream,
+            relays: cli.media == crate::cli::MediaMode::Relay,
         };
         let tier = &mut tiers[SIGNALING];
         let serve = onair_signaling::serve(
@@ -432,6 +445,32 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         };
         let tier = &mut tiers[EDGE];
         tier.tasks.spawn(onair_recorder::serve(config, Arc::clone(&bus), &admin, grpc, tier.stop.clone())?);
+    }
+
+    // Relay: its UDP port (no gRPC API); inside `all` unless --media p2p.
+    if runs(Target::Relay) && (target == Target::Relay || cli.media == crate::cli::MediaMode::Relay) {
+        let ips = relay_addresses(&cli);
+        let sockets = onair_relay::RelaySockets::bind(&ips, cli.relay_port).await.map_err(|source| RunError::Bind {
+            addr: SocketAddr::new(ips.first().copied().unwrap_or(IpAddr::from([0, 0, 0, 0])), cli.relay_port),
+            source,
+        })?;
+        let shown: Vec<String> = sockets.addrs().iter().map(ToString::to_string).collect();
+        println!("onair: relay media on UDP {}", shown.join(", "));
+        let relay_node = if target == Target::All {
+            format!("{node}-relay").parse().map_err(|e| RunError::Config(format!("--node-id: {e}")))?
+        } else {
+            node.clone()
+        };
+        let config = onair_relay::RelayConfig {
+            node: relay_node,
+            public: cli.public_addr,
+            max_subscribers: cli.relay_max_subscribers,
+            registry_url: registry_url.clone(),
+            signaling_url: signaling_url.clone(),
+            security: security.clone(),
+        };
+        let tier = &mut tiers[EDGE];
+        tier.tasks.spawn(onair_relay::serve(config, sockets, Arc::clone(&bus), &admin, tier.stop.clone())?);
     }
 
     // Gateway: on --http-addr.

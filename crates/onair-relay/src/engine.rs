@@ -1,0 +1,688 @@
+//! Every WebRTC peer of the relay, in one task that owns them all (str0m is sans-IO): datagrams
+//! from the sockets are routed to their peer by remote address (ICE ufrag for a new address), what
+//! the peers transmit goes out through the socket of their local candidate, and media frames of a
+//! stream's publisher are written to each of its subscribers (str0m repacketizes per subscriber,
+//! so SSRCs, sequence numbers and timestamps are each subscriber's own and a new publisher
+//! connection never breaks a subscriber's decoder).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use onair_core::{PeerId, StreamId};
+use onair_node::NodeLink;
+use onair_proto::v1 as pb;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::RelayConfig;
+use crate::metrics::RelayMetrics;
+use crate::net::{RelaySockets, candidates};
+
+/// At most one keyframe request per second per stream goes to its broadcaster (however many
+/// subscribers ask), as mediasoup does.
+const KEYFRAME_EVERY: Duration = Duration::from_secs(1);
+/// Datagrams waiting for the engine; more are dropped (and counted).
+const INBOUND_QUEUE: usize = 4096;
+/// A datagram larger than this is not WebRTC (MTU-sized packets are ~1200 bytes).
+const MAX_DATAGRAM: usize = 2048;
+/// A peer that has not connected within this long is dropped.
+const CONNECT_WITHIN: Duration = Duration::from_secs(30);
+
+/// What the hub asks the engine to do.
+#[derive(Debug)]
+pub enum Command {
+    /// `relay` carries `stream`; `broadcaster` will offer to it.
+    Assign {
+        /// The relay peer.
+        relay: PeerId,
+        /// The stream.
+        stream: StreamId,
+        /// Its broadcaster.
+        broadcaster: PeerId,
+    },
+    /// An offer, answer or candidate for `relay` from `from`.
+    Signal {
+        /// The relay peer.
+        relay: PeerId,
+        /// The sender.
+        from: PeerId,
+        /// What it is.
+        kind: pb::SignalKind,
+        /// The browser's JSON.
+        payload: String,
+    },
+    /// Offer the stream to a new watcher.
+    Subscribe {
+        /// The relay peer.
+        relay: PeerId,
+        /// The watcher.
+        watcher: PeerId,
+    },
+    /// A watcher left.
+    Unsubscribe {
+        /// The relay peer.
+        relay: PeerId,
+        /// The watcher.
+        watcher: PeerId,
+    },
+    /// The stream is over here (ended, moved, or the relay drains).
+    Drop {
+        /// The relay peer.
+        relay: PeerId,
+    },
+}
+
+/// The engine's load, read by the heartbeat.
+#[derive(Debug, Default)]
+pub struct Load {
+    subscribers: AtomicU32,
+}
+
+impl Load {
+    /// Subscribers now.
+    pub fn subscribers(&self) -> u32 {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+}
+
+struct Datagram {
+    data: Vec<u8>,
+    source: SocketAddr,
+    destination: SocketAddr,
+    at: Instant,
+}
+
+type ClientId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Publisher,
+    Subscriber,
+}
+
+struct Client {
+    rtc: Rtc,
+    relay: PeerId,
+    remote: PeerId,
+    role: Role,
+    /// Our offer to a subscriber, until its answer.
+    pending: Option<SdpPendingOffer>,
+    /// A subscriber's send-only media, by kind.
+    mids: Vec<(Mid, MediaKind)>,
+    created: Instant,
+    connected: bool,
+    timeout: Instant,
+}
+
+struct StreamState {
+    stream: StreamId,
+    broadcaster: PeerId,
+    publisher: Option<ClientId>,
+    subscribers: HashMap<PeerId, ClientId>,
+    /// The publisher's incoming video media (for keyframe requests).
+    video_in: Option<Mid>,
+    last_keyframe_request: Option<Instant>,
+    keyframe_wanted: bool,
+}
+
+/// The relay's media engine.
+pub struct Engine {
+    sockets: RelaySockets,
+    local: Vec<Candidate>,
+    link: NodeLink,
+    metrics: RelayMetrics,
+    load: Arc<Load>,
+    max_subscribers: usize,
+    commands: mpsc::Receiver<Command>,
+    clients: HashMap<ClientId, Client>,
+    next_id: ClientId,
+    by_addr: HashMap<SocketAddr, ClientId>,
+    streams: HashMap<PeerId, StreamState>,
+    crypto: Arc<str0m::config::CryptoProvider>,
+}
+
+impl Engine {
+    /// An engine over `sockets`, and the sender the hub drives it with.
+    pub fn new(
+        config: &RelayConfig,
+        sockets: RelaySockets,
+        link: NodeLink,
+        metrics: RelayMetrics,
+    ) -> (Self, mpsc::Sender<Command>) {
+        let (tx, commands) = mpsc::channel(4096);
+        let local = candidates(&sockets.addrs(), config.public);
+        let engine = Self {
+            sockets,
+            local,
+            link,
+            metrics,
+            load: Arc::default(),
+            max_subscribers: config.max_subscribers,
+            commands,
+            clients: HashMap::new(),
+            next_id: 1,
+            by_addr: HashMap::new(),
+            streams: HashMap::new(),
+            crypto: Arc::new(str0m::crypto::from_feature_flags()),
+        };
+        (engine, tx)
+    }
+
+    /// The load counters the hub reports.
+    pub fn load(&self) -> Arc<Load> {
+        Arc::clone(&self.load)
+    }
+
+    /// Runs until `stop` fires (or the hub is gone).
+    pub async fn run(mut self, stop: CancellationToken) {
+        let (dtx, mut datagrams) = mpsc::channel::<Datagram>(INBOUND_QUEUE);
+        let mut readers = tokio::task::JoinSet::new();
+        for socket in &self.sockets.sockets {
+            readers.spawn(read_socket(Arc::clone(socket), dtx.clone(), self.metrics.clone(), stop.clone()));
+        }
+        drop(dtx);
+        loop {
+            let next = self.clients.values().map(|c| c.timeout).min();
+            let sleep = next.map_or(Duration::from_millis(100), |t| t.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                () = stop.cancelled() => break,
+                c = self.commands.recv() => match c {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                d = datagrams.recv() => match d {
+                    Some(d) => {
+                        self.datagram(d);
+                        // Take whatever else arrived meanwhile before polling timers.
+                        for _ in 0..64 {
+                            match datagrams.try_recv() {
+                                Ok(d) => self.datagram(d),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                () = tokio::time::sleep(sleep) => {}
+            }
+            self.tick(Instant::now());
+        }
+        for c in self.clients.values_mut() {
+            c.rtc.disconnect();
+        }
+        readers.abort_all();
+    }
+
+    fn rtc(&self) -> Rtc {
+        let mut rtc = Rtc::builder()
+            .set_crypto_provider(Arc::clone(&self.crypto))
+            .clear_codecs()
+            .enable_vp8(true)
+            .enable_opus(true, false)
+            .build(Instant::now());
+        for c in &self.local {
+            rtc.add_local_candidate(c.clone());
+        }
+        rtc
+    }
+
+    fn add_client(&mut self, rtc: Rtc, relay: &PeerId, remote: &PeerId, role: Role) -> ClientId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let now = Instant::now();
+        let client = Client {
+            rtc,
+            relay: relay.clone(),
+            remote: remote.clone(),
+            role,
+            pending: None,
+            mids: Vec::new(),
+            created: now,
+            connected: false,
+            timeout: now,
+        };
+        self.clients.insert(id, client);
+        id
+    }
+
+    fn remove_client(&mut self, id: ClientId) {
+        let Some(mut c) = self.clients.remove(&id) else { return };
+        c.rtc.disconnect();
+        self.by_addr.retain(|_, v| *v != id);
+        if let Some(s) = self.streams.get_mut(&c.relay) {
+            match c.role {
+                Role::Publisher if s.publisher == Some(id) => {
+                    s.publisher = None;
+                    s.video_in = None;
+                }
+                Role::Subscriber if s.subscribers.get(&c.remote) == Some(&id) => {
+                    s.subscribers.remove(&c.remote);
+                    self.load.subscribers.fetch_sub(1, Ordering::Relaxed);
+                    self.metrics.subscribers.dec();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn signal(&self, relay: &PeerId, to: &PeerId, kind: pb::SignalKind, payload: String) {
+        self.link.send(pb::node_message::Msg::Signal(pb::Signal {
+            from: relay.to_string(),
+            to: to.to_string(),
+            kind: kind.into(),
+            payload,
+        }));
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Assign { relay, stream, broadcaster } => {
+                self.metrics.streams.inc();
+                self.streams.insert(
+                    relay,
+                    StreamState {
+                        stream,
+                        broadcaster,
+                        publisher: None,
+                        subscribers: HashMap::new(),
+                        video_in: None,
+                        last_keyframe_request: None,
+                        keyframe_wanted: false,
+                    },
+                );
+            }
+            Command::Signal { relay, from, kind, payload } => self.on_signal(&relay, &from, kind, &payload),
+            Command::Subscribe { relay, watcher } => self.subscribe(&relay, &watcher),
+            Command::Unsubscribe { relay, watcher } => {
+                if let Some(id) = self.streams.get(&relay).and_then(|s| s.subscribers.get(&watcher).copied()) {
+                    self.remove_client(id);
+                }
+            }
+            Command::Drop { relay } => {
+                let Some(s) = self.streams.get(&relay) else { return };
+                let ids: Vec<ClientId> = s.publisher.into_iter().chain(s.subscribers.values().copied()).collect();
+                for id in ids {
+                    self.remove_client(id);
+                }
+                if let Some(s) = self.streams.remove(&relay) {
+                    self.metrics.streams.dec();
+                    tracing::info!(stream = %s.stream, %relay, "stream no longer relayed here");
+                }
+            }
+        }
+    }
+
+    fn on_signal(&mut self, relay: &PeerId, from: &PeerId, kind: pb::SignalKind, payload: &str) {
+        let Some(s) = self.streams.get(relay) else { return };
+        let is_broadcaster = &s.broadcaster == from;
+        let client = if is_broadcaster { s.publisher } else { s.subscribers.get(from).copied() };
+        match kind {
+            pb::SignalKind::Offer if is_broadcaster => self.publish(relay, from, payload, client),
+            pb::SignalKind::Answer => {
+                let Some(id) = client else { return };
+                let Some(c) = self.clients.get_mut(&id) else { return };
+                let (Some(pending), Ok(sdp)) = (c.pending.take(), sdp_of(payload)) else { return };
+                let answer = match SdpAnswer::from_sdp_string(&sdp) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::debug!(error = %e, peer = %from, "unparsable answer");
+                        return;
+                    }
+                };
+                if let Err(e) = c.rtc.sdp_api().accept_answer(pending, answer) {
+                    tracing::debug!(error = %e, peer = %from, "answer not accepted; dropping the subscriber");
+                    self.remove_client(id);
+                }
+            }
+            pb::SignalKind::Candidate => {
+                let Some(c) = client.and_then(|id| self.clients.get_mut(&id)) else { return };
+                if let Some(candidate) = remote_candidate(payload) {
+                    c.rtc.add_remote_candidate(candidate);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The broadcaster's offer: a new publisher connection, or a renegotiation (ICE restart) of
+    /// the current one.
+    fn publish(&mut self, relay: &PeerId, from: &PeerId, payload: &str, current: Option<ClientId>) {
+        let parse = |sdp: &str| SdpOffer::from_sdp_string(sdp).map_err(|e| e.to_string());
+        let sdp = match sdp_of(payload).map_err(str::to_owned).and_then(|s| parse(&s).map(|_| s)) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, peer = %from, "unusable offer from the broadcaster");
+                return;
+            }
+        };
+        if let Some(id) = current
+            && let Some(c) = self.clients.get_mut(&id)
+            && c.rtc.is_alive()
+        {
+            let Ok(offer) = parse(&sdp) else { return };
+            match c.rtc.sdp_api().accept_offer(offer) {
+                Ok(answer) => {
+                    let payload = serde_json::json!({ "type": "answer", "sdp": answer.to_sdp_string() }).to_string();
+                    self.signal(relay, from, pb::SignalKind::Answer, payload);
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "renegotiation refused; starting a new publisher connection"),
+            }
+        }
+        if let Some(id) = current {
+            self.remove_client(id);
+        }
+        let Ok(offer) = parse(&sdp) else { return };
+        let mut rtc = self.rtc();
+        let answer = match rtc.sdp_api().accept_offer(offer) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, peer = %from, "broadcaster's offer not accepted");
+                return;
+            }
+        };
+        let id = self.add_client(rtc, relay, from, Role::Publisher);
+        if let Some(s) = self.streams.get_mut(relay) {
+            s.publisher = Some(id);
+            s.video_in = None;
+            s.keyframe_wanted = !s.subscribers.is_empty();
+        }
+        let payload = serde_json::json!({ "type": "answer", "sdp": answer.to_sdp_string() }).to_string();
+        self.signal(relay, from, pb::SignalKind::Answer, payload);
+    }
+
+    /// Offers the stream to a new watcher: send-only video and audio.
+    fn subscribe(&mut self, relay: &PeerId, watcher: &PeerId) {
+        let Some(s) = self.streams.get(relay) else { return };
+        if let Some(old) = s.subscribers.get(watcher).copied() {
+            self.remove_client(old);
+        }
+        if usize::try_from(self.load.subscribers()).unwrap_or(usize::MAX) >= self.max_subscribers {
+            self.metrics.refused_full.inc();
+            tracing::warn!(%relay, %watcher, max = self.max_subscribers, "relay full; subscriber refused");
+            return;
+        }
+        let Some(s) = self.streams.get(relay) else { return };
+        let msid = s.stream.to_string();
+        let mut rtc = self.rtc();
+        let mut api = rtc.sdp_api();
+        let video =
+            api.add_media(MediaKind::Video, Direction::SendOnly, Some(msid.clone()), Some("video".into()), None);
+        let audio = api.add_media(MediaKind::Audio, Direction::SendOnly, Some(msid), Some("audio".into()), None);
+        let Some((offer, pending)) = api.apply() else { return };
+        let id = self.add_client(rtc, relay, watcher, Role::Subscriber);
+        if let Some(c) = self.clients.get_mut(&id) {
+            c.pending = Some(pending);
+            c.mids = vec![(video, MediaKind::Video), (audio, MediaKind::Audio)];
+        }
+        if let Some(s) = self.streams.get_mut(relay) {
+            s.subscribers.insert(watcher.clone(), id);
+        }
+        self.load.subscribers.fetch_add(1, Ordering::Relaxed);
+        self.metrics.subscribers.inc();
+        let payload = serde_json::json!({ "type": "offer", "sdp": offer.to_sdp_string() }).to_string();
+        self.signal(relay, watcher, pb::SignalKind::Offer, payload);
+    }
+
+    fn datagram(&mut self, d: Datagram) {
+        let Ok(contents) = d.data.as_slice().try_into() else {
+            self.metrics.dropped_in.inc();
+            return;
+        };
+        let input = Input::Receive(
+            d.at,
+            Receive { proto: Protocol::Udp, source: d.source, destination: d.destination, contents },
+        );
+        let known = self
+            .by_addr
+            .get(&d.source)
+            .copied()
+            .filter(|id| self.clients.get(id).is_some_and(|c| c.rtc.accepts(&input)));
+        let id = known.or_else(|| self.clients.iter().find(|(_, c)| c.rtc.accepts(&input)).map(|(id, _)| *id));
+        let Some(id) = id else {
+            self.metrics.dropped_in.inc();
+            return;
+        };
+        self.by_addr.insert(d.source, id);
+        if let Some(c) = self.clients.get_mut(&id)
+            && let Err(e) = c.rtc.handle_input(input)
+        {
+            tracing::debug!(error = %e, "peer failed on input");
+            c.rtc.disconnect();
+        }
+        self.poll(id);
+    }
+
+    /// Drives time in every peer that is due, requests keyframes that are due, drops dead peers.
+    fn tick(&mut self, now: Instant) {
+        let due: Vec<ClientId> = self.clients.iter().filter(|(_, c)| c.timeout <= now).map(|(id, _)| *id).collect();
+        for id in due {
+            if let Some(c) = self.clients.get_mut(&id)
+                && let Err(e) = c.rtc.handle_input(Input::Timeout(now))
+            {
+                tracing::debug!(error = %e, "peer failed on timeout");
+                c.rtc.disconnect();
+            }
+            self.poll(id);
+        }
+        let wanted: Vec<PeerId> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.keyframe_wanted && s.video_in.is_some())
+            .filter(|(_, s)| s.last_keyframe_request.is_none_or(|t| now.duration_since(t) >= KEYFRAME_EVERY))
+            .map(|(r, _)| r.clone())
+            .collect();
+        for relay in wanted {
+            self.request_keyframe(&relay, now);
+        }
+        let dead: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| !c.rtc.is_alive() || (!c.connected && now.duration_since(c.created) > CONNECT_WITHIN))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            if let Some(c) = self.clients.get(&id) {
+                tracing::debug!(peer = %c.remote, role = ?c.role, "peer connection gone");
+            }
+            self.remove_client(id);
+        }
+    }
+
+    fn request_keyframe(&mut self, relay: &PeerId, now: Instant) {
+        let Some(s) = self.streams.get_mut(relay) else { return };
+        let (Some(publisher), Some(mid)) = (s.publisher, s.video_in) else { return };
+        s.keyframe_wanted = false;
+        s.last_keyframe_request = Some(now);
+        if let Some(c) = self.clients.get_mut(&publisher)
+            && let Some(mut writer) = c.rtc.writer(mid)
+            && writer.request_keyframe(None, KeyframeRequestKind::Pli).is_ok()
+        {
+            self.metrics.keyframe_requests.inc();
+            self.poll(publisher);
+        }
+    }
+
+    /// Sends what a peer transmits and handles its events, until it only has a timeout left.
+    fn poll(&mut self, id: ClientId) {
+        for _ in 0..10_000 {
+            let Some(c) = self.clients.get_mut(&id) else { return };
+            if !c.rtc.is_alive() {
+                return;
+            }
+            let out = match c.rtc.poll_output() {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::debug!(error = %e, "peer failed");
+                    c.rtc.disconnect();
+                    return;
+                }
+            };
+            match out {
+                Output::Timeout(t) => {
+                    c.timeout = t;
+                    return;
+                }
+                Output::Transmit(t) => self.transmit(t.source, t.destination, &t.contents),
+                Output::Event(e) => self.event(id, e),
+            }
+        }
+    }
+
+    fn transmit(&self, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
+        let socket = self.sockets.sockets.iter().find(|s| s.local_addr().is_ok_and(|a| a == source));
+        let Some(socket) = socket.or_else(|| self.sockets.sockets.first()) else { return };
+        match socket.try_send_to(data, destination) {
+            Ok(n) => {
+                self.metrics.datagrams_out.inc();
+                self.metrics.bytes_out.inc_by(n as u64);
+            }
+            Err(_) => {
+                self.metrics.dropped_out.inc();
+            }
+        }
+    }
+
+    fn event(&mut self, id: ClientId, e: Event) {
+        let Some(c) = self.clients.get_mut(&id) else { return };
+        let (role, relay) = (c.role, c.relay.clone());
+        match e {
+            Event::Connected => {
+                c.connected = true;
+                tracing::debug!(peer = %c.remote, ?role, "peer connected");
+                if role == Role::Subscriber
+                    && let Some(s) = self.streams.get_mut(&relay)
+                {
+                    s.keyframe_wanted = true;
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                tracing::debug!(peer = %c.remote, ?role, "ICE disconnected");
+            }
+            Event::MediaAdded(m) if role == Role::Publisher => {
+                if m.kind == MediaKind::Video
+                    && let Some(s) = self.streams.get_mut(&relay)
+                {
+                    s.video_in = Some(m.mid);
+                }
+            }
+            Event::MediaData(data) if role == Role::Publisher => self.forward(&relay, &data),
+            Event::KeyframeRequest(_) if role == Role::Subscriber => {
+                if let Some(s) = self.streams.get_mut(&relay) {
+                    s.keyframe_wanted = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Writes one frame of the publisher to every subscriber of its stream.
+    fn forward(&mut self, relay: &PeerId, data: &MediaData) {
+        self.metrics.frames_in.inc();
+        let Some(s) = self.streams.get_mut(relay) else { return };
+        let kind = if s.video_in == Some(data.mid) { MediaKind::Video } else { MediaKind::Audio };
+        if kind == MediaKind::Video && !data.contiguous {
+            s.keyframe_wanted = true;
+        }
+        let targets: Vec<ClientId> = s.subscribers.values().copied().collect();
+        let payload = &data.data;
+        for id in targets {
+            let Some(c) = self.clients.get_mut(&id) else { continue };
+            if !c.connected {
+                continue;
+            }
+            let Some(mid) = c.mids.iter().find(|(_, k)| *k == kind).map(|(m, _)| *m) else { continue };
+            let Some(writer) = c.rtc.writer(mid) else { continue };
+            let Some(pt) = writer.match_params(data.params) else { continue };
+            match writer.write(pt, data.network_time, data.time, Arc::clone(payload)) {
+                Ok(()) => {
+                    self.metrics.frames_out.inc();
+                }
+                Err(e) => tracing::debug!(error = %e, "subscriber write failed"),
+            }
+            self.poll(id);
+        }
+    }
+}
+
+async fn read_socket(
+    socket: Arc<tokio::net::UdpSocket>,
+    tx: mpsc::Sender<Datagram>,
+    metrics: RelayMetrics,
+    stop: CancellationToken,
+) {
+    let Ok(destination) = socket.local_addr() else { return };
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    loop {
+        let r = tokio::select! {
+            () = stop.cancelled() => return,
+            r = socket.recv_from(&mut buf) => r,
+        };
+        let (n, source) = match r {
+            Ok(v) => v,
+            // ICMP errors of earlier sends (a peer went away) surface here on Linux.
+            Err(_) => continue,
+        };
+        metrics.datagrams_in.inc();
+        if n > MAX_DATAGRAM || n == 0 {
+            metrics.dropped_in.inc();
+            continue;
+        }
+        let d = Datagram { data: buf[..n].to_vec(), source, destination, at: Instant::now() };
+        if tx.try_send(d).is_err() {
+            metrics.dropped_in.inc();
+        }
+    }
+}
+
+/// The SDP of a browser description (`{"type":…,"sdp":…}`, or a bare SDP string).
+fn sdp_of(payload: &str) -> Result<String, &'static str> {
+    let v: serde_json::Value = serde_json::from_str(payload).map_err(|_| "description is not JSON")?;
+    match &v {
+        serde_json::Value::String(s) => Ok(s.clone()),
+        _ => v.get("sdp").and_then(|s| s.as_str()).map(str::to_owned).ok_or("description has no sdp"),
+    }
+}
+
+/// A browser's trickled candidate (`{"candidate":"candidate:…",…}`); `None` for the end of
+/// candidates, mDNS host names (the peer-reflexive candidate from its checks stands in) and junk.
+fn remote_candidate(payload: &str) -> Option<Candidate> {
+    let v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let line = v.get("candidate")?.as_str()?.trim();
+    if line.is_empty() {
+        return None;
+    }
+    Candidate::from_sdp_string(line.strip_prefix("a=").unwrap_or(line)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_parse_in_both_shapes() {
+        assert_eq!(sdp_of(r#"{"type":"offer","sdp":"v=0"}"#).unwrap(), "v=0");
+        assert_eq!(sdp_of(r#""v=0""#).unwrap(), "v=0");
+        assert!(sdp_of("{").is_err());
+        assert!(sdp_of(r#"{"type":"offer"}"#).is_err());
+    }
+
+    #[test]
+    fn browser_candidates_parse_and_junk_does_not() {
+        let c = remote_candidate(
+            r#"{"candidate":"candidate:1 1 udp 2113937151 192.0.2.10 54400 typ host generation 0","sdpMid":"0"}"#,
+        )
+        .expect("a host candidate");
+        assert_eq!(c.addr(), "192.0.2.10:54400".parse().unwrap());
+        assert!(remote_candidate(r#"{"candidate":""}"#).is_none());
+        assert!(remote_candidate(r#"{"candidate":"candidate:1 1 udp 1 abc.local 5 typ host"}"#).is_none());
+        assert!(remote_candidate("not json").is_none());
+    }
+}

@@ -1,0 +1,56 @@
+//! Relay metrics.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+/// Relay metrics.
+#[derive(Debug, Clone, Default)]
+pub struct RelayMetrics {
+    /// Streams relayed now.
+    pub streams: Gauge,
+    /// Subscribers forwarded to now.
+    pub subscribers: Gauge,
+    /// Media frames received from broadcasters.
+    pub frames_in: Counter,
+    /// Media frames written to subscribers.
+    pub frames_out: Counter,
+    /// UDP datagrams received.
+    pub datagrams_in: Counter,
+    /// UDP datagrams sent.
+    pub datagrams_out: Counter,
+    /// Bytes sent.
+    pub bytes_out: Counter,
+    /// Datagrams dropped on arrival: unparsable, or from an address and ufrag no peer knows.
+    pub dropped_in: Counter,
+    /// Datagrams not sent because the socket's buffer was full.
+    pub dropped_out: Counter,
+    /// Keyframe requests sent to broadcasters.
+    pub keyframe_requests: Counter,
+    /// Subscribers refused because the relay was at --relay-max-subscribers.
+    pub refused_full: Counter,
+}
+
+impl RelayMetrics {
+    /// Registers into `m`.
+    pub fn register(&self, m: &onair_ops::Metrics) {
+        m.register("relay_streams", "Streams relayed now", self.streams.clone());
+        m.register("relay_subscribers", "Subscribers (watchers, recorders) forwarded to now", self.subscribers.clone());
+        m.register("relay_frames_in", "Media frames received from broadcasters", self.frames_in.clone());
+        m.register("relay_frames_out", "Media frames written to subscribers", self.frames_out.clone());
+        m.register("relay_datagrams_in", "UDP datagrams received", self.datagrams_in.clone());
+        m.register("relay_datagrams_out", "UDP datagrams sent", self.datagrams_out.clone());
+        m.register("relay_bytes_out", "Bytes sent", self.bytes_out.clone());
+        m.register(
+            "relay_dropped_in",
+            "Datagrams dropped on arrival (unparsable, or no peer has their address or ufrag)",
+            self.dropped_in.clone(),
+        );
+        m.register("relay_dropped_out", "Datagrams not sent: socket buffer full", self.dropped_out.clone());
+        m.register("relay_keyframe_requests", "Keyframe requests sent to broadcasters", self.keyframe_requests.clone());
+        m.register(
+            "relay_refused_full",
+            "Subscribers refused: the relay was at --relay-max-subscribers",
+            self.refused_full.clone(),
+        );
+    }
+}
