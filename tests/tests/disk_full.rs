@@ -1,6 +1,6 @@
 //! A full recordings volume: the recording that hits it ends FAILED saying so, the broadcast goes
 //! on, new recordings are refused (RESOURCE_EXHAUSTED, counted) until space returns, then they
-//! start again. The volume is a 3 MiB tmpfs the test mounts (CI runs as root) and unmounts.
+//! start again. The volume is a 2 MiB tmpfs the test mounts (CI runs as root) and unmounts.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -61,7 +61,7 @@ async fn recording_of(
 
 #[tokio::test]
 async fn a_full_volume_fails_the_recording_keeps_the_broadcast_and_refuses_new_ones_until_space_returns() {
-    let volume = SmallVolume::mount("3m");
+    let volume = SmallVolume::mount("2m");
     let dir = volume.path().to_str().unwrap().to_owned();
     let gw = Onair::start("disk-full", &["--store", "memory", "--recordings-dir", &dir, "--min-free-mib", "1"]).await;
     gw.wait_ready().await;
@@ -72,7 +72,7 @@ async fn a_full_volume_fails_the_recording_keeps_the_broadcast_and_refuses_new_o
     let b = Browser::start("disk-full-broadcaster").await;
     let first = b.go_live(&base, "Fills the disk").await;
     let failed =
-        recording_of(&reg, &first, Duration::from_secs(60), |r| r.state == pb::RecordingState::Failed as i32).await;
+        recording_of(&reg, &first, Duration::from_secs(90), |r| r.state == pb::RecordingState::Failed as i32).await;
     assert!(failed.error.contains("recordings volume is full"), "reason: {}", failed.error);
     let status = b.eval("return document.getElementById('status').textContent.trim()").await;
     assert_eq!(status, "Live", "the broadcast goes on");
