@@ -3,8 +3,9 @@
 
     deploy/chart_invariants.py PATH/TO/onair [-v]
 
-Renders helm/onair with its default values, with ci/production-values.yaml, and with the production
-values plus the ServiceMonitor, then checks every rendered object against the rules below and against
+Renders helm/onair with its default values, with ci/production-values.yaml, with the production
+values plus the ServiceMonitor, with ci/turn-values.yaml, with ci/relay-values.yaml (the relay behind a
+LoadBalancer) and with the relay off, then checks every rendered object against the rules below and against
 `onair --help` (the flags, their env vars and the --target values the binary really has):
 
 - the CLI contract (helm/onair/files/cli.yaml): every flag exists, with the env var the binary reads;
@@ -13,14 +14,19 @@ values plus the ServiceMonitor, then checks every rendered object against the ru
   all capabilities dropped, RuntimeDefault seccomp, a preStop hook, enough termination grace;
 - every `--flag` in args and every ONAIR_*/OTEL_* env var (container env, ConfigMap and Secret keys)
   exists in the help; --target values are among its possible values and match the component;
-- container ports match the listen addresses in env (ONAIR_HTTP_ADDR port == containerPort "http" ...);
+- container ports match the listen addresses in env (ONAIR_HTTP_ADDR port == containerPort "http" ...,
+  ONAIR_RELAY_PORT == containerPort "relay-udp"); ports named *-udp are UDP, the others TCP;
+- the relay: a Deployment with Redis, the registry and signaling URLs, the cluster secret and a fixed
+  relay port; ONAIR_RTC_IP from status.podIP on the pod network and unset with hostNetwork; its media
+  port (UDP only) behind a Service only without hostNetwork, with one replica behind a load balancer;
 - writable paths (data dir, the recorder's recordings dir) are on writable mounted volumes;
 - recordings: the recorder (read-write) and the gateway (read-only) mount one shared PersistentVolumeClaim
   at the same ONAIR_RECORDINGS_DIR; the chart's claim is ReadWriteMany; the recorder StatefulSet has no
   volumeClaimTemplates and runs one replica (recorders do not shard streams yet);
 - Services target named container ports of the pods they select, TCP only (the recorder's media goes to
-  its pod IP, never through a Service); the Ingress routes /ws and / to the gateway Service's http port
-  with WebSocket timeouts; HPAs, PDBs, NetworkPolicies and the ServiceMonitor select what they should.
+  its pod IP, never through a Service) but for TURN's and the relay's media Services; the Ingress routes
+  /ws and / to the gateway Service's http port with WebSocket timeouts; HPAs, PDBs, NetworkPolicies and
+  the ServiceMonitor select what they should (the relay's policy lets its UDP port in, and no gRPC).
 
 Prints one line per failure (every check with -v) and a closing line "N passed, M failed"; exits 1 when
 anything failed. Needs Python 3 with PyYAML (the yamllint venv has it) and helm ($ONAIR_TOOLS_DIR/bin/helm
@@ -49,11 +55,25 @@ COMPONENTS = {  # component -> (kind, minimum terminationGracePeriodSeconds)
     "signaling": ("Deployment", 1),
     "registry": ("Deployment", 1),
     "recorder": ("StatefulSet", 120),
+    "relay": ("Deployment", 1),
 }
 # Components rendered only when enabled (the "turn" variant enables them).
 OPTIONAL_COMPONENTS = {"turn": ("Deployment", 1)}
 ADDR_ENV = {"ONAIR_HTTP_ADDR": "http", "ONAIR_GRPC_ADDR": "grpc", "ONAIR_ADMIN_ADDR": "admin", "ONAIR_TURN_ADDR": "turn"}
-LISTEN_PORTS = {"gateway": "http", "signaling": "grpc", "registry": "grpc", "recorder": "grpc", "turn": "turn"}
+# Env vars that hold a bare port number (UDP-only ports), and their container port.
+PORT_ENV = {"ONAIR_RELAY_PORT": "relay-udp"}
+LISTEN_PORTS = {"gateway": "http", "signaling": "grpc", "registry": "grpc", "recorder": "grpc", "turn": "turn",
+                "relay": "relay-udp"}
+# Env every pod of a component must have. The binary refuses to start gateway, signaling, recorder and
+# relay without --redis-url; the relay calls signaling and the registry (their defaults are loopback) with
+# the cluster secret, and its media port must be fixed (0 = a random one no Service or firewall can open).
+NEEDS_ENV = {
+    "gateway": ["ONAIR_REDIS_URL"],
+    "signaling": ["ONAIR_REDIS_URL"],
+    "recorder": ["ONAIR_REDIS_URL"],
+    "relay": ["ONAIR_REDIS_URL", "ONAIR_REGISTRY_URL", "ONAIR_SIGNALING_URL", "ONAIR_CLUSTER_SECRET",
+              "ONAIR_RELAY_PORT"],
+}
 RECORDINGS_ENV = "ONAIR_RECORDINGS_DIR"
 # Components that mount the shared recordings volume, and whether they write to it.
 RECORDINGS_MOUNTERS = {"recorder": True, "gateway": False}
@@ -66,7 +86,11 @@ VARIANTS = [
     ("production+servicemonitor",
      ["-f", os.path.join(CHART, "ci", "production-values.yaml"), "--set", "serviceMonitor.enabled=true"]),
     ("turn", ["-f", os.path.join(CHART, "ci", "turn-values.yaml")]),
+    ("relay", ["-f", os.path.join(CHART, "ci", "relay-values.yaml")]),
+    ("relay-off", ["--set", "relay.enabled=false"]),
 ]
+# Components a variant turns off: they must render nothing.
+VARIANT_OFF = {"relay-off": {"relay"}}
 
 
 class Results:
@@ -192,7 +216,13 @@ def check_contract(res, helpflags):
         res.check(f"{label}: targets are chart components",
                   bool(entry.get("targets")) and set(entry["targets"]) <= set(targets), f"{entry.get('targets')}")
         if entry.get("source") == "port":
-            res.check(f"{label}: port is http, grpc, admin or turn", entry.get("port") in ("http", "grpc", "admin", "turn"))
+            res.check(f"{label}: port is http, grpc, admin, turn or relay",
+                      entry.get("port") in ("http", "grpc", "admin", "turn", "relay"))
+            res.check(f"{label}: protocol is TCP or UDP", entry.get("protocol", "TCP") in ("TCP", "UDP"),
+                      f"{entry.get('protocol')}")
+        if "podNetworkOnly" in entry:
+            res.check(f"{label}: podNetworkOnly are among its targets",
+                      set(entry["podNetworkOnly"] or []) <= set(entry.get("targets") or []), f"{entry['podNetworkOnly']}")
         if helpflags is None:
             continue
         name = flag.lstrip("-")
@@ -248,8 +278,14 @@ def check_workloads(res, variant, docs, helpflags, helpenvs):
     for w in workloads:
         comp = w["metadata"].get("labels", {}).get("app.kubernetes.io/component")
         found[comp] = w
+    off = VARIANT_OFF.get(variant, set())
     for comp, (kind, _) in COMPONENTS.items():
         w = found.get(comp)
+        if comp in off:
+            leftovers = [f"{d['kind']} {name_of(d)}" for d in docs
+                         if d.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/component") == comp]
+            res.check(f"[{variant}] {comp} off: nothing of it rendered", not leftovers, f"{leftovers}")
+            continue
         res.check(f"[{variant}] {comp}: rendered as a {kind}", w is not None and w["kind"] == kind,
                   "missing" if w is None else w["kind"])
 
@@ -285,6 +321,9 @@ def check_workloads(res, variant, docs, helpflags, helpenvs):
             # Drop this check once streams are sharded between recorders.
             res.check(f"{tag}: one replica (recorders do not shard streams yet)",
                       spec.get("replicas", 1) <= 1, f"replicas {spec.get('replicas')}")
+        if comp == "relay":
+            res.check(f"{tag}: no gRPC port (the relay has no gRPC API)", not any(
+                p.get("name") == "grpc" for c in pod["containers"] for p in c.get("ports", [])))
 
         all_ports = {}
         for c in pod["containers"]:
@@ -292,6 +331,10 @@ def check_workloads(res, variant, docs, helpflags, helpenvs):
             sc = c.get("securityContext", {})
             ports = {p["name"]: p["containerPort"] for p in c.get("ports", []) if "name" in p}
             all_ports.update(ports)
+            for p in c.get("ports", []):
+                want = "UDP" if p.get("name", "").endswith("-udp") else "TCP"
+                res.check(f"{ctag}: container port {p.get('name')} is {want}", p.get("protocol", "TCP") == want,
+                          f"{p.get('protocol')}")
 
             # probes
             for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
@@ -375,9 +418,15 @@ def check_workloads(res, variant, docs, helpflags, helpenvs):
             byname = {e["name"]: e for e in env}
             node = byname.get("ONAIR_NODE_ID", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
             res.check(f"{ctag}: ONAIR_NODE_ID from metadata.name", node == "metadata.name", f"{node}")
-            if comp == "recorder":
-                ip = byname.get("ONAIR_RTC_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+            ip = byname.get("ONAIR_RTC_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+            if comp == "recorder" or (comp == "relay" and not pod.get("hostNetwork")):
                 res.check(f"{ctag}: ONAIR_RTC_IP from status.podIP", ip == "status.podIP", f"{ip}")
+            elif comp == "relay":
+                # hostNetwork: the relay binds and announces every IPv4 address of its node.
+                res.check(f"{ctag}: no ONAIR_RTC_IP with hostNetwork", "ONAIR_RTC_IP" not in byname,
+                          f"{byname.get('ONAIR_RTC_IP')}")
+            for need in NEEDS_ENV.get(comp, []):
+                res.check(f"{ctag}: env {need} set", need in byname)
             values = resolve_env(env, configmaps, secrets)
 
             # listen addresses vs container ports
@@ -388,6 +437,12 @@ def check_workloads(res, variant, docs, helpflags, helpenvs):
                     res.check(f"{ctag}: {var} port == containerPort {pname}",
                               bool(m) and pname in ports and int(m.group(1)) == ports[pname],
                               f"{var}={addr}, {pname}={ports.get(pname)}")
+            for var, pname in PORT_ENV.items():
+                if pname in ports or var in values:
+                    num = values.get(var)
+                    res.check(f"{ctag}: {var} == containerPort {pname} (fixed, not 0)",
+                              str(num).isdigit() and int(num) != 0 and pname in ports and int(num) == ports[pname],
+                              f"{var}={num}, {pname}={ports.get(pname)}")
             res.check(f"{ctag}: serves admin", "admin" in ports)
             want = LISTEN_PORTS.get(comp)
             if want:
@@ -496,9 +551,18 @@ def check_services(res, variant, docs, pods):
         res.check(f"{tag}: selects a workload", bool(matched))
         ports = {}
         turn = any(m[2] == "turn" for m in matched)
+        relay = any(m[2] == "relay" for m in matched)
         for p in s["spec"].get("ports", []):
             name = p.get("name") or ""
-            if turn:
+            if relay:
+                # The relay: its admin port (TCP), or its media port (UDP) on a Service of its own.
+                res.check(f"{tag}: port {name} is admin or relay-udp", name in ("admin", "relay-udp"))
+                want = "UDP" if name == "relay-udp" else "TCP"
+                res.check(f"{tag}: port {name} is {want}", p.get("protocol", "TCP") == want, f"{p.get('protocol')}")
+                if name == "relay-udp":
+                    others = [q.get("name") for q in s["spec"].get("ports", []) if q.get("name") != name]
+                    res.check(f"{tag}: the relay's media Service carries only relay-udp", not others, f"{others}")
+            elif turn:
                 # TURN: its port over TCP and UDP, and the relay ports (UDP, numbered targets).
                 res.check(f"{tag}: port {name} is turn, turn-udp or relay-N",
                           name in ("turn", "turn-udp") or name == f"relay-{p.get('port')}")
@@ -521,6 +585,30 @@ def check_services(res, variant, docs, pods):
             ports[p.get("name")] = p
         services[name_of(s)] = (s, ports, matched)
     return services
+
+
+def check_relay(res, variant, docs, services):
+    """The relay's media port: behind a Service only without hostNetwork, and then one relay per address."""
+    relays = [d for d in by_kind(docs, "Deployment")
+              if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "relay"]
+    media = [(n, s) for n, (s, sports, matched) in services.items()
+             if "relay-udp" in sports and any(m[2] == "relay" for m in matched)]
+    for d in relays:
+        tag = f"[{variant}] relay {name_of(d)}"
+        if d["spec"]["template"]["spec"].get("hostNetwork"):
+            res.check(f"{tag}: hostNetwork, so no media Service", not media, f"{[n for n, _ in media]}")
+            continue
+        if not res.check(f"{tag}: without hostNetwork, a Service exposes relay-udp", bool(media)):
+            continue
+        for n, svc in media:
+            if svc["spec"].get("type", "ClusterIP") == "ClusterIP":
+                continue
+            res.check(f"[{variant}] Service {n}: externalTrafficPolicy Local",
+                      svc["spec"].get("externalTrafficPolicy") == "Local", f"{svc['spec'].get('externalTrafficPolicy')}")
+            # Every relay announces the one load balancer address: a browser would reach any relay, not the
+            # one signaling placed its stream on.
+            res.check(f"{tag}: one replica behind the load balancer {n}", d["spec"].get("replicas", 1) <= 1,
+                      f"replicas {d['spec'].get('replicas')}")
 
 
 def check_ingress(res, variant, docs, services, must_exist):
@@ -556,7 +644,7 @@ def check_ingress(res, variant, docs, services, must_exist):
             res.check(f"{tag}: TLS hosts are rule hosts", set(tls.get("hosts", [])) <= hosts)
 
 
-def check_policies(res, variant, docs, pods, services, values_np):
+def check_policies(res, variant, docs, pods, services, values_np, off=frozenset()):
     deployments = {name_of(d) for d in by_kind(docs, "Deployment")}
     hpas = by_kind(docs, "HorizontalPodAutoscaler")
     for h in hpas:
@@ -577,7 +665,7 @@ def check_policies(res, variant, docs, pods, services, values_np):
         matched = [p[2] for p in pods.values() if selects(sel, p[0])]
         res.check(f"{tag}: selects exactly one workload", len(matched) == 1, f"{matched}")
         covered.update(matched)
-    for comp in COMPONENTS:
+    for comp in set(COMPONENTS) - off:
         res.check(f"[{variant}] {comp} has a PodDisruptionBudget", comp in covered)
     nps = by_kind(docs, "NetworkPolicy")
     if values_np:
@@ -594,11 +682,21 @@ def check_policies(res, variant, docs, pods, services, values_np):
                 for p in rule.get("ports", []):
                     if isinstance(p.get("port"), str):
                         res.check(f"{tag}: port {p['port']} is a container port of {comp}", p["port"] in cports)
+            allowed = {p.get("port") for r in np["spec"].get("ingress", []) for p in r.get("ports", [])}
             if comp == "gateway":
-                allowed = {p.get("port") for r in np["spec"].get("ingress", []) for p in r.get("ports", [])}
                 res.check(f"{tag}: lets http in", "http" in allowed)
+            if comp == "relay":
+                udp = [r for r in np["spec"].get("ingress", [])
+                       if any(p.get("port") == "relay-udp" and p.get("protocol") == "UDP" for p in r.get("ports", []))]
+                res.check(f"{tag}: lets relay-udp (UDP) in", bool(udp))
+                res.check(f"{tag}: no gRPC rule (the relay has no gRPC API)", "grpc" not in allowed)
+                for r in udp:
+                    # The recorder receives from the relay: this release's pods may always send to it.
+                    if "from" in r:
+                        res.check(f"{tag}: relay-udp lets this release's pods in", any(
+                            selects(f.get("podSelector", {}).get("matchLabels", {}), labels) for f in r["from"]))
     if nps:
-        for comp in COMPONENTS:
+        for comp in set(COMPONENTS) - off:
             res.check(f"[{variant}] {comp} is covered by a NetworkPolicy", comp in np_covered)
     for sm in [d for d in docs if d.get("kind") == "ServiceMonitor"]:
         tag = f"[{variant}] ServiceMonitor {name_of(sm)}"
@@ -607,7 +705,7 @@ def check_policies(res, variant, docs, pods, services, values_np):
         scraped = [n for n, (s, sports, _) in services.items()
                    if selects(sel, s["metadata"].get("labels", {})) and "admin" in sports]
         comps = {m[2] for n in scraped for m in services[n][2]}
-        res.check(f"{tag}: scrapes every component's admin Service", comps == set(COMPONENTS), f"{sorted(comps)}")
+        res.check(f"{tag}: scrapes every component's admin Service", comps == set(COMPONENTS) - off, f"{sorted(comps)}")
         eps = sm["spec"].get("endpoints", [])
         res.check(f"{tag}: endpoint admin /metrics",
                   any(e.get("port") == "admin" and e.get("path") == "/metrics" for e in eps), f"{eps}")
@@ -634,8 +732,10 @@ def main():
         pods, configmaps, secrets = check_workloads(res, variant, docs, helpflags, helpenvs)
         check_config(res, variant, configmaps, secrets, helpenvs)
         services = check_services(res, variant, docs, pods)
+        check_relay(res, variant, docs, services)
         check_ingress(res, variant, docs, services, must_exist=variant.startswith("production"))
-        check_policies(res, variant, docs, pods, services, values_np=variant.startswith("production"))
+        check_policies(res, variant, docs, pods, services, values_np=variant.startswith("production") or variant == "relay",
+                       off=VARIANT_OFF.get(variant, set()))
         if variant.endswith("servicemonitor"):
             res.check(f"[{variant}] ServiceMonitor rendered", any(d.get("kind") == "ServiceMonitor" for d in docs))
     check_existing_claim(res)

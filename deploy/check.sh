@@ -20,6 +20,7 @@ KUBE_VERSION="${ONAIR_KUBE_VERSION:-1.30.0}"
 NGINX="${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}"
 CHART=helm/onair
 PROD_VALUES=$CHART/ci/production-values.yaml
+RELAY_VALUES=$CHART/ci/relay-values.yaml
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/onair-deploy-check.XXXXXX")"
 # nginx's prefix lives apart from $work (mode 0700), so an unprivileged nginx can reach it.
@@ -61,6 +62,7 @@ step "helm template (default values)" render "$work/default.yaml"
 step "helm template (production values)" render "$work/production.yaml" -f "$PROD_VALUES"
 step "helm template (production values + ServiceMonitor)" \
   render "$work/servicemonitor.yaml" -f "$PROD_VALUES" --set serviceMonitor.enabled=true
+step "helm template (relay behind a LoadBalancer)" render "$work/relay.yaml" -f "$RELAY_VALUES"
 # A value that breaks the schema must be refused.
 schema_rejects() { ! "$HELM" template onair "$CHART" --set gateway.replicaCount=many >/dev/null 2>&1; }
 step "values.schema.json rejects bad values" schema_rejects
@@ -70,10 +72,11 @@ validate() { # kubernetes-validate reads "-" as stdin; without a file argument i
 }
 step "kubernetes-validate --strict $KUBE_VERSION (default values)" validate "$work/default.yaml"
 step "kubernetes-validate --strict $KUBE_VERSION (production values)" validate "$work/production.yaml"
+step "kubernetes-validate --strict $KUBE_VERSION (relay behind a LoadBalancer)" validate "$work/relay.yaml"
 
 step "yamllint (.yamllint, Chart.yaml, values, CI values, CLI contract)" \
   "$VENV/yamllint" --strict -c .yamllint .yamllint "$CHART/Chart.yaml" "$CHART/values.yaml" "$CHART/ci/" "$CHART/files/"
-for r in default production servicemonitor; do
+for r in default production servicemonitor relay; do
   step "yamllint (rendered: $r)" "$VENV/yamllint" --strict -c .yamllint "$work/$r.yaml"
 done
 

@@ -167,12 +167,17 @@ existing Secret, else a new random one; empty without TURN.
 {{- printf "%ds" $grace }}
 {{- end }}
 
-{{/* Container ports of a component: its listen ports from the contract. Usage: (list $ "gateway") */}}
+{{/*
+Container ports of a component: its listen ports from the contract, TCP ones by default or those of the
+protocol given (a port entry without `protocol` is TCP). Usage: (list $ "gateway"), (list $ "relay" "UDP")
+*/}}
 {{- define "onair.portNames" -}}
 {{- $name := index . 1 }}
+{{- $protocol := "TCP" }}
+{{- if gt (len .) 2 }}{{ $protocol = index . 2 }}{{ end }}
 {{- $contract := include "onair.contract" (index . 0) | fromYaml }}
 {{- range $f := $contract.flags }}
-{{- if and (eq $f.source "port") (has $name $f.targets) }}
+{{- if and (eq $f.source "port") (has $name $f.targets) (eq (default "TCP" $f.protocol) $protocol) }}
 {{ $f.port }}
 {{- end }}
 {{- end }}
@@ -183,11 +188,20 @@ existing Secret, else a new random one; empty without TURN.
 {{- $root := index . 0 }}
 {{- $name := index . 1 }}
 {{- $contract := include "onair.contract" $root | fromYaml }}
+{{- $c := index $root.Values $name }}
 {{- range $f := $contract.flags }}
-{{- if has $name $f.targets }}
+{{- if and (has $name $f.targets) (not (and $c.hostNetwork (has $name (default list $f.podNetworkOnly)))) }}
 {{- if eq $f.source "port" }}
+{{- $port := index $root.Values.ports $f.port }}
+{{- if not $port }}
+{{- fail (printf "%s.enabled needs ports.%s" $name $f.port) }}
+{{- end }}
 - name: {{ $f.env }}
-  value: {{ printf "0.0.0.0:%v" (index $root.Values.ports $f.port) | quote }}
+  {{- if eq (default "TCP" $f.protocol) "TCP" }}
+  value: {{ printf "0.0.0.0:%v" $port | quote }}
+  {{- else }}
+  value: {{ $port | quote }}
+  {{- end }}
 {{- else if eq $f.source "fieldRef" }}
 - name: {{ $f.env }}
   valueFrom:
@@ -260,7 +274,7 @@ metadata:
 spec:
   serviceAccountName: {{ include "onair.serviceAccountName" $root }}
   {{- if $c.hostNetwork }}
-  # The node's network: WebRTC/TURN ports are the node's own (see values: hostNetwork).
+  # The node's network: WebRTC/TURN/relay ports are the node's own (see values: hostNetwork).
   hostNetwork: true
   dnsPolicy: ClusterFirstWithHostNet
   {{- end }}
@@ -291,6 +305,11 @@ spec:
           containerPort: {{ index $root.Values.ports $port }}
           protocol: UDP
         {{- end }}
+        {{- end }}
+        {{- range $port := include "onair.portNames" (list $root $name "UDP") | trim | splitList "\n" | compact }}
+        - name: {{ $port }}-udp
+          containerPort: {{ index $root.Values.ports $port }}
+          protocol: UDP
         {{- end }}
       livenessProbe:
         httpGet:
