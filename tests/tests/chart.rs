@@ -2,8 +2,8 @@
 //! started as podman containers of the image from their container specs alone (tests/src/kube.rs), on a
 //! private bridge network with the Services' names resolvable; Redis and the MongoDB-wire server on the
 //! host's bridge address; nginx on 127.0.0.1 in front of the two gateway pods; two Chromiums broadcast
-//! and watch through it, the recorder pod records to the claim and a gateway serves the file from its
-//! read-only mount. A renamed flag or env var, a missing one, or a wrong probe path fails here.
+//! and watch through it (media through the relay pod), the recorder pod records to the claim and a
+//! gateway serves the file from its read-only mount. A renamed flag or env var, a missing one, or a wrong probe path fails here.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -44,6 +44,7 @@ gateway: {{autoscaling: {{enabled: false}}, replicaCount: 2, preStopSleepSeconds
 signaling: {{autoscaling: {{enabled: false}}, replicaCount: 1, preStopSleepSeconds: 1, terminationGracePeriodSeconds: 10}}
 registry: {{replicaCount: 1, preStopSleepSeconds: 1, terminationGracePeriodSeconds: 10}}
 recorder: {{preStopSleepSeconds: 1, terminationGracePeriodSeconds: 15}}
+relay: {{replicaCount: 1, hostNetwork: false, preStopSleepSeconds: 1, terminationGracePeriodSeconds: 10}}
 "#,
         redis = redis.url(),
         mongo = mongo.uri(),
@@ -59,7 +60,7 @@ recorder: {{preStopSleepSeconds: 1, terminationGracePeriodSeconds: 15}}
         assert!(pod.probe("livenessProbe").await, "{}: livenessProbe fails on a ready pod", pod.name);
     }
     let components: Vec<&str> = w.pods.iter().map(|p| p.component.as_str()).collect();
-    assert_eq!(components, ["recorder", "gateway", "gateway", "signaling", "registry"]);
+    assert_eq!(components, ["recorder", "gateway", "gateway", "signaling", "registry", "relay"]);
 
     let gateways = w.of("gateway");
     let upstreams: Vec<String> = gateways.iter().map(|g| format!("{}:{}", g.ip, g.port("http"))).collect();
@@ -98,6 +99,13 @@ recorder: {{preStopSleepSeconds: 1, terminationGracePeriodSeconds: 15}}
     )
     .await;
     v.wait_for("the first video frame across gateways", LONG, "return window.__first").await;
+    // Through the relay pod: it forwards to the watcher and the recorder.
+    let relay = w.of("relay")[0];
+    wait_until(LONG, "the relay pod to forward to the watcher and the recorder", || async {
+        let (_, body) = http_get_at(relay.ip, relay.port("admin"), "/metrics").await.unwrap();
+        onair_tests::procs::metric(&body, "onair_relay_subscribers").unwrap_or(0) == 2
+    })
+    .await;
 
     // The recorder pod (ONAIR_RTC_IP = its pod IP) records onto the claim; a gateway serves the file
     // from its read-only mount.
