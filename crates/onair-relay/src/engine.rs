@@ -119,6 +119,8 @@ struct Client {
     created: Instant,
     connected: bool,
     timeout: Instant,
+    /// Our ICE ufrag on this connection (the index of `by_ufrag`).
+    ufrag: String,
 }
 
 struct StreamState {
@@ -144,6 +146,7 @@ pub struct Engine {
     clients: HashMap<ClientId, Client>,
     next_id: ClientId,
     by_addr: HashMap<SocketAddr, ClientId>,
+    by_ufrag: HashMap<String, ClientId>,
     streams: HashMap<PeerId, StreamState>,
     crypto: Arc<str0m::config::CryptoProvider>,
 }
@@ -169,6 +172,7 @@ impl Engine {
             clients: HashMap::new(),
             next_id: 1,
             by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
             streams: HashMap::new(),
             crypto: Arc::new(str0m::crypto::from_feature_flags()),
         };
@@ -233,10 +237,12 @@ impl Engine {
         rtc
     }
 
-    fn add_client(&mut self, rtc: Rtc, relay: &PeerId, remote: &PeerId, role: Role) -> ClientId {
+    fn add_client(&mut self, mut rtc: Rtc, relay: &PeerId, remote: &PeerId, role: Role) -> ClientId {
         let id = self.next_id;
         self.next_id += 1;
         let now = Instant::now();
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        self.by_ufrag.insert(ufrag.clone(), id);
         let client = Client {
             rtc,
             relay: relay.clone(),
@@ -247,6 +253,7 @@ impl Engine {
             created: now,
             connected: false,
             timeout: now,
+            ufrag,
         };
         self.clients.insert(id, client);
         id
@@ -256,6 +263,7 @@ impl Engine {
         let Some(mut c) = self.clients.remove(&id) else { return };
         c.rtc.disconnect();
         self.by_addr.retain(|_, v| *v != id);
+        self.by_ufrag.remove(&c.ufrag);
         if let Some(s) = self.streams.get_mut(&c.relay) {
             match c.role {
                 Role::Publisher if s.publisher == Some(id) => {
@@ -369,6 +377,12 @@ impl Engine {
             let Ok(offer) = parse(&sdp) else { return };
             match c.rtc.sdp_api().accept_offer(offer) {
                 Ok(answer) => {
+                    // An ICE restart gives this connection a new ufrag of ours.
+                    let ufrag = c.rtc.direct_api().local_ice_credentials().ufrag;
+                    if ufrag != c.ufrag {
+                        self.by_ufrag.remove(&std::mem::replace(&mut c.ufrag, ufrag.clone()));
+                        self.by_ufrag.insert(ufrag, id);
+                    }
                     let payload = serde_json::json!({ "type": "answer", "sdp": answer.to_sdp_string() }).to_string();
                     self.signal(relay, from, pb::SignalKind::Answer, payload);
                     return;
@@ -440,12 +454,12 @@ impl Engine {
             d.at,
             Receive { proto: Protocol::Udp, source: d.source, destination: d.destination, contents },
         );
-        let known = self
-            .by_addr
-            .get(&d.source)
-            .copied()
-            .filter(|id| self.clients.get(id).is_some_and(|c| c.rtc.accepts(&input)));
-        let id = known.or_else(|| self.clients.iter().find(|(_, c)| c.rtc.accepts(&input)).map(|(id, _)| *id));
+        // The peer using this address, else the one a STUN request's USERNAME names: one lookup
+        // each, so datagrams from made-up addresses or with made-up ufrags cost no scan.
+        let accepts = |id: &ClientId| self.clients.get(id).is_some_and(|c| c.rtc.accepts(&input));
+        let known = self.by_addr.get(&d.source).copied().filter(accepts);
+        let id = known
+            .or_else(|| crate::demux::local_ufrag(&d.data).and_then(|u| self.by_ufrag.get(u).copied()).filter(accepts));
         let Some(id) = id else {
             self.metrics.dropped_in.inc();
             return;

@@ -4,9 +4,11 @@
 //! it like to any watcher, and it offers to each watcher in the broadcaster's place.
 //!
 //! Modules: `hub` (the node: deliveries from signaling, what to re-assert, load), `engine` (every
-//! WebRTC peer of the process, on one UDP port per local address, and the forwarding), `net`
+//! WebRTC peer of the process, on one UDP port per local address, and the forwarding), `demux`
+//! (which peer a STUN request from a new address is for), `net`
 //! (sockets and the candidates announced), `metrics`.
 
+mod demux;
 mod engine;
 mod hub;
 mod metrics;

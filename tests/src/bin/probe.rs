@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use onair_proto::v1 as pb;
 use onair_tests::cluster::Cluster;
+use onair_tests::procs::proc_usage;
 use onair_tests::registry::client;
 use onair_tests::ws::Ws;
 use onair_tests::{Mongo, Onair, Redis};
@@ -252,22 +253,6 @@ async fn idle() {
         println!("| {n} | {:.1} | {per:.1} |", after as f64 / 1024.0);
         drop(open);
     }
-}
-
-/// CPU time (user + system, in clock ticks) and RSS (KiB) of a process.
-fn proc_usage(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    (ticks, rss)
 }
 
 /// CPU % of one core and RSS in MiB of `pid` over `window`.
