@@ -58,6 +58,7 @@ bench: deps
 	npm ci --prefix bench/signaling --no-audit --no-fund --loglevel=error
 	ONAIR_BIN=$(CARGO_TARGET_DIR)/release/onair $(CARGO_TARGET_DIR)/release/probe all | tee bench-latest.md
 	ONAIR_BIN=$(CARGO_TARGET_DIR)/release/onair $(CARGO_TARGET_DIR)/release/versus | tee -a bench-latest.md
+	ONAIR_BIN=$(CARGO_TARGET_DIR)/release/onair $(CARGO_TARGET_DIR)/release/relay_bench | tee -a bench-latest.md
 
 clean:
 	cargo clean

@@ -12,6 +12,7 @@ pub mod media;
 pub mod netlab;
 pub mod procs;
 pub mod registry;
+pub mod relayload;
 pub mod tls;
 pub mod turn;
 pub mod ws;

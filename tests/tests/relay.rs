@@ -9,6 +9,7 @@ use onair_proto::v1 as pb;
 use onair_tests::browser::{Browser, p50, watch};
 use onair_tests::cluster::Cluster;
 use onair_tests::registry::finished_recording;
+use onair_tests::relayload::{self, LoadConfig};
 use onair_tests::{Onair, media, procs, wait_until};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -194,4 +195,44 @@ async fn a_hundred_thousand_hostile_datagrams_cost_little_and_a_watcher_keeps_pl
     assert!(t1 > t0 + flood.as_secs_f64() * 0.5, "the video stalled under the flood ({t0} → {t1})");
     let width = w.eval("return document.getElementById('player').videoWidth").await.as_u64().unwrap();
     assert!(width > 0);
+}
+
+#[tokio::test]
+async fn fifty_subscribers_of_a_synthetic_publisher_get_every_frame() {
+    let dir = std::env::temp_dir().join(format!("onair-relay-load-{}", std::process::id()));
+    let gw = Onair::start(
+        "relay-load",
+        &[
+            "--store",
+            "memory",
+            "--auto-record",
+            "false",
+            "--max-sockets-per-ip",
+            "0",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+    )
+    .await;
+    gw.wait_ready().await;
+    let cfg = LoadConfig { subscribers: 50, kbps: 1000, fps: 30, measure: Duration::from_secs(5), server: None };
+    let r = relayload::run(gw.http, &cfg).await;
+    println!(
+        "50 subscribers: all had a frame {:.1?} after publishing; {} frames sent in the window; received min {} max {}; \
+         missing {}; longest gap {:?}; latency p50 {:?} p99 {:?}",
+        r.all_connected_after,
+        r.sent,
+        r.received.iter().min().unwrap(),
+        r.received.iter().max().unwrap(),
+        r.missing.iter().sum::<u64>(),
+        r.longest_gap.iter().max().unwrap(),
+        r.latency(0.5),
+        r.latency(0.99),
+    );
+    assert!(r.sent >= 100, "only {} frames sent in 5 s", r.sent);
+    for (i, got) in r.received.iter().enumerate() {
+        assert!(*got + 5 >= r.sent, "subscriber {i} got {got} of {} frames", r.sent);
+        assert_eq!(r.missing[i], 0, "subscriber {i} missed frames");
+        assert!(r.longest_gap[i] < Duration::from_secs(1), "subscriber {i} stalled for {:?}", r.longest_gap[i]);
+    }
 }

@@ -347,15 +347,29 @@ impl Engine {
                 if let Err(e) = c.rtc.sdp_api().accept_answer(pending, answer) {
                     tracing::debug!(error = %e, peer = %from, "answer not accepted; dropping the subscriber");
                     self.remove_client(id);
+                    return;
                 }
+                self.learn_candidates(id, sdp_candidates(&sdp));
             }
             pb::SignalKind::Candidate => {
-                let Some(c) = client.and_then(|id| self.clients.get_mut(&id)) else { return };
+                let Some(id) = client else { return };
+                let Some(c) = self.clients.get_mut(&id) else { return };
                 if let Some(candidate) = remote_candidate(payload) {
+                    let addr = candidate.addr();
                     c.rtc.add_remote_candidate(candidate);
+                    self.learn_candidates(id, [addr]);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Routes datagrams from a peer's announced candidate addresses to it (our checks' responses
+    /// come from there before the peer's own requests may have): at most 16 addresses per peer.
+    fn learn_candidates(&mut self, id: ClientId, addrs: impl IntoIterator<Item = SocketAddr>) {
+        let known = self.by_addr.values().filter(|v| **v == id).count();
+        for addr in addrs.into_iter().take(16usize.saturating_sub(known)) {
+            self.by_addr.entry(addr).or_insert(id);
         }
     }
 
@@ -403,6 +417,7 @@ impl Engine {
             }
         };
         let id = self.add_client(rtc, relay, from, Role::Publisher);
+        self.learn_candidates(id, sdp_candidates(&sdp));
         if let Some(s) = self.streams.get_mut(relay) {
             s.publisher = Some(id);
             s.video_in = None;
@@ -665,6 +680,16 @@ fn sdp_of(payload: &str) -> Result<String, &'static str> {
     }
 }
 
+/// The addresses of the `a=candidate` lines of an SDP.
+fn sdp_candidates(sdp: &str) -> Vec<SocketAddr> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a="))
+        .filter(|l| l.starts_with("candidate:"))
+        .filter_map(|l| Candidate::from_sdp_string(l).ok())
+        .map(|c| c.addr())
+        .collect()
+}
+
 /// A browser's trickled candidate (`{"candidate":"candidate:…",…}`); `None` for the end of
 /// candidates, mDNS host names (the peer-reflexive candidate from its checks stands in) and junk.
 fn remote_candidate(payload: &str) -> Option<Candidate> {
@@ -686,6 +711,13 @@ mod tests {
         assert_eq!(sdp_of(r#""v=0""#).unwrap(), "v=0");
         assert!(sdp_of("{").is_err());
         assert!(sdp_of(r#"{"type":"offer"}"#).is_err());
+    }
+
+    #[test]
+    fn sdp_candidate_lines_give_their_addresses() {
+        let sdp = "v=0\r\na=candidate:1 1 udp 2113937151 192.0.2.10 54400 typ host\r\n\
+                   a=candidate:2 1 udp 1 junk 1 typ host\r\na=mid:0\r\n";
+        assert_eq!(sdp_candidates(sdp), vec!["192.0.2.10:54400".parse::<SocketAddr>().unwrap()]);
     }
 
     #[test]
