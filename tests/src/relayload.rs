@@ -67,6 +67,8 @@ pub struct LoadReport {
     pub all_connected_after: Duration,
     /// The relay process over the window (with [`LoadConfig::server`]).
     pub server: ServerUsage,
+    /// Subscribers that received a frame at all (all of them once the window opened).
+    pub playing: usize,
 }
 
 async fn datagrams_out(admin: u16) -> u64 {
@@ -309,6 +311,7 @@ pub async fn run(port: u16, cfg: &LoadConfig) -> LoadReport {
             seconds: since.elapsed().as_secs_f64(),
         };
     }
+    report.playing = peers.iter().filter(|(i, p)| **i != PUBLISHER && p.first.is_some()).count();
     if window.is_none() {
         let with_frames = peers.iter().filter(|(i, p)| **i != PUBLISHER && p.first.is_some()).count();
         let connected = peers.values().filter(|p| p.rtc.is_connected()).count();

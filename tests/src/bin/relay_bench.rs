@@ -54,6 +54,10 @@ async fn main() {
             server: Some((pid, onair.admin)),
         };
         let r = relayload::run(onair.http, &cfg).await;
+        if r.server.seconds == 0.0 {
+            println!("| {n} | not measured: {} of {n} subscribers playing within 60 s | | | | | | | |", r.playing);
+            continue;
+        }
         let s = r.server;
         #[allow(clippy::cast_precision_loss)]
         let (per_dgram, rate) =
