@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use onair_tests::cluster::Cluster;
 use onair_tests::ws::Ws;
+use onair_tests::{Onair, Redis};
 use serde_json::json;
 
 fn candidate(to: &str, marker: &str) -> serde_json::Value {
@@ -103,4 +104,32 @@ async fn redis_unresponsive_for_longer_than_the_presence_ttl_kills_no_session() 
     // No node was judged dead for the outage: the stream stays live for a while after.
     w.expect_none_within("stream_off", Duration::from_secs(6), |_| true).await;
     assert!(!c.signaling.proc.output().contains("missed its heartbeats"), "a node was reaped for Redis's outage");
+}
+
+#[tokio::test]
+async fn a_service_started_before_redis_waits_for_it_and_a_bad_redis_url_fails_at_once() {
+    let started = Instant::now();
+    let (code, out) =
+        Onair::start_expecting_exit("bad-redis-url", &["--target", "signaling", "--redis-url", "notaurl"]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("--redis-url"), "the error does not name the flag:\n{out}");
+    assert!(started.elapsed() < Duration::from_secs(10), "a malformed URL was retried like an unreachable server");
+
+    // Redis is down when the service starts (a pod starting before Redis): it waits, then serves.
+    let mut redis = Redis::start().await;
+    redis.proc.kill();
+    let url = redis.url();
+    let back = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        redis.restart().await;
+        redis
+    });
+    let sig = Onair::start(
+        "late-redis",
+        &["--target", "signaling", "--redis-url", &url, "--cluster-secret", "late-redis-test-cluster-secret-0123"],
+    )
+    .await;
+    sig.wait_ready().await;
+    assert!(sig.proc.output().contains("redis not reachable yet; retrying"), "{}", sig.proc.output());
+    drop(back.await.unwrap());
 }

@@ -46,11 +46,33 @@ fn needs_redis(cli: &Cli) -> Result<&str, RunError> {
     })
 }
 
+/// How long a starting process waits for Redis (a pod may start before Redis answers, or while the
+/// machine is loaded) before giving up.
+const REDIS_START_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `connect` until it succeeds or [`REDIS_START_WAIT`] has passed, saying what it waits for.
+async fn with_redis_retries<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    connect: impl Fn() -> F,
+) -> Result<T, RunError> {
+    let deadline = tokio::time::Instant::now() + REDIS_START_WAIT;
+    loop {
+        match connect().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(RunError::Config(format!("redis: {e}"))),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis not reachable yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
 async fn make_bus(cli: &Cli) -> Result<Arc<dyn Bus>, RunError> {
+    if let Some(url) = &cli.redis_url {
+        onair_redis::check_url(url).map_err(|e| RunError::Config(format!("--redis-url: {e}")))?;
+    }
     match &cli.redis_url {
-        Some(url) => Ok(Arc::new(
-            onair_redis::RedisBus::connect(url).await.map_err(|e| RunError::Config(format!("redis: {e}")))?,
-        )),
+        Some(url) => Ok(Arc::new(with_redis_retries(|| onair_redis::RedisBus::connect(url)).await?)),
         None if cli.target == Target::All => Ok(Arc::new(LocalBus::new())),
         // The TURN server uses no bus.
         None if cli.target == Target::Turn => Ok(Arc::new(LocalBus::new())),
@@ -64,9 +86,7 @@ async fn make_bus(cli: &Cli) -> Result<Arc<dyn Bus>, RunError> {
 
 async fn make_directory(cli: &Cli) -> Result<Arc<dyn Directory>, RunError> {
     match &cli.redis_url {
-        Some(url) => Ok(Arc::new(
-            onair_redis::RedisDirectory::connect(url).await.map_err(|e| RunError::Config(format!("redis: {e}")))?,
-        )),
+        Some(url) => Ok(Arc::new(with_redis_retries(|| onair_redis::RedisDirectory::connect(url)).await?)),
         None => Ok(Arc::new(MemoryDirectory::new())),
     }
 }
