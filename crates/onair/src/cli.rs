@@ -237,8 +237,9 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_MIN_FREE_MIB", default_value_t = 64)]
     pub min_free_mib: u64,
 
-    /// The only IP address the recorder's WebRTC (ICE, UDP and TCP) binds and announces. Default:
-    /// every non-loopback interface plus 127.0.0.1.
+    /// The only IP address the recorder's and the relay's WebRTC bind and announce (the recorder: UDP
+    /// and ICE-TCP; the relay: its one UDP port). Default: every non-loopback interface (the relay:
+    /// every IPv4 one) plus 127.0.0.1.
     #[arg(long, env = "ONAIR_RTC_IP")]
     pub rtc_ip: Option<IpAddr>,
 

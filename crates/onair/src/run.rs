@@ -521,7 +521,8 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             println!(
                 "onair:   other machines: browsers give the camera only to https pages (or localhost); serve them with \
                  --tls-cert FILE --tls-key FILE (PEM), or --tls-self-signed for a LAN demo, and \
-                 --ice-servers stun:HOST:PORT,turn:HOST:PORT --turn-secret S across NATs (see README)"
+                 --public-addr IP (the address browsers reach this host at: the relay and recorder announce it, \
+                 the embedded TURN server starts) across NATs (see README)"
             );
         }
         let tier = &mut tiers[EDGE];
