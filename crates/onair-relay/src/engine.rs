@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use onair_core::{PeerId, StreamId};
@@ -79,19 +78,6 @@ pub enum Command {
     },
 }
 
-/// The engine's load, read by the heartbeat.
-#[derive(Debug, Default)]
-pub struct Load {
-    subscribers: AtomicU32,
-}
-
-impl Load {
-    /// Subscribers now.
-    pub fn subscribers(&self) -> u32 {
-        self.subscribers.load(Ordering::Relaxed)
-    }
-}
-
 struct Datagram {
     data: Vec<u8>,
     source: SocketAddr,
@@ -140,7 +126,6 @@ pub struct Engine {
     local: Vec<Candidate>,
     link: NodeLink,
     metrics: RelayMetrics,
-    load: Arc<Load>,
     max_subscribers: usize,
     commands: mpsc::Receiver<Command>,
     clients: HashMap<ClientId, Client>,
@@ -166,7 +151,6 @@ impl Engine {
             local,
             link,
             metrics,
-            load: Arc::default(),
             max_subscribers: config.max_subscribers,
             commands,
             clients: HashMap::new(),
@@ -179,17 +163,12 @@ impl Engine {
         (engine, tx)
     }
 
-    /// The load counters the hub reports.
-    pub fn load(&self) -> Arc<Load> {
-        Arc::clone(&self.load)
-    }
-
     /// Runs until `stop` fires (or the hub is gone).
     pub async fn run(mut self, stop: CancellationToken) {
         let (dtx, mut datagrams) = mpsc::channel::<Datagram>(INBOUND_QUEUE);
         let mut readers = tokio::task::JoinSet::new();
-        for socket in &self.sockets.sockets {
-            readers.spawn(read_socket(Arc::clone(socket), dtx.clone(), self.metrics.clone(), stop.clone()));
+        for (addr, socket) in &self.sockets.sockets {
+            readers.spawn(read_socket(*addr, Arc::clone(socket), dtx.clone(), self.metrics.clone(), stop.clone()));
         }
         drop(dtx);
         loop {
@@ -272,7 +251,6 @@ impl Engine {
                 }
                 Role::Subscriber if s.subscribers.get(&c.remote) == Some(&id) => {
                     s.subscribers.remove(&c.remote);
-                    self.load.subscribers.fetch_sub(1, Ordering::Relaxed);
                     self.metrics.subscribers.dec();
                 }
                 _ => {}
@@ -433,7 +411,7 @@ impl Engine {
         if let Some(old) = s.subscribers.get(watcher).copied() {
             self.remove_client(old);
         }
-        if usize::try_from(self.load.subscribers()).unwrap_or(usize::MAX) >= self.max_subscribers {
+        if usize::try_from(self.metrics.subscribers.get()).unwrap_or(usize::MAX) >= self.max_subscribers {
             self.metrics.refused_full.inc();
             tracing::warn!(%relay, %watcher, max = self.max_subscribers, "relay full; subscriber refused");
             return;
@@ -454,7 +432,6 @@ impl Engine {
         if let Some(s) = self.streams.get_mut(relay) {
             s.subscribers.insert(watcher.clone(), id);
         }
-        self.load.subscribers.fetch_add(1, Ordering::Relaxed);
         self.metrics.subscribers.inc();
         let payload = serde_json::json!({ "type": "offer", "sdp": offer.to_sdp_string() }).to_string();
         self.signal(relay, watcher, pb::SignalKind::Offer, payload);
@@ -566,8 +543,8 @@ impl Engine {
     }
 
     fn transmit(&self, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
-        let socket = self.sockets.sockets.iter().find(|s| s.local_addr().is_ok_and(|a| a == source));
-        let Some(socket) = socket.or_else(|| self.sockets.sockets.first()) else { return };
+        let socket = self.sockets.sockets.iter().find(|(a, _)| *a == source).or_else(|| self.sockets.sockets.first());
+        let Some((_, socket)) = socket else { return };
         match socket.try_send_to(data, destination) {
             Ok(n) => {
                 self.metrics.datagrams_out.inc();
@@ -642,12 +619,12 @@ impl Engine {
 }
 
 async fn read_socket(
+    destination: SocketAddr,
     socket: Arc<tokio::net::UdpSocket>,
     tx: mpsc::Sender<Datagram>,
     metrics: RelayMetrics,
     stop: CancellationToken,
 ) {
-    let Ok(destination) = socket.local_addr() else { return };
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
         let r = tokio::select! {

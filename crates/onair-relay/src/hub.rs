@@ -13,7 +13,7 @@ use onair_proto::v1 as pb;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::engine::{Command, Load};
+use crate::engine::Command;
 use crate::metrics::RelayMetrics;
 
 /// One stream this relay carries.
@@ -26,7 +26,6 @@ struct Assigned {
 pub struct Hub {
     link: NodeLink,
     commands: mpsc::Sender<Command>,
-    load: Arc<Load>,
     assigned: Mutex<HashMap<PeerId, Assigned>>,
     accepting: AtomicBool,
     metrics: RelayMetrics,
@@ -34,11 +33,10 @@ pub struct Hub {
 
 impl Hub {
     /// A hub driving the engine through `commands`.
-    pub fn new(link: NodeLink, commands: mpsc::Sender<Command>, load: Arc<Load>, metrics: RelayMetrics) -> Arc<Self> {
+    pub fn new(link: NodeLink, commands: mpsc::Sender<Command>, metrics: RelayMetrics) -> Arc<Self> {
         Arc::new(Self {
             link,
             commands,
-            load,
             assigned: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             metrics,
@@ -153,10 +151,10 @@ impl onair_node::NodeHandler for Hub {
             .collect()
     }
     fn relay_load(&self) -> Option<pb::RelayLoad> {
+        // The engine keeps the subscriber gauge; the streams are the ones this node was assigned.
         let streams = u32::try_from(self.assigned.lock().len()).unwrap_or(u32::MAX);
-        self.metrics.streams.set(i64::from(streams));
         Some(pb::RelayLoad {
-            subscribers: self.load.subscribers(),
+            subscribers: u32::try_from(self.metrics.subscribers.get()).unwrap_or(0),
             streams,
             accepting: self.accepting.load(Ordering::SeqCst),
         })

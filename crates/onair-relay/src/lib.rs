@@ -62,7 +62,7 @@ pub fn serve(
     let metrics = metrics::RelayMetrics::default();
     metrics.register(admin.metrics());
     let (engine, commands) = engine::Engine::new(&config, sockets, link.clone(), metrics.clone());
-    let hub = hub::Hub::new(link, commands, engine.load(), metrics);
+    let hub = hub::Hub::new(link, commands, metrics);
     admin.add_check(onair_node::ready_check(&hub));
     Ok(async move {
         let engine_stop = CancellationToken::new();

@@ -11,7 +11,8 @@ use tokio::net::UdpSocket;
 /// The bound UDP sockets of a relay (one port, one socket per address).
 #[derive(Debug, Clone)]
 pub struct RelaySockets {
-    pub(crate) sockets: Vec<Arc<UdpSocket>>,
+    /// Each socket with its local address (read once: the send path picks a socket per datagram).
+    pub(crate) sockets: Vec<(SocketAddr, Arc<UdpSocket>)>,
     port: u16,
 }
 
@@ -25,12 +26,14 @@ impl RelaySockets {
         loop {
             attempts -= 1;
             let head = UdpSocket::bind(SocketAddr::new(*first, port)).await?;
-            let chosen = head.local_addr()?.port();
-            let mut sockets = vec![Arc::new(head)];
+            let head_addr = head.local_addr()?;
+            let chosen = head_addr.port();
+            let mut sockets = vec![(head_addr, Arc::new(head))];
             let mut failed = None;
             for ip in rest {
-                match UdpSocket::bind(SocketAddr::new(*ip, chosen)).await {
-                    Ok(s) => sockets.push(Arc::new(s)),
+                let bound = UdpSocket::bind(SocketAddr::new(*ip, chosen)).await;
+                match bound.and_then(|s| Ok((s.local_addr()?, Arc::new(s)))) {
+                    Ok(pair) => sockets.push(pair),
                     Err(e) => {
                         failed = Some(e);
                         break;
@@ -52,7 +55,7 @@ impl RelaySockets {
 
     /// The local addresses bound.
     pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.sockets.iter().filter_map(|s| s.local_addr().ok()).collect()
+        self.sockets.iter().map(|(a, _)| *a).collect()
     }
 }
 
