@@ -380,11 +380,7 @@ impl Router {
             }
         };
         tracing::info!(%peer, %stream, relay = ?relay, "published");
-        let media = pb::MediaMode {
-            stream_id: stream.to_string(),
-            relay: relay.as_ref().map(ToString::to_string).unwrap_or_default(),
-        };
-        self.deliver(&rec.node, peer, pb::delivery::Event::Media(media)).await;
+        self.deliver(&rec.node, peer, media(&stream, relay.as_ref())).await;
         self.deliver(&rec.node, peer, pb::delivery::Event::Published(created)).await;
         if let Some(r) = relay {
             self.deliver(&rec.node, peer, pb::delivery::Event::WatcherJoined(r.to_string())).await;
@@ -447,11 +443,7 @@ impl Router {
         self.deliver(&brec.node, &broadcaster, pb::delivery::Event::WatcherLeft(relay.to_string())).await;
         let next = self.place(stream, &broadcaster, Some(node)).await?;
         tracing::warn!(%stream, lost = %relay, next = ?next, "relay lost; moving the stream");
-        let media = pb::MediaMode {
-            stream_id: stream.to_string(),
-            relay: next.as_ref().map(ToString::to_string).unwrap_or_default(),
-        };
-        self.deliver(&brec.node, &broadcaster, pb::delivery::Event::Media(media)).await;
+        self.deliver(&brec.node, &broadcaster, media(stream, next.as_ref())).await;
         let source = match &next {
             Some(r) => {
                 self.deliver(&brec.node, &broadcaster, pb::delivery::Event::WatcherJoined(r.to_string())).await;
@@ -572,6 +564,14 @@ impl Router {
         let s = |o: &Option<StreamId>| o.as_ref().map(ToString::to_string).unwrap_or_default();
         Ok(pb::ResumeResponse { broadcasting: s(&rec.broadcasting), watching: s(&rec.watching) })
     }
+}
+
+/// The `media` delivery telling a broadcaster how its stream travels: to `relay`, or peer to peer.
+fn media(stream: &StreamId, relay: Option<&PeerId>) -> pb::delivery::Event {
+    pb::delivery::Event::Media(pb::MediaMode {
+        stream_id: stream.to_string(),
+        relay: relay.map(ToString::to_string).unwrap_or_default(),
+    })
 }
 
 fn not_connected(p: &PeerId) -> RouteError {
