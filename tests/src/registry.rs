@@ -25,16 +25,26 @@ pub async fn recordings_of(url: &str, stream: &str) -> Vec<pb::Recording> {
     c.list_recordings(req).await.map(|r| r.into_inner().recordings).unwrap_or_default()
 }
 
-/// The first recording of `stream` that is no longer RECORDING (COMPLETE or FAILED), waiting up to
-/// `within`.
-pub async fn finished_recording(url: &str, stream: &str, within: Duration) -> pb::Recording {
+/// The first recording of `stream` for which `done` holds, waiting up to `within`.
+pub async fn recording_where(
+    url: &str,
+    stream: &str,
+    within: Duration,
+    done: impl Fn(&pb::Recording) -> bool,
+) -> pb::Recording {
     let start = std::time::Instant::now();
     loop {
         let recs = recordings_of(url, stream).await;
-        if let Some(r) = recs.iter().find(|r| r.state() != pb::RecordingState::Recording) {
+        if let Some(r) = recs.iter().find(|r| done(r)) {
             return r.clone();
         }
-        assert!(start.elapsed() < within, "no finished recording of {stream} within {within:?}: {recs:?}");
+        assert!(start.elapsed() < within, "no such recording of {stream} within {within:?}: {recs:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The first recording of `stream` that is no longer RECORDING (COMPLETE or FAILED), waiting up to
+/// `within`.
+pub async fn finished_recording(url: &str, stream: &str, within: Duration) -> pb::Recording {
+    recording_where(url, stream, within, |r| r.state() != pb::RecordingState::Recording).await
 }

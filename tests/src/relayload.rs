@@ -17,7 +17,20 @@ use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::Onair;
 use crate::ws::Ws;
+
+/// An all-in-one with its relay, ready for the load client: no recorder, no per-address socket limit
+/// (every subscriber comes from 127.0.0.1), `extra` flags added.
+pub async fn start_server(name: &str, extra: &[&str]) -> Onair {
+    let dir = std::env::temp_dir().join(format!("onair-{name}-{}", std::process::id()));
+    let dir = dir.to_str().unwrap_or_default().to_owned();
+    let mut args = vec!["--store", "memory", "--auto-record", "false", "--max-sockets-per-ip", "0", "--data-dir", &dir];
+    args.extend_from_slice(extra);
+    let onair = Onair::start(name, &args).await;
+    onair.wait_ready().await;
+    onair
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -313,7 +326,7 @@ pub async fn run(port: u16, cfg: &LoadConfig) -> LoadReport {
     }
     report.playing = peers.iter().filter(|(i, p)| **i != PUBLISHER && p.first.is_some()).count();
     if window.is_none() {
-        let with_frames = peers.iter().filter(|(i, p)| **i != PUBLISHER && p.first.is_some()).count();
+        let with_frames = report.playing;
         let connected = peers.values().filter(|p| p.rtc.is_connected()).count();
         eprintln!(
             "relay load: never measured: {} peers ({connected} connected, publisher connected: {}), {with_frames} \

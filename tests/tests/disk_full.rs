@@ -5,13 +5,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use onair_proto::v1 as pb;
 use onair_tests::Onair;
 use onair_tests::browser::Browser;
 use onair_tests::procs::metric;
-use onair_tests::registry::recordings_of;
+use onair_tests::registry::{recording_where, recordings_of};
 
 /// A small tmpfs mounted for the test; unmounted (lazily, so a busy file cannot keep it) on drop.
 struct SmallVolume(PathBuf);
@@ -43,22 +43,6 @@ impl Drop for SmallVolume {
     }
 }
 
-async fn recording_of(
-    url: &str,
-    stream: &str,
-    within: Duration,
-    done: impl Fn(&pb::Recording) -> bool,
-) -> pb::Recording {
-    let start = Instant::now();
-    loop {
-        if let Some(r) = recordings_of(url, stream).await.into_iter().find(|r| done(r)) {
-            return r;
-        }
-        assert!(start.elapsed() < within, "no such recording of {stream} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_full_volume_fails_the_recording_keeps_the_broadcast_and_refuses_new_ones_until_space_returns() {
     let volume = SmallVolume::mount("2m");
@@ -72,7 +56,7 @@ async fn a_full_volume_fails_the_recording_keeps_the_broadcast_and_refuses_new_o
     let b = Browser::start("disk-full-broadcaster").await;
     let first = b.go_live(&base, "Fills the disk").await;
     let failed =
-        recording_of(&reg, &first, Duration::from_secs(90), |r| r.state == pb::RecordingState::Failed as i32).await;
+        recording_where(&reg, &first, Duration::from_secs(90), |r| r.state == pb::RecordingState::Failed as i32).await;
     assert!(failed.error.contains("recordings volume is full"), "reason: {}", failed.error);
     let status = b.eval("return document.getElementById('status').textContent.trim()").await;
     assert_eq!(status, "Live", "the broadcast goes on");
@@ -90,6 +74,6 @@ async fn a_full_volume_fails_the_recording_keeps_the_broadcast_and_refuses_new_o
     // 3. Space returns (the operator deletes the file): the next broadcast is recorded again.
     std::fs::remove_file(volume.path().join(&failed.file_name)).unwrap();
     let third = b.go_live(&base, "Room again").await;
-    recording_of(&reg, &third, Duration::from_secs(20), |r| r.state == pb::RecordingState::Recording as i32).await;
+    recording_where(&reg, &third, Duration::from_secs(20), |r| r.state == pb::RecordingState::Recording as i32).await;
     b.stop_broadcast().await;
 }

@@ -8,22 +8,15 @@ use std::time::{Duration, Instant};
 use onair_proto::v1 as pb;
 use onair_tests::browser::Browser;
 use onair_tests::cluster::Cluster;
-use onair_tests::registry::{client, recordings_of};
+use onair_tests::registry::{client, finished_recording, recordings_of};
 use onair_tests::{Onair, media, wait_until};
 
 const LONG: Duration = Duration::from_secs(20);
 
 async fn wait_complete(url: &str, stream: &str, within: Duration) -> pb::Recording {
-    let start = Instant::now();
-    loop {
-        let recs = recordings_of(url, stream).await;
-        if let Some(r) = recs.iter().find(|r| r.state() != pb::RecordingState::Recording) {
-            assert_eq!(r.state(), pb::RecordingState::Complete, "recording failed: {r:?}");
-            return r.clone();
-        }
-        assert!(start.elapsed() < within, "recording of {stream} not COMPLETE within {within:?}: {recs:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let r = finished_recording(url, stream, within).await;
+    assert_eq!(r.state(), pb::RecordingState::Complete, "recording failed: {r:?}");
+    r
 }
 
 /// How long a file of a broadcast stopped now may be, in seconds: at most the time since the

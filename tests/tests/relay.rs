@@ -199,22 +199,7 @@ async fn a_hundred_thousand_hostile_datagrams_cost_little_and_a_watcher_keeps_pl
 
 #[tokio::test]
 async fn fifty_subscribers_of_a_synthetic_publisher_get_every_frame() {
-    let dir = std::env::temp_dir().join(format!("onair-relay-load-{}", std::process::id()));
-    let gw = Onair::start(
-        "relay-load",
-        &[
-            "--store",
-            "memory",
-            "--auto-record",
-            "false",
-            "--max-sockets-per-ip",
-            "0",
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ],
-    )
-    .await;
-    gw.wait_ready().await;
+    let gw = relayload::start_server("relay-load", &[]).await;
     let cfg = LoadConfig { subscribers: 50, kbps: 1000, fps: 30, measure: Duration::from_secs(5), server: None };
     let r = relayload::run(gw.http, &cfg).await;
     println!(

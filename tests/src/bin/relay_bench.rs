@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use onair_tests::Onair;
 use onair_tests::relayload::{self, LoadConfig};
 
 #[tokio::main]
@@ -27,24 +26,7 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for n in rows {
-        let dir = std::env::temp_dir().join(format!("onair-relay-bench-{}-{n}", std::process::id()));
-        let onair = Onair::start(
-            &format!("relay-bench-{n}"),
-            &[
-                "--store",
-                "memory",
-                "--auto-record",
-                "false",
-                "--max-sockets-per-ip",
-                "0",
-                "--relay-max-subscribers",
-                "100000",
-                "--data-dir",
-                dir.to_str().unwrap(),
-            ],
-        )
-        .await;
-        onair.wait_ready().await;
+        let onair = relayload::start_server(&format!("relay-bench-{n}"), &["--relay-max-subscribers", "100000"]).await;
         let pid = onair.proc.pid().expect("the relay's pid");
         let cfg = LoadConfig {
             subscribers: n,
