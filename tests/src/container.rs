@@ -185,7 +185,11 @@ impl Container {
     /// (137 if it had to be killed) and how long it took to stop.
     pub async fn stop(&mut self, grace: Duration) -> (i32, Duration) {
         let start = Instant::now();
-        let out = run(podman().args(["stop", "-t", &grace.as_secs().to_string(), &self.name]));
+        // Asynchronously: a blocking wait would stall this runtime, and with it the test's own gRPC
+        // connections, whose close the container's graceful shutdown waits for.
+        let mut stop = tokio::process::Command::from(podman());
+        let out = stop.args(["stop", "-t", &grace.as_secs().to_string(), &self.name]).output().await;
+        let out = out.unwrap_or_else(|e| panic!("cannot run podman stop: {e}"));
         let took = start.elapsed();
         assert!(out.status.success(), "podman stop: {}", String::from_utf8_lossy(&out.stderr));
         // Let the attached `podman run` copy the last output and exit.

@@ -48,3 +48,19 @@ pub async fn recording_where(
 pub async fn finished_recording(url: &str, stream: &str, within: Duration) -> pb::Recording {
     recording_where(url, stream, within, |r| r.state() != pb::RecordingState::Recording).await
 }
+
+/// How long a file of a broadcast stopped now may be, in seconds: at most the time since the
+/// recorder took the stream (its catalog entry), at least the time since `go_live` returned
+/// (`live_at`) minus the media set-up (ICE, DTLS, first keyframe) a loaded machine may add after it.
+pub async fn duration_bounds(url: &str, stream: &str, live_at: std::time::Instant) -> (f64, f64) {
+    let rec = recordings_of(url, stream).await.remove(0);
+    let ts = rec.started_at.unwrap_or_default();
+    let started = std::time::UNIX_EPOCH + Duration::new(ts.seconds.try_into().unwrap(), ts.nanos.try_into().unwrap());
+    let most = std::time::SystemTime::now().duration_since(started).unwrap_or_default().as_secs_f64();
+    (live_at.elapsed().as_secs_f64() - 3.0, most + 0.5)
+}
+
+pub fn assert_fits(dur: f64, (least, most): (f64, f64)) {
+    println!("file {dur:.2} s; expected {least:.2} ..= {most:.2} s");
+    assert!(dur >= least && dur <= most, "file is {dur:.2} s; expected {least:.2} ..= {most:.2} s");
+}

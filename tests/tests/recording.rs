@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use onair_proto::v1 as pb;
 use onair_tests::browser::Browser;
 use onair_tests::cluster::Cluster;
-use onair_tests::registry::{client, finished_recording, recordings_of};
+use onair_tests::registry::{assert_fits, client, duration_bounds, finished_recording, recordings_of};
 use onair_tests::{Onair, media, wait_until};
 
 const LONG: Duration = Duration::from_secs(20);
@@ -17,22 +17,6 @@ async fn wait_complete(url: &str, stream: &str, within: Duration) -> pb::Recordi
     let r = finished_recording(url, stream, within).await;
     assert_eq!(r.state(), pb::RecordingState::Complete, "recording failed: {r:?}");
     r
-}
-
-/// How long a file of a broadcast stopped now may be, in seconds: at most the time since the
-/// recorder took the stream (its catalog entry), at least the time since `go_live` returned
-/// (`live_at`) minus the media set-up (ICE, DTLS, first keyframe) a loaded machine may add after it.
-async fn duration_bounds(url: &str, stream: &str, live_at: Instant) -> (f64, f64) {
-    let rec = recordings_of(url, stream).await.remove(0);
-    let ts = rec.started_at.unwrap_or_default();
-    let started = std::time::UNIX_EPOCH + Duration::new(ts.seconds.try_into().unwrap(), ts.nanos.try_into().unwrap());
-    let most = std::time::SystemTime::now().duration_since(started).unwrap_or_default().as_secs_f64();
-    (live_at.elapsed().as_secs_f64() - 3.0, most + 0.5)
-}
-
-fn assert_fits(dur: f64, (least, most): (f64, f64)) {
-    println!("file {dur:.2} s; expected {least:.2} ..= {most:.2} s");
-    assert!(dur >= least && dur <= most, "file is {dur:.2} s; expected {least:.2} ..= {most:.2} s");
 }
 
 /// Raw GET with a Range header; returns (status, content-range, body bytes).

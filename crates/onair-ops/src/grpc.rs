@@ -29,7 +29,13 @@ pub enum ServeError {
 const STANDARD_SERVICES: [&str; 3] =
     ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
 
-/// Serves `service` on `listener` until `shutdown` fires; in-flight calls finish first.
+/// How long open connections get, once shutdown fires, to finish their calls and acknowledge the
+/// HTTP/2 GOAWAY. Without a bound, one client that stops reading (or whose process is stalled) holds
+/// the whole shutdown until the grace period kills the process, with the rest of its work undone.
+pub const CONNECTION_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Serves `service` on `listener` until `shutdown` fires; in-flight calls get [`CONNECTION_DRAIN`]
+/// to finish, then the connections still open are abandoned (they close with the process).
 /// Health follows `admin`'s readiness; reflection describes `service` (from `descriptor_set`),
 /// health and reflection, and nothing else.
 pub async fn serve<S>(
@@ -71,8 +77,18 @@ where
         .add_service(v1)
         .add_service(v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await;
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    let drain_over = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(CONNECTION_DRAIN).await;
+    };
+    let served = tokio::select! {
+        served = served => served,
+        () = drain_over => {
+            tracing::warn!(service = S::NAME, drain = ?CONNECTION_DRAIN, "connections still open after shutdown; leaving them");
+            Ok(())
+        }
+    };
     health_task.abort();
     Ok(served?)
 }

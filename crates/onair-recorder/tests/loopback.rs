@@ -2,13 +2,20 @@
 //! (LocalBus, memory stores), and a webrtc-rs "broadcaster" on node `gw1` that goes
 //! live, answers the recorder's watch with an offer and sends real VP8 (libvpx via
 //! ffmpeg) and Opus. The stream ends; the recording must be COMPLETE and pass ffprobe.
+//!
+//! The broadcaster behaves like a browser's encoder where the recorder relies on it: it answers
+//! NACKs (webrtc-rs's default interceptors) and keyframe requests (PLI/FIR), with intra frames of
+//! the same source until its next scheduled keyframe. A broadcaster that ignored them would make a
+//! first keyframe lost at the start (a busy machine) cost a whole GOP of the recording.
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,8 +27,11 @@ use onair_proto::v1::signaling_client::SignalingClient;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
 use onair_recorder::RecorderConfig;
 use prost::Message;
+use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::media::Sample;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -29,11 +39,11 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::MediaStreamTrack;
-use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceCandidateInit,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry, register_default_interceptors,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -43,12 +53,16 @@ async fn listener() -> (TcpListener, String) {
     (l, format!("http://{addr}"))
 }
 
-/// 3 s of 160x120 VP8 at 20 fps (libvpx via ffmpeg, which this test requires).
-fn vp8_frames(dir: &Path) -> Vec<Vec<u8>> {
-    let ivf = dir.join("src.ivf");
+/// Frames between scheduled keyframes of the test source (1 s at 20 fps).
+const GOP: usize = 20;
+
+/// 3 s of 160x120 VP8 at 20 fps (libvpx via ffmpeg, which this test requires), a keyframe every
+/// `gop` frames.
+fn vp8_frames(dir: &Path, gop: usize) -> Vec<Vec<u8>> {
+    let ivf = dir.join(format!("src-g{gop}.ivf"));
     let st = Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=20", "-t", "3"])
-        .args(["-c:v", "libvpx", "-g", "20", "-f", "ivf"])
+        .args(["-c:v", "libvpx", "-g", &gop.to_string(), "-f", "ivf"])
         .arg(&ivf)
         .status()
         .unwrap_or_else(|e| {
@@ -64,6 +78,60 @@ fn vp8_frames(dir: &Path) -> Vec<Vec<u8>> {
         i += 12 + len;
     }
     frames
+}
+
+/// Hands inbound keyframe requests (PLI, FIR) to the application, as a browser's encoder gets
+/// them; the rest of the inbound RTCP stops at the interceptors that act on it (the pattern of
+/// webrtc-rs's rtcp-processing example: inbound RTCP reaches the application only when marked).
+#[derive(Default)]
+struct KeyframeRequests {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+fn is_keyframe_request(p: &dyn rtc::rtcp::Packet) -> bool {
+    p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
+}
+
+impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            let requests: Vec<_> = packets.iter().filter(|p| is_keyframe_request(p.as_ref())).cloned().collect();
+            if requests.is_empty() {
+                return Ok(());
+            }
+            msg.message.packet = Packet::Rtcp(requests);
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequests {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
 }
 
 enum Ev {
@@ -168,7 +236,9 @@ impl FakeNode {
 async fn records_a_webrtc_broadcaster_end_to_end() {
     let dir = std::env::temp_dir().join(format!("onair-rec-e2e-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let frames = vp8_frames(&dir);
+    // The stream as sent, and the same pictures all intra-coded (what a keyframe request gets).
+    let (frames, intra) = (vp8_frames(&dir, GOP), vp8_frames(&dir, 1));
+    assert_eq!(frames.len(), intra.len());
     let shutdown = CancellationToken::new();
     let rec_shutdown = CancellationToken::new();
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
@@ -241,10 +311,14 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
     let opus = codec(MIME_TYPE_OPUS, 48_000, 2, 111);
     media.register_codec(vp8.clone(), RtpCodecKind::Video).unwrap();
     media.register_codec(opus.clone(), RtpCodecKind::Audio).unwrap();
+    let defaults = register_default_interceptors(Registry::new(), &mut media).unwrap();
+    // Last in the chain, so every interceptor has seen the inbound RTCP before it is narrowed.
+    let interceptors = defaults.with(Slot::from(14_000), KeyframeRequests::default());
     let (etx, mut erx) = mpsc::unbounded_channel();
     let pc: Arc<dyn PeerConnection> = Arc::new(
         PeerConnectionBuilder::new()
             .with_media_engine(media)
+            .with_interceptor_registry(interceptors)
             .with_handler(Arc::new(H(etx)))
             .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
             .build()
@@ -321,14 +395,37 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
             let _ = atrack.sample_writer(assrc, apt).write_sample(&s).await;
         }
     });
+    // Keyframe requests, answered with intra frames up to the next scheduled keyframe.
+    let (wanted, requests) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
+    let feedback = {
+        let (vtrack, wanted, requests) = (Arc::clone(&vtrack), Arc::clone(&wanted), Arc::clone(&requests));
+        tokio::spawn(async move {
+            while let Some(ev) = vtrack.poll().await {
+                let TrackLocalEvent::OnRtcpPacket(packets) = ev else { continue };
+                if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    wanted.store(true, Ordering::Relaxed);
+                }
+            }
+        })
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(50));
-    for f in &frames {
+    let mut intra_until = 0;
+    for (i, f) in frames.iter().enumerate() {
         tick.tick().await;
-        let s =
-            Sample { data: Bytes::from(f.clone()), duration: Duration::from_millis(50), ..Sample::new(Instant::now()) };
+        if wanted.swap(false, Ordering::Relaxed) && i % GOP != 0 {
+            intra_until = (i / GOP + 1) * GOP;
+        }
+        let data = if i < intra_until { &intra[i] } else { f };
+        let s = Sample {
+            data: Bytes::from(data.clone()),
+            duration: Duration::from_millis(50),
+            ..Sample::new(Instant::now())
+        };
         vtrack.sample_writer(vssrc, vpt).write_sample(&s).await.unwrap();
     }
     audio.await.unwrap();
+    feedback.abort();
 
     let mut rc = RecorderClient::connect(recorder_url.clone()).await.unwrap();
     let active = rc.list_active(pb::ListActiveRequest {}).await.unwrap().into_inner().recordings;
@@ -376,8 +473,10 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
     let audio = streams.iter().find(|s| s["codec_name"] == "opus").expect("opus stream");
     assert_eq!(audio["sample_rate"], "48000");
     eprintln!(
-        "connected in {connect_time:?}; recorded {} bytes, {} ms, {decoded} video frames",
-        rec.bytes, rec.duration_ms
+        "connected in {connect_time:?}; recorded {} bytes, {} ms, {decoded} video frames; {} keyframe requests",
+        rec.bytes,
+        rec.duration_ms,
+        requests.load(Ordering::Relaxed)
     );
 
     pc.close().await.unwrap();
