@@ -49,15 +49,30 @@ pub async fn finished_recording(url: &str, stream: &str, within: Duration) -> pb
     recording_where(url, stream, within, |r| r.state() != pb::RecordingState::Recording).await
 }
 
-/// How long a file of a broadcast stopped now may be, in seconds: at most the time since the
-/// recorder took the stream (its catalog entry), at least the time since `go_live` returned
-/// (`live_at`) minus the media set-up (ICE, DTLS, first keyframe) a loaded machine may add after it.
-pub async fn duration_bounds(url: &str, stream: &str, live_at: std::time::Instant) -> (f64, f64) {
+/// When the recorder took `stream`: the start of its first catalog entry.
+pub async fn recording_started(url: &str, stream: &str) -> std::time::SystemTime {
     let rec = recordings_of(url, stream).await.remove(0);
     let ts = rec.started_at.unwrap_or_default();
-    let started = std::time::UNIX_EPOCH + Duration::new(ts.seconds.try_into().unwrap(), ts.nanos.try_into().unwrap());
-    let most = std::time::SystemTime::now().duration_since(started).unwrap_or_default().as_secs_f64();
-    (live_at.elapsed().as_secs_f64() - 3.0, most + 0.5)
+    std::time::UNIX_EPOCH + Duration::new(ts.seconds.try_into().unwrap(), ts.nanos.try_into().unwrap())
+}
+
+/// The longest a recording that started at `started` and has stopped by now may be, in seconds.
+pub fn longest_since(started: std::time::SystemTime) -> f64 {
+    std::time::SystemTime::now().duration_since(started).unwrap_or_default().as_secs_f64() + 0.5
+}
+
+/// The shortest a recording of a broadcast that went live at `live_at` and stops now may be, in
+/// seconds: the time since then minus the media set-up (ICE, DTLS, first keyframe) a loaded machine
+/// may add after it.
+pub fn shortest_since(live_at: std::time::Instant) -> f64 {
+    live_at.elapsed().as_secs_f64() - 3.0
+}
+
+/// How long a file of a broadcast stopped now may be, in seconds: at most the time since the
+/// recorder took the stream (its catalog entry), at least [`shortest_since`] `live_at`.
+pub async fn duration_bounds(url: &str, stream: &str, live_at: std::time::Instant) -> (f64, f64) {
+    let started = recording_started(url, stream).await;
+    (shortest_since(live_at), longest_since(started))
 }
 
 pub fn assert_fits(dur: f64, (least, most): (f64, f64)) {
