@@ -22,7 +22,7 @@ LoadBalancer) and with the relay off, then checks every rendered object against 
 - writable paths (data dir, the recorder's recordings dir) are on writable mounted volumes;
 - recordings: the recorder (read-write) and the gateway (read-only) mount one shared PersistentVolumeClaim
   at the same ONAIR_RECORDINGS_DIR; the chart's claim is ReadWriteMany; the recorder StatefulSet has no
-  volumeClaimTemplates and runs one replica (recorders do not shard streams yet);
+  volumeClaimTemplates (its replicas share the streams through leases in Redis, and the one volume);
 - Services target named container ports of the pods they select, TCP only (the recorder's media goes to
   its pod IP, never through a Service) but for TURN's and the relay's media Services; the Ingress routes
   /ws and / to the gateway Service's http port with WebSocket timeouts; HPAs, PDBs, NetworkPolicies and
@@ -317,10 +317,6 @@ def check_workloads(res, variant, docs, helpflags, helpenvs):
             # Recordings live on the one shared claim, not on a volume per pod.
             res.check(f"{tag}: no volumeClaimTemplates (recordings are on the shared volume)",
                       not spec.get("volumeClaimTemplates"), f"{spec.get('volumeClaimTemplates')}")
-            # Recorders do not shard streams yet: with auto-record every replica records every stream.
-            # Drop this check once streams are sharded between recorders.
-            res.check(f"{tag}: one replica (recorders do not shard streams yet)",
-                      spec.get("replicas", 1) <= 1, f"replicas {spec.get('replicas')}")
         if comp == "relay":
             res.check(f"{tag}: no gRPC port (the relay has no gRPC API)", not any(
                 p.get("name") == "grpc" for c in pod["containers"] for p in c.get("ports", [])))

@@ -86,6 +86,22 @@ pub struct Cluster {
     pub recordings: PathBuf,
     /// Relays added with [`Cluster::add_relay`].
     pub relays: Vec<Onair>,
+    /// Recorders added with [`Cluster::add_recorder`].
+    pub recorders: Vec<Onair>,
+}
+
+/// A cluster recorder's command line (without secrets): media on 127.0.0.1, files in `recordings`.
+fn recorder_args(
+    node: &str,
+    redis: &str,
+    registry: &str,
+    signaling: &str,
+    recordings: &std::path::Path,
+) -> Vec<String> {
+    let dir = recordings.display().to_string();
+    let args = ["--target", "recorder", "--node-id", node, "--redis-url", redis, "--registry-url", registry];
+    let rest = ["--signaling-url", signaling, "--recordings-dir", &dir, "--rtc-ip", "127.0.0.1"];
+    args.iter().chain(rest.iter()).map(|a| (*a).to_owned()).collect()
 }
 
 impl Cluster {
@@ -181,22 +197,8 @@ impl Cluster {
             gws.push(start(node.clone(), args).await);
         }
         let recorder = if with_recorder {
-            let args = [
-                "--target",
-                "recorder",
-                "--node-id",
-                "rec-0",
-                "--redis-url",
-                &url,
-                "--registry-url",
-                &reg_url,
-                "--signaling-url",
-                &sig_url,
-                "--recordings-dir",
-                &rec_dir,
-                "--rtc-ip",
-                "127.0.0.1",
-            ];
+            let args = recorder_args("rec-0", &url, &reg_url, &sig_url, &recordings);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let r = start("recorder".into(), secured(&args)).await;
             r.wait_ready().await;
             Some(r)
@@ -208,7 +210,32 @@ impl Cluster {
         }
         let nginx =
             if with_nginx { Some(Nginx::start(&gws.iter().map(|g| g.http).collect::<Vec<_>>()).await) } else { None };
-        Self { redis, mongo, registry, signaling, gateways: gws, nginx, recorder, recordings, relays: Vec::new() }
+        let relays = Vec::new();
+        Self {
+            redis,
+            mongo,
+            registry,
+            signaling,
+            gateways: gws,
+            nginx,
+            recorder,
+            recordings,
+            relays,
+            recorders: Vec::new(),
+        }
+    }
+
+    /// Starts another recorder (node id `node`, the shared recordings directory, no auth secret) and
+    /// waits until it is ready.
+    pub async fn add_recorder(&mut self, node: &str) -> &mut Onair {
+        let (url, reg, sig) = (self.redis.url(), self.registry.grpc_url(), self.signaling.grpc_url());
+        let mut args = recorder_args(node, &url, &reg, &sig, &self.recordings);
+        args.extend(["--cluster-secret".to_owned(), CLUSTER_SECRET.to_owned()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = Onair::start(node, &args).await;
+        r.wait_ready().await;
+        self.recorders.push(r);
+        self.recorders.last_mut().expect("just pushed")
     }
 
     /// Starts a relay (node id `node`, media on 127.0.0.1) and waits until it is ready and

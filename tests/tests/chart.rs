@@ -2,7 +2,7 @@
 //! started as podman containers of the image from their container specs alone (tests/src/kube.rs), on a
 //! private bridge network with the Services' names resolvable; Redis and the MongoDB-wire server on the
 //! host's bridge address; nginx on 127.0.0.1 in front of the two gateway pods; two Chromiums broadcast
-//! and watch through it (media through the relay pod), the recorder pod records to the claim and a
+//! and watch through it (media through the relay pod), one of the two recorder pods (the lease holder) records to the claim and a
 //! gateway serves the file from its read-only mount. A renamed flag or env var, a missing one, or a wrong probe path fails here.
 #![allow(clippy::unwrap_used)]
 
@@ -60,7 +60,7 @@ relay: {{replicaCount: 1, hostNetwork: false, preStopSleepSeconds: 1, terminatio
         assert!(pod.probe("livenessProbe").await, "{}: livenessProbe fails on a ready pod", pod.name);
     }
     let components: Vec<&str> = w.pods.iter().map(|p| p.component.as_str()).collect();
-    assert_eq!(components, ["recorder", "gateway", "gateway", "signaling", "registry", "relay"]);
+    assert_eq!(components, ["recorder", "recorder", "gateway", "gateway", "signaling", "registry", "relay"]);
 
     let gateways = w.of("gateway");
     let upstreams: Vec<String> = gateways.iter().map(|g| format!("{}:{}", g.ip, g.port("http"))).collect();
@@ -99,7 +99,8 @@ relay: {{replicaCount: 1, hostNetwork: false, preStopSleepSeconds: 1, terminatio
     )
     .await;
     v.wait_for("the first video frame across gateways", LONG, "return window.__first").await;
-    // Through the relay pod: it forwards to the watcher and the recorder.
+    // Through the relay pod: it forwards to the watcher and the recorder (one of the two replicas:
+    // the one holding the stream's lease).
     let relay = w.of("relay")[0];
     wait_until(LONG, "the relay pod to forward to the watcher and the recorder", || async {
         let (_, body) = http_get_at(relay.ip, relay.port("admin"), "/metrics").await.unwrap();
@@ -128,6 +129,8 @@ relay: {{replicaCount: 1, hostNetwork: false, preStopSleepSeconds: 1, terminatio
     };
     let claim = w.claims.values().next().expect("the chart claims a recordings volume");
     assert!(claim.join(&rec.file_name).exists(), "{} not on the claim", rec.file_name);
+    let all = recordings_of(&reg_url, &sid).await;
+    assert_eq!(all.len(), 1, "one recording of the stream across both recorder replicas: {all:?}");
     let (status, _) = http_get(nginx.port, &format!("/recordings/{}.webm", rec.id)).await;
     assert_eq!(status, 200, "a gateway pod serves the recording from the shared claim");
     drop((b, v));

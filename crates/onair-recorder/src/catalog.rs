@@ -120,12 +120,13 @@ impl Catalog {
         Ok(())
     }
 
-    /// Every recording in state RECORDING (all pages), as `(id, file_name)`.
-    pub async fn recording_now(&self) -> Result<Vec<(RecordingId, String)>, RecorderError> {
+    /// Every recording in state RECORDING (all pages; of `stream` only, if given).
+    pub async fn recording_now(&self, stream: Option<&StreamId>) -> Result<Vec<OpenRecording>, RecorderError> {
         let mut out = Vec::new();
         let mut page_token = String::new();
+        let stream_id = stream.map(ToString::to_string).unwrap_or_default();
         loop {
-            let msg = pb::ListRecordingsRequest { stream_id: String::new(), page_size: 100, page_token };
+            let msg = pb::ListRecordingsRequest { stream_id: stream_id.clone(), page_size: 100, page_token };
             let resp = self
                 .client
                 .clone()
@@ -135,9 +136,9 @@ impl Catalog {
                 .into_inner();
             for r in resp.recordings {
                 if r.state() == pb::RecordingState::Recording
-                    && let Ok(id) = r.id.parse()
+                    && let (Ok(id), Ok(stream)) = (r.id.parse(), r.stream_id.parse())
                 {
-                    out.push((id, r.file_name));
+                    out.push(OpenRecording { id, stream, file_name: r.file_name });
                 }
             }
             if resp.next_page_token.is_empty() {
@@ -146,6 +147,17 @@ impl Catalog {
             page_token = resp.next_page_token;
         }
     }
+}
+
+/// A catalog entry in state RECORDING.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenRecording {
+    /// The recording.
+    pub id: RecordingId,
+    /// Its stream.
+    pub stream: StreamId,
+    /// Its file in the recordings directory (not checked yet).
+    pub file_name: String,
 }
 
 #[cfg(test)]

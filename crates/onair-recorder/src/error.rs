@@ -30,6 +30,9 @@ pub enum RecorderError {
     /// A file could not be written.
     #[error("recording file: {0}")]
     Io(#[from] std::io::Error),
+    /// The leases (Redis) cannot be reached: who records a stream cannot be decided.
+    #[error("{0}")]
+    Leases(#[from] onair_core::DirectoryError),
 }
 
 impl RecorderError {
@@ -50,6 +53,10 @@ impl From<RecorderError> for tonic::Status {
             RecorderError::Registry { op, status } => {
                 tracing::warn!(op, code = ?status.code(), message = status.message(), "registry call failed");
                 Self::unavailable("the stream registry is unavailable; retry later")
+            }
+            RecorderError::Leases(source) => {
+                tracing::warn!(error = %source, "recording leases unavailable");
+                Self::unavailable("the recorders cannot agree who records the stream (Redis unavailable); retry later")
             }
             RecorderError::Io(source) => {
                 tracing::error!(error = %source, "recording file error");

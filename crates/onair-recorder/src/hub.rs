@@ -1,13 +1,14 @@
-//! The recorder's shared state: active recordings by stream, the routing of
-//! signaling deliveries to their session, the queue to signaling, link health
-//! and metrics. Sessions (one per recording) live in `session.rs`.
+//! The recorder's shared state: active recordings by stream, the streams it holds the
+//! lease of, the live streams it knows from the registry feed, the routing of signaling
+//! deliveries to their session, the queue to signaling, link health and metrics. Sessions
+//! (one per recording) live in `session.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use onair_core::{PeerId, Recording, RecordingId, RecordingState, StreamEvent, StreamId};
+use onair_core::{Leases, PeerId, Recording, RecordingId, RecordingState, StreamEvent, StreamId};
 use onair_node::NodeLink;
 use onair_proto::convert::FeedEvent;
 use onair_proto::v1 as pb;
@@ -23,6 +24,16 @@ use crate::session::{self, SessionInput, SessionParams};
 
 /// How long shutdown waits for sessions to finalize their files.
 pub const FINALIZE_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a recorder's claim on a stream lasts unless renewed: the streams of a recorder that
+/// died are claimed by another within this plus [`CLAIM_EVERY`].
+pub const LEASE_TTL: Duration = Duration::from_secs(3);
+/// How often a recorder renews its claims and looks for live streams that nobody records.
+pub const CLAIM_EVERY: Duration = Duration::from_secs(1);
+
+fn lease_key(stream: &StreamId) -> String {
+    format!("reclease:{stream}")
+}
 
 struct Active {
     id: RecordingId,
@@ -50,6 +61,12 @@ pub struct Hub {
     active: Mutex<HashMap<StreamId, Active>>,
     peers: Mutex<HashMap<PeerId, SessionPeer>>,
     accepting: AtomicBool,
+    leases: Arc<dyn Leases>,
+    /// Streams whose lease this recorder holds: those it records, and those it was told to stop
+    /// recording while they stay live (so that no other recorder starts them again).
+    held: Mutex<HashSet<StreamId>>,
+    /// Live streams, from the registry feed.
+    live: Mutex<HashMap<StreamId, LiveStream>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -60,7 +77,7 @@ impl std::fmt::Debug for Hub {
 
 impl Hub {
     /// A hub speaking to signaling through `link`.
-    pub fn new(config: RecorderConfig, catalog: Catalog, link: NodeLink) -> Arc<Self> {
+    pub fn new(config: RecorderConfig, catalog: Catalog, link: NodeLink, leases: Arc<dyn Leases>) -> Arc<Self> {
         Arc::new(Self {
             config,
             catalog,
@@ -69,7 +86,21 @@ impl Hub {
             active: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
+            leases,
+            held: Mutex::new(HashSet::new()),
+            live: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether another recorder holds the lease of `stream` (it records it now).
+    pub async fn held_elsewhere(&self, stream: &StreamId) -> Result<bool, RecorderError> {
+        let holder = self.leases.holder(&lease_key(stream)).await?;
+        Ok(holder.is_some_and(|h| h != self.config.node.as_str()))
+    }
+
+    /// Claims (or renews) the lease of `stream`; whether this recorder holds it now.
+    async fn claim(&self, stream: &StreamId) -> Result<bool, RecorderError> {
+        Ok(self.leases.claim(&lease_key(stream), self.config.node.as_str(), LEASE_TTL).await?)
     }
 
     /// Starts recording `stream`. Fails if it is already recorded, the recorder is full or
@@ -127,15 +158,16 @@ impl Hub {
             let entry = Active { id: id.clone(), snapshot: Arc::clone(&snapshot), stop: stop.clone(), done };
             active.insert(stream.id.clone(), entry);
         }
-        // The file exists from the start, so crash recovery can tell this recorder owns the entry.
         let path = self.config.recordings_dir.join(&recording.file_name);
-        let created = match std::fs::create_dir_all(&self.config.recordings_dir) {
-            Ok(()) => std::fs::File::create(&path).map(drop),
+        let registered = match self.claim(&stream.id).await {
+            Ok(true) => {
+                self.held.lock().insert(stream.id.clone());
+                self.create(&stream.id, &path, &recording).await
+            }
+            Ok(false) => {
+                Err(RecorderError::AlreadyExists(format!("stream {} is being recorded by another recorder", stream.id)))
+            }
             Err(e) => Err(e),
-        };
-        let registered = match created {
-            Ok(()) => self.catalog.add(&recording).await,
-            Err(e) => Err(RecorderError::Io(e)),
         };
         if let Err(e) = registered {
             self.active.lock().remove(&stream.id);
@@ -176,6 +208,21 @@ impl Hub {
             hub.finished(&stream_id, &peer, fin, done_tx);
         });
         Ok(recording)
+    }
+
+    /// With the stream's lease held: closes the part a lost recorder left open, creates the file
+    /// (it exists from the start, so crash recovery can tell this recorder owns the entry) and
+    /// catalogs the recording.
+    async fn create(
+        &self,
+        stream: &StreamId,
+        path: &std::path::Path,
+        recording: &Recording,
+    ) -> Result<(), RecorderError> {
+        crate::recovery::close_earlier_parts(self, stream).await?;
+        std::fs::create_dir_all(&self.config.recordings_dir)?;
+        std::fs::File::create(path)?;
+        self.catalog.add(recording).await
     }
 
     fn finished(&self, stream: &StreamId, peer: &PeerId, fin: Recording, done: watch::Sender<Option<Recording>>) {
@@ -278,33 +325,90 @@ impl Hub {
     pub fn apply_feed(self: &Arc<Self>, event: FeedEvent) {
         match event {
             FeedEvent::Snapshot(streams) => {
-                let live: Vec<LiveStream> = streams.iter().filter_map(LiveStream::live).collect();
-                let live_ids: HashSet<&StreamId> = live.iter().map(|s| &s.id).collect();
+                let live: HashMap<StreamId, LiveStream> =
+                    streams.iter().filter_map(LiveStream::live).map(|s| (s.id.clone(), s)).collect();
+                self.held.lock().retain(|id| live.contains_key(id));
                 let gone: Vec<StreamId> =
-                    self.active.lock().keys().filter(|id| !live_ids.contains(id)).cloned().collect();
+                    self.active.lock().keys().filter(|id| !live.contains_key(*id)).cloned().collect();
                 for id in gone {
                     self.spawn_stop(id);
                 }
-                if self.config.auto_record {
-                    let active = self.active.lock().keys().cloned().collect::<HashSet<_>>();
-                    for s in live.into_iter().filter(|s| !active.contains(&s.id)) {
+                *self.live.lock() = live;
+                self.claim_unrecorded();
+            }
+            FeedEvent::Change(StreamEvent::Started(s)) => {
+                if let Some(s) = LiveStream::live(&s) {
+                    self.live.lock().insert(s.id.clone(), s.clone());
+                    if self.config.auto_record {
                         self.spawn_start(s);
                     }
                 }
             }
-            FeedEvent::Change(StreamEvent::Started(s)) => {
-                if self.config.auto_record
-                    && let Some(s) = LiveStream::live(&s)
-                {
-                    self.spawn_start(s);
-                }
-            }
             FeedEvent::Change(StreamEvent::Updated(_)) => {}
             FeedEvent::Change(StreamEvent::Ended(s)) => {
+                self.live.lock().remove(&s.id);
+                // Not released: left to expire, so that no recorder that has not heard of the end yet
+                // claims the stream meanwhile.
+                self.held.lock().remove(&s.id);
                 if self.active.lock().contains_key(&s.id) {
                     self.spawn_stop(s.id);
                 }
             }
+        }
+    }
+
+    /// Renews this recorder's claims every [`CLAIM_EVERY`] (a stream whose claim another recorder
+    /// took is finalized here), and with auto-record starts the live streams nobody records.
+    pub async fn keep_claims(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(CLAIM_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let held: Vec<StreamId> = self.held.lock().iter().cloned().collect();
+            for stream in held {
+                match self.claim(&stream).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.held.lock().remove(&stream);
+                        if self.active.lock().contains_key(&stream) {
+                            tracing::warn!(%stream, "another recorder took the stream over; finalizing this part");
+                            self.spawn_stop(stream);
+                        }
+                    }
+                    // Nobody can claim it while the leases are unreachable: record on.
+                    Err(e) => tracing::debug!(%stream, error = %e, "lease not renewed"),
+                }
+            }
+            self.claim_unrecorded();
+        }
+    }
+
+    /// With auto-record and room for more, tries to start every live stream this recorder neither
+    /// records nor holds (a new one, or one whose recorder died or drained); the lease decides.
+    fn claim_unrecorded(self: &Arc<Self>) {
+        if !self.config.auto_record || !self.accepting.load(Ordering::SeqCst) {
+            return;
+        }
+        let free = crate::disk::free_bytes(&self.config.recordings_dir).unwrap_or(u64::MAX);
+        if free < self.config.min_free_bytes {
+            return;
+        }
+        let candidates: Vec<LiveStream> = {
+            let (live, held, active) = (self.live.lock(), self.held.lock(), self.active.lock());
+            let room = self.config.max_concurrent.saturating_sub(active.len());
+            live.values().filter(|s| !held.contains(&s.id) && !active.contains_key(&s.id)).take(room).cloned().collect()
+        };
+        for s in candidates {
+            let hub = Arc::clone(self);
+            tokio::spawn(async move {
+                // Only free leases (or this recorder's own, from before a restart): start() claims.
+                if let Ok(false) = hub.held_elsewhere(&s.id).await {
+                    hub.spawn_start(s);
+                }
+            });
         }
     }
 
@@ -346,12 +450,18 @@ impl Hub {
                 })
                 .collect()
         };
-        if waits.is_empty() {
-            return;
+        if !waits.is_empty() {
+            tracing::info!(recordings = waits.len(), "finalizing active recordings");
+            if tokio::time::timeout(FINALIZE_GRACE, futures::future::join_all(waits)).await.is_err() {
+                tracing::warn!("some recordings were not finalized within the shutdown grace");
+            }
         }
-        tracing::info!(recordings = waits.len(), "finalizing active recordings");
-        if tokio::time::timeout(FINALIZE_GRACE, futures::future::join_all(waits)).await.is_err() {
-            tracing::warn!("some recordings were not finalized within the shutdown grace");
+        // Hand the streams over: another recorder claims them on its next round.
+        let held: Vec<StreamId> = self.held.lock().drain().collect();
+        for stream in held {
+            if let Err(e) = self.leases.release(&lease_key(&stream), self.config.node.as_str()).await {
+                tracing::warn!(%stream, error = %e, "lease not released; it expires by itself");
+            }
         }
     }
 }

@@ -2,7 +2,9 @@
 //! node like a gateway, one peer per recording) and writes each one to a WebM file
 //! (decodable after a crash, seekable once finished), cataloged in the registry. Serves
 //! `onair.v1.Recorder` for manual control; with auto-record it follows the registry feed
-//! and records every stream.
+//! and records every stream. Of several recorders, exactly one records each stream: the one that
+//! holds its lease (`reclease:{stream}`, renewed every second, [`LEASE_TTL`]); when it dies or
+//! drains, another claims the stream and records it on as a new part.
 //!
 //! Modules: `hub` (shared state, routing), `session` (one recording, a leaf: it gets the link,
 //! catalog and metrics it needs), `peer` (WebRTC), `vp8` / `timeline` / `mux` (media),
@@ -25,7 +27,7 @@ mod vp8;
 use std::sync::Arc;
 use std::time::Duration;
 
-use onair_core::Bus;
+use onair_core::{Bus, Leases};
 use onair_node::{Links, NodeLink};
 use onair_ops::{Admin, ServeError};
 use onair_proto::v1::recorder_server::RecorderServer;
@@ -36,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::RecorderError;
 use hub::Hub;
+pub use hub::{CLAIM_EVERY, LEASE_TTL};
 use service::RecorderService;
 
 /// Where the recorder's WebRTC peers bind and what they announce to browsers.
@@ -88,10 +91,12 @@ pub struct RecorderConfig {
 /// with `admin`, and returns the future that serves onair.v1.Recorder until `shutdown` fires.
 /// Then it stops following the registry, finalizes every active recording (the registry and
 /// signaling must still be up: shutdown stops them after this future resolves), and closes its
-/// signaling link once the final messages went out.
+/// signaling link once the final messages went out. `leases` decides which recorder records which
+/// stream (shared by every recorder of the cluster).
 pub fn serve(
     config: RecorderConfig,
     bus: Arc<dyn Bus>,
+    leases: Arc<dyn Leases>,
     admin: &Admin,
     listener: TcpListener,
     shutdown: CancellationToken,
@@ -103,7 +108,7 @@ pub fn serve(
     let signaling = SignalingClient::new(onair_node::lazy_channel(&config.signaling_url, &creds)?);
     let access = config.security.public_api();
     let (link, outbox) = NodeLink::new(config.node.clone());
-    let hub = Hub::new(config, catalog, link);
+    let hub = Hub::new(config, catalog, link, leases);
     hub.metrics.register(admin.metrics());
     admin.add_check(onair_node::ready_check(&hub));
     let admin = admin.clone();
@@ -116,6 +121,7 @@ pub fn serve(
             let registry = feed_hub.catalog.client();
             onair_node::registry_feed(feed_hub, registry, feed_stop).await;
         });
+        let claims = tokio::spawn(Arc::clone(&hub).keep_claims(shutdown.child_token()));
         tracing::info!(
             node = %hub.config.node, dir = %hub.config.recordings_dir.display(),
             auto_record = hub.config.auto_record, "recorder starting"
@@ -124,6 +130,7 @@ pub fn serve(
         let served =
             onair_ops::grpc::serve(&admin, service, onair_proto::FILE_DESCRIPTOR_SET, listener, shutdown).await;
         let _ = feed.await;
+        let _ = claims.await;
         hub.stop_all().await;
         links.close().await;
         tracing::info!("recorder stopped");

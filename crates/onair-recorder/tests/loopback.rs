@@ -268,8 +268,9 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
         signaling_url: signaling_url.clone(),
         security: onair_auth::Security::default(),
     };
+    let leases = Arc::new(onair_core::MemoryLeases::new());
     let recorder =
-        tokio::spawn(onair_recorder::serve(rconf, Arc::clone(&bus), &admin, l, rec_shutdown.clone()).unwrap());
+        tokio::spawn(onair_recorder::serve(rconf, Arc::clone(&bus), leases, &admin, l, rec_shutdown.clone()).unwrap());
 
     // The "gateway" node of the broadcaster.
     let gw: NodeId = "gw1".parse().unwrap();

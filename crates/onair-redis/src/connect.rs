@@ -29,6 +29,15 @@ pub fn builder(url: &str) -> Result<Builder, BusError> {
     Ok(b)
 }
 
+/// A connected command client (it reconnects in the background), failures as the directory's.
+pub async fn command_client(url: &str) -> Result<Client, onair_core::DirectoryError> {
+    use fred::interfaces::ClientLike;
+    let unavailable = |e: String| onair_core::DirectoryError::Unavailable(e);
+    let client = build_client(url).map_err(|e| unavailable(e.to_string()))?;
+    client.init().await.map_err(|e| unavailable(self::unavailable(e).to_string()))?;
+    Ok(client)
+}
+
 /// A command client (not yet initialised).
 pub fn build_client(url: &str) -> Result<Client, BusError> {
     builder(url)?.build().map_err(unavailable)

@@ -15,7 +15,7 @@ use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SetsInterface
 use fred::types::Expiration;
 use onair_core::{Directory, DirectoryError, NodeId, PeerId, PeerRecord, RelayNode, StreamId};
 
-use crate::connect::{build_client, unavailable};
+use crate::connect::command_client;
 
 /// Peers whose node never cleaned up (every signaling replica gone at once) expire after a day.
 const PEER_KEY_TTL_SECS: i64 = 86_400;
@@ -62,9 +62,7 @@ impl std::fmt::Debug for RedisDirectory {
 impl RedisDirectory {
     /// Connects to `url`; reconnects in the background if Redis goes away.
     pub async fn connect(url: &str) -> Result<Self, DirectoryError> {
-        let client = build_client(url).map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
-        client.init().await.map_err(|e| DirectoryError::Unavailable(unavailable(e).to_string()))?;
-        Ok(Self { client })
+        Ok(Self { client: command_client(url).await? })
     }
 }
 

@@ -3,9 +3,11 @@
 mod bus;
 mod connect;
 mod directory;
+mod lease;
 
 pub use bus::RedisBus;
 pub use directory::RedisDirectory;
+pub use lease::RedisLeases;
 
 /// Whether `url` is a Redis URL this client can use (checked before connecting, so a typo fails at
 /// once instead of being retried like an unreachable server).

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use onair_core::{Bus, Directory, LocalBus, MemoryDirectory, NodeId};
+use onair_core::{Bus, Directory, Leases, LocalBus, MemoryDirectory, MemoryLeases, NodeId};
 use onair_ops::{Admin, Metrics, ReadyCheck, ServeError};
 use onair_registry::{LocalStore, MongoStore, RegistryConfig, StreamStore};
 use tokio::net::TcpListener;
@@ -88,6 +88,13 @@ async fn make_directory(cli: &Cli) -> Result<Arc<dyn Directory>, RunError> {
     match &cli.redis_url {
         Some(url) => Ok(Arc::new(with_redis_retries(|| onair_redis::RedisDirectory::connect(url)).await?)),
         None => Ok(Arc::new(MemoryDirectory::new())),
+    }
+}
+
+async fn make_leases(cli: &Cli) -> Result<Arc<dyn Leases>, RunError> {
+    match &cli.redis_url {
+        Some(url) => Ok(Arc::new(with_redis_retries(|| onair_redis::RedisLeases::connect(url)).await?)),
+        None => Ok(Arc::new(MemoryLeases::new())),
     }
 }
 
@@ -463,8 +470,9 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             signaling_url: signaling_url.clone(),
             security: security.clone(),
         };
+        let leases = make_leases(&cli).await?;
         let tier = &mut tiers[EDGE];
-        tier.tasks.spawn(onair_recorder::serve(config, Arc::clone(&bus), &admin, grpc, tier.stop.clone())?);
+        tier.tasks.spawn(onair_recorder::serve(config, Arc::clone(&bus), leases, &admin, grpc, tier.stop.clone())?);
     }
 
     // Relay: its UDP port (no gRPC API); inside `all` unless --media p2p.
