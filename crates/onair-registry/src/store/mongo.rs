@@ -165,12 +165,8 @@ fn map_err(e: mongodb::error::Error) -> StoreError {
     }
 }
 
-async fn bounded<T>(fut: impl IntoFuture<Output = Result<T, mongodb::error::Error>>) -> Result<T, StoreError> {
-    match tokio::time::timeout(OP_TIMEOUT, fut.into_future()).await {
-        Ok(r) => r.map_err(map_err),
-        Err(_) => Err(StoreError::Unavailable("mongodb did not answer in time".to_owned())),
-    }
-}
+/// Calls in a row that ran into [`OP_TIMEOUT`] after which the driver gets a new client.
+const TIMEOUTS_BEFORE_NEW_CLIENT: u32 = 3;
 
 /// Newest-first keyset filter after `cursor`, merged into `filter`.
 fn after(mut filter: Document, cursor: Option<&Cursor>) -> Document {
@@ -194,12 +190,33 @@ fn limit_i64(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
-/// MongoDB-backed catalog.
+/// The driver's handles of one client.
 #[derive(Debug, Clone)]
-pub struct MongoStore {
+struct Handles {
     db: Database,
     streams: Collection<StreamDoc>,
     recordings: Collection<RecordingDoc>,
+}
+
+impl Handles {
+    fn new(opts: &ClientOptions, database: &str) -> Result<Self, StoreError> {
+        let client = Client::with_options(opts.clone()).map_err(|e| StoreError::Other(e.to_string()))?;
+        let db = client.database(database);
+        Ok(Self { streams: db.collection("streams"), recordings: db.collection("recordings"), db })
+    }
+}
+
+/// MongoDB-backed catalog.
+///
+/// When calls keep timing out (the server answers nobody, or the driver's pool wedged: seen after
+/// MongoDB was killed with an operation in flight and came back, every later call hung until its
+/// deadline), the store starts over with a new client after [`TIMEOUTS_BEFORE_NEW_CLIENT`] of them.
+#[derive(Debug, Clone)]
+pub struct MongoStore {
+    opts: ClientOptions,
+    database: String,
+    handles: std::sync::Arc<parking_lot::RwLock<Handles>>,
+    timeouts: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl MongoStore {
@@ -210,36 +227,79 @@ impl MongoStore {
         opts.server_selection_timeout = Some(Duration::from_millis(1000));
         opts.connect_timeout = Some(Duration::from_millis(1000));
         opts.app_name.get_or_insert_with(|| "onair-registry".to_owned());
-        let client = Client::with_options(opts).map_err(|e| StoreError::Other(e.to_string()))?;
-        let db = client.database(database);
-        Ok(Self { streams: db.collection("streams"), recordings: db.collection("recordings"), db })
+        let handles = Handles::new(&opts, database)?;
+        Ok(Self {
+            opts,
+            database: database.to_owned(),
+            handles: std::sync::Arc::new(parking_lot::RwLock::new(handles)),
+            timeouts: std::sync::Arc::default(),
+        })
+    }
+
+    fn h(&self) -> Handles {
+        self.handles.read().clone()
+    }
+
+    /// Runs one driver call within [`OP_TIMEOUT`].
+    async fn bounded<T>(
+        &self,
+        fut: impl IntoFuture<Output = Result<T, mongodb::error::Error>>,
+    ) -> Result<T, StoreError> {
+        use std::sync::atomic::Ordering;
+        match tokio::time::timeout(OP_TIMEOUT, fut.into_future()).await {
+            Ok(r) => {
+                self.timeouts.store(0, Ordering::Relaxed);
+                r.map_err(map_err)
+            }
+            Err(_) => {
+                if self.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_NEW_CLIENT {
+                    self.timeouts.store(0, Ordering::Relaxed);
+                    match Handles::new(&self.opts, &self.database) {
+                        Ok(h) => {
+                            tracing::warn!(
+                                calls = TIMEOUTS_BEFORE_NEW_CLIENT,
+                                "mongodb calls keep timing out; new client"
+                            );
+                            *self.handles.write() = h;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "mongodb: no new client"),
+                    }
+                }
+                Err(StoreError::Unavailable("mongodb did not answer in time".to_owned()))
+            }
+        }
     }
 
     /// Creates the indexes the queries use. Safe to call repeatedly.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         let idx = |keys: Document| IndexModel::builder().keys(keys).build();
-        bounded(self.streams.create_index(idx(doc! { "state": 1, "started_at": -1, "_id": -1 }))).await?;
-        bounded(self.streams.create_index(idx(doc! { "started_at": -1, "_id": -1 }))).await?;
-        bounded(self.streams.create_index(idx(doc! { "broadcaster": 1, "state": 1 }))).await?;
-        bounded(self.streams.create_index(idx(doc! { "ended_at": 1 }))).await?;
-        bounded(self.recordings.create_index(idx(doc! { "started_at": -1, "_id": -1 }))).await?;
-        bounded(self.recordings.create_index(idx(doc! { "stream_id": 1, "started_at": -1 }))).await?;
+        self.bounded(self.h().streams.create_index(idx(doc! { "state": 1, "started_at": -1, "_id": -1 }))).await?;
+        self.bounded(self.h().streams.create_index(idx(doc! { "started_at": -1, "_id": -1 }))).await?;
+        self.bounded(self.h().streams.create_index(idx(doc! { "broadcaster": 1, "state": 1 }))).await?;
+        self.bounded(self.h().streams.create_index(idx(doc! { "ended_at": 1 }))).await?;
+        self.bounded(self.h().recordings.create_index(idx(doc! { "started_at": -1, "_id": -1 }))).await?;
+        self.bounded(self.h().recordings.create_index(idx(doc! { "stream_id": 1, "started_at": -1 }))).await?;
         Ok(())
     }
 
     async fn find_streams(&self, filter: Document, limit: usize) -> Result<Vec<Stream>, StoreError> {
-        let docs: Vec<StreamDoc> = bounded(async {
-            self.streams.find(filter).sort(newest_first()).limit(limit_i64(limit)).await?.try_collect().await
-        })
-        .await?;
+        let docs: Vec<StreamDoc> = self
+            .bounded(async {
+                self.h().streams.find(filter).sort(newest_first()).limit(limit_i64(limit)).await?.try_collect().await
+            })
+            .await?;
         docs.into_iter().map(Stream::try_from).collect()
     }
 
     async fn update_stream(&self, filter: Document, set: Document) -> Result<Option<Stream>, StoreError> {
-        let doc = bounded(
-            self.streams.find_one_and_update(filter, doc! { "$set": set }).return_document(ReturnDocument::After),
-        )
-        .await?;
+        let doc = self
+            .bounded(
+                self.h()
+                    .streams
+                    .find_one_and_update(filter, doc! { "$set": set })
+                    .return_document(ReturnDocument::After),
+            )
+            .await?;
         doc.map(Stream::try_from).transpose()
     }
 
@@ -251,17 +311,18 @@ impl MongoStore {
 #[async_trait]
 impl StreamStore for MongoStore {
     async fn insert_stream(&self, stream: &Stream) -> Result<(), StoreError> {
-        let live = bounded(self.streams.find_one(doc! { "broadcaster": stream.broadcaster.as_str(), "state": "live" }))
+        let live = self
+            .bounded(self.h().streams.find_one(doc! { "broadcaster": stream.broadcaster.as_str(), "state": "live" }))
             .await?;
         if live.is_some() {
             return Err(StoreError::Conflict(format!("{} already has a live stream", stream.broadcaster)));
         }
-        bounded(self.streams.insert_one(StreamDoc::from(stream))).await?;
+        self.bounded(self.h().streams.insert_one(StreamDoc::from(stream))).await?;
         Ok(())
     }
 
     async fn get_stream(&self, id: &StreamId) -> Result<Option<Stream>, StoreError> {
-        let doc = bounded(self.streams.find_one(doc! { "_id": id.as_str() })).await?;
+        let doc = self.bounded(self.h().streams.find_one(doc! { "_id": id.as_str() })).await?;
         doc.map(Stream::try_from).transpose()
     }
 
@@ -297,15 +358,15 @@ impl StreamStore for MongoStore {
 
     async fn purge_ended(&self, before: i64) -> Result<u64, StoreError> {
         let filter = doc! { "state": "ended", "ended_at": { "$lt": before } };
-        Ok(bounded(self.streams.delete_many(filter)).await?.deleted_count)
+        Ok(self.bounded(self.h().streams.delete_many(filter)).await?.deleted_count)
     }
 
     async fn insert_recording(&self, recording: &Recording) -> Result<(), StoreError> {
-        let exists = bounded(self.recordings.find_one(doc! { "_id": recording.id.as_str() })).await?;
+        let exists = self.bounded(self.h().recordings.find_one(doc! { "_id": recording.id.as_str() })).await?;
         if exists.is_some() {
             return Err(StoreError::Conflict(format!("recording {} exists", recording.id)));
         }
-        bounded(self.recordings.insert_one(RecordingDoc::from(recording))).await?;
+        self.bounded(self.h().recordings.insert_one(RecordingDoc::from(recording))).await?;
         Ok(())
     }
 
@@ -336,17 +397,19 @@ impl StreamStore for MongoStore {
         if set.is_empty() {
             return self.get_recording(id).await;
         }
-        let doc = bounded(
-            self.recordings
-                .find_one_and_update(doc! { "_id": id.as_str() }, doc! { "$set": set })
-                .return_document(ReturnDocument::After),
-        )
-        .await?;
+        let doc = self
+            .bounded(
+                self.h()
+                    .recordings
+                    .find_one_and_update(doc! { "_id": id.as_str() }, doc! { "$set": set })
+                    .return_document(ReturnDocument::After),
+            )
+            .await?;
         doc.map(Recording::try_from).transpose()
     }
 
     async fn get_recording(&self, id: &RecordingId) -> Result<Option<Recording>, StoreError> {
-        let doc = bounded(self.recordings.find_one(doc! { "_id": id.as_str() })).await?;
+        let doc = self.bounded(self.h().recordings.find_one(doc! { "_id": id.as_str() })).await?;
         doc.map(Recording::try_from).transpose()
     }
 
@@ -360,21 +423,23 @@ impl StreamStore for MongoStore {
         if let Some(s) = stream {
             filter.insert("stream_id", s.as_str());
         }
-        let docs: Vec<RecordingDoc> = bounded(async {
-            self.recordings
-                .find(after(filter, cursor))
-                .sort(newest_first())
-                .limit(limit_i64(limit))
-                .await?
-                .try_collect()
-                .await
-        })
-        .await?;
+        let docs: Vec<RecordingDoc> = self
+            .bounded(async {
+                self.h()
+                    .recordings
+                    .find(after(filter, cursor))
+                    .sort(newest_first())
+                    .limit(limit_i64(limit))
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
         docs.into_iter().map(Recording::try_from).collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        bounded(self.db.run_command(doc! { "ping": 1 })).await.map(|_| ())
+        self.bounded(self.h().db.run_command(doc! { "ping": 1 })).await.map(|_| ())
     }
 }
 
