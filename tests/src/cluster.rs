@@ -136,8 +136,21 @@ impl Cluster {
         auth_secret: Option<&str>,
         gateway_args: &[&str],
     ) -> Self {
+        Self::start_all_with(gateways, with_nginx, with_recorder, auth_secret, gateway_args, &[]).await
+    }
+
+    /// Like [`Cluster::start_tuned`], with `every_args` on every service's command line (e.g.
+    /// `--otlp-endpoint`).
+    pub async fn start_all_with(
+        gateways: usize,
+        with_nginx: bool,
+        with_recorder: bool,
+        auth_secret: Option<&str>,
+        gateway_args: &[&str],
+        every_args: &[&str],
+    ) -> Self {
         let secured = |args: &[&str]| -> Vec<String> {
-            let mut v: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+            let mut v: Vec<String> = args.iter().chain(every_args).map(|s| (*s).to_owned()).collect();
             v.extend(["--cluster-secret".to_owned(), CLUSTER_SECRET.to_owned()]);
             let public = args.windows(2).any(|w| w[0] == "--target" && w[1] != "signaling");
             if let (Some(s), true) = (auth_secret, public) {

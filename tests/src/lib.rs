@@ -10,6 +10,7 @@ pub mod health;
 pub mod kube;
 pub mod media;
 pub mod netlab;
+pub mod otlp;
 pub mod procs;
 pub mod registry;
 pub mod relayload;

@@ -369,6 +369,8 @@ impl Onair {
         let envs = vec![
             ("RUST_LOG".to_owned(), "info,onair=debug".to_owned()),
             ("ONAIR_DATA_DIR".to_owned(), data.display().to_string()),
+            // With --otlp-endpoint: spans leave within 200 ms (the SDK's default batches every 5 s).
+            ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "200".to_owned()),
         ];
         Self::attach(Proc::spawn(name, onair_bin(), all, envs)).await
     }

@@ -163,6 +163,11 @@ impl Hub {
         self.cfg.link.send(msg);
     }
 
+    /// Like [`Hub::to_signaling`], as part of a trace (`onair_ops::trace`).
+    pub fn to_signaling_traced(&self, msg: pb::node_message::Msg, traceparent: String) {
+        self.cfg.link.send_traced(msg, traceparent);
+    }
+
     /// Binds `peer` to a new socket; returns its connection number. A new peer is announced to
     /// signaling with its resume `token`; a `resumed` one was moved here by the `Resume` call
     /// already. An older socket of the same peer on this gateway is closed (4009).
@@ -278,6 +283,15 @@ impl Hub {
         use pb::delivery::Event;
         let Ok(to) = d.to.parse::<PeerId>() else { return };
         let Some(event) = d.event else { return };
+        // The end of a traced flow (e.g. a watch, here its `watcher_joined` at the broadcaster).
+        let span = if d.traceparent.is_empty() {
+            tracing::Span::none()
+        } else {
+            let span = tracing::info_span!("gateway.deliver", peer = %to, event = event_name(&event));
+            onair_ops::trace::follow(&span, &d.traceparent);
+            span
+        };
+        let _traced = span.enter();
         let text = match event {
             Event::Signal(s) => {
                 let kind = match pb::SignalKind::try_from(s.kind) {
@@ -369,6 +383,22 @@ impl Hub {
                 self.broadcast(ServerFrame::StreamOff { stream_id: &s.id }.to_json());
             }
         }
+    }
+}
+
+/// The name of a delivery's event, for traces.
+fn event_name(e: &pb::delivery::Event) -> &'static str {
+    use pb::delivery::Event;
+    match e {
+        Event::Signal(_) => "signal",
+        Event::WatcherJoined(_) => "watcher_joined",
+        Event::WatcherLeft(_) => "watcher_left",
+        Event::Viewers(_) => "viewers",
+        Event::Error(_) => "error",
+        Event::Evicted(_) => "evicted",
+        Event::Published(_) => "published",
+        Event::Relay(_) => "relay",
+        Event::Media(_) => "media",
     }
 }
 

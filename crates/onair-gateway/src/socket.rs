@@ -76,7 +76,12 @@ impl Conn {
                     return self.error(code, &message).into_iter().collect();
                 }
                 self.hub.note(&self.peer, |d| d.watching = Some(stream_id.clone()));
-                self.hub.to_signaling(Msg::Watch(pb::Watch { peer, stream_id: stream_id.to_string() }));
+                // A watch is traced end to end (OTLP export on): this span, signaling's, and the
+                // broadcaster gateway's delivery of `watcher_joined` share one trace.
+                let span = tracing::info_span!("gateway.watch", peer = %peer, stream = %stream_id);
+                let traceparent = onair_ops::trace::traceparent(&span);
+                self.hub
+                    .to_signaling_traced(Msg::Watch(pb::Watch { peer, stream_id: stream_id.to_string() }), traceparent);
                 vec![]
             }
             ClientFrame::Unwatch => {

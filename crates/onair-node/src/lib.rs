@@ -99,7 +99,12 @@ impl NodeLink {
 
     /// Queues a message for signaling; messages go out in the order they were queued.
     pub fn send(&self, msg: pb::node_message::Msg) {
-        let m = pb::NodeMessage { node: self.node.to_string(), msg: Some(msg) };
+        self.send_traced(msg, String::new());
+    }
+
+    /// Like [`NodeLink::send`], as part of the trace `traceparent` names (see `onair_ops::trace`).
+    pub fn send_traced(&self, msg: pb::node_message::Msg, traceparent: String) {
+        let m = pb::NodeMessage { node: self.node.to_string(), msg: Some(msg), traceparent };
         if self.tx.try_send(m).is_err() {
             tracing::warn!("signaling queue full; message dropped");
         }
@@ -183,7 +188,11 @@ async fn signaling_link<H: NodeHandler>(
 ) {
     let mut backoff = Backoff::new();
     let node = h.link().node().to_string();
-    let hello = || pb::NodeMessage { node: node.clone(), msg: Some(pb::node_message::Msg::Hello(pb::Hello {})) };
+    let hello = || pb::NodeMessage {
+        node: node.clone(),
+        msg: Some(pb::node_message::Msg::Hello(pb::Hello {})),
+        ..Default::default()
+    };
     loop {
         let (itx, irx) = mpsc::channel::<pb::NodeMessage>(1024);
         let _ = itx.send(hello()).await;

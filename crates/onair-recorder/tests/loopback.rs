@@ -228,7 +228,10 @@ impl FakeNode {
     }
 
     async fn send(&self, msg: pb::node_message::Msg) {
-        self.tx.send(pb::NodeMessage { node: self.node.to_string(), msg: Some(msg) }).await.unwrap();
+        self.tx
+            .send(pb::NodeMessage { node: self.node.to_string(), msg: Some(msg), ..Default::default() })
+            .await
+            .unwrap();
     }
 }
 

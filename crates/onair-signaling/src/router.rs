@@ -190,7 +190,9 @@ impl Router {
 
     /// Publishes one delivery to `node`'s channel.
     pub async fn deliver(&self, node: &NodeId, to: &PeerId, event: pb::delivery::Event) {
-        let d = pb::Delivery { to: to.to_string(), event: Some(event) };
+        // Inside a traced flow (see service.rs), the delivery carries the trace on.
+        let traceparent = onair_ops::trace::traceparent(&tracing::Span::current());
+        let d = pb::Delivery { to: to.to_string(), event: Some(event), traceparent };
         if let Err(e) = self.bus.publish(&node.channel(), Bytes::from(d.encode_to_vec())).await {
             tracing::warn!(error = %e, peer = %to, "delivery failed");
         }

@@ -51,6 +51,25 @@ fn raw_peer(msg: &pb::node_message::Msg) -> &str {
     }
 }
 
+/// A message's kind and the stream it names, for traces.
+fn describe(msg: &pb::node_message::Msg) -> (&'static str, &str) {
+    use pb::node_message::Msg;
+    match msg {
+        Msg::Hello(_) => ("hello", ""),
+        Msg::Attach(_) => ("attach", ""),
+        Msg::Detach(_) => ("detach", ""),
+        Msg::Publish(_) => ("publish", ""),
+        Msg::Unpublished(_) => ("unpublished", ""),
+        Msg::Watch(w) => ("watch", &w.stream_id),
+        Msg::Unwatch(_) => ("unwatch", ""),
+        Msg::Signal(_) => ("signal", ""),
+        Msg::Reassert(_) => ("reassert", ""),
+    }
+}
+
+/// One message for a lane: the peer it is about, the message, its trace context (`""`: untraced).
+type Lane = mpsc::Sender<(String, pb::node_message::Msg, String)>;
+
 /// Parallel lanes per NodeStream. A node's messages are handled in order per peer (the sender, or
 /// the peer a message is about), so a pair's offer/answer/candidates never overtake each other, while
 /// different peers' messages no longer wait for one another's Redis round trips.
@@ -68,16 +87,22 @@ fn shard_of(peer: &str) -> usize {
 }
 
 /// One lane: handles its messages in order, answering refusals on the node's event stream.
-fn spawn_shard(
-    router: Router,
-    node: NodeId,
-    events: mpsc::Sender<Result<pb::NodeEvent, Status>>,
-) -> mpsc::Sender<(String, pb::node_message::Msg)> {
-    let (tx, mut rx) = mpsc::channel::<(String, pb::node_message::Msg)>(1024);
+fn spawn_shard(router: Router, node: NodeId, events: mpsc::Sender<Result<pb::NodeEvent, Status>>) -> Lane {
+    use tracing::Instrument;
+    let (tx, mut rx) = mpsc::channel::<(String, pb::node_message::Msg, String)>(1024);
     tokio::spawn(async move {
-        while let Some((raw, msg)) = rx.recv().await {
+        while let Some((raw, msg, traceparent)) = rx.recv().await {
+            // A traced message (a watch) continues its trace here; the deliveries it makes carry it on.
+            let span = if traceparent.is_empty() {
+                tracing::Span::none()
+            } else {
+                let (kind, stream) = describe(&msg);
+                let span = tracing::info_span!("signaling.handle", action = kind, peer = %raw, stream = %stream);
+                onair_ops::trace::follow(&span, &traceparent);
+                span
+            };
             let handled = match Action::try_from(msg) {
-                Ok(action) => router.handle(&node, action).await,
+                Ok(action) => router.handle(&node, action).instrument(span).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = handled {
@@ -107,7 +132,7 @@ impl Signaling for SignalingService {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut node: Option<NodeId> = None;
-            let mut shards: Vec<mpsc::Sender<(String, pb::node_message::Msg)>> = Vec::new();
+            let mut shards: Vec<Lane> = Vec::new();
             loop {
                 let next = tokio::select! {
                     () = shutdown.cancelled() => break,
@@ -129,7 +154,7 @@ impl Signaling for SignalingService {
                 }
                 let raw = raw_peer(&msg).to_owned();
                 // Waiting for room in a shard is the backpressure on this node's stream.
-                if shards[shard_of(&raw)].send((raw, msg)).await.is_err() {
+                if shards[shard_of(&raw)].send((raw, msg, m.traceparent)).await.is_err() {
                     break;
                 }
             }
