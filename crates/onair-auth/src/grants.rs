@@ -27,15 +27,6 @@ impl From<Scope> for String {
     }
 }
 
-impl Scope {
-    fn allows(&self, what: &str) -> bool {
-        match self {
-            Self::Any => true,
-            Self::Only(v) => v == what,
-        }
-    }
-}
-
 /// What the holder of a token may do. Unknown grants in a token are ignored (a newer issuer).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grants {
@@ -76,26 +67,12 @@ impl Grants {
 
     /// Whether going live with `title` is allowed.
     pub fn check_publish(&self, title: &str) -> Result<(), Denied> {
-        match &self.publish {
-            None => Err(Denied::NoGrant("publish")),
-            Some(s) if s.allows(title) => Ok(()),
-            Some(Scope::Only(allowed)) => {
-                Err(Denied::OtherScope { action: "publishing", what: "as", allowed: allowed.clone() })
-            }
-            Some(Scope::Any) => Ok(()),
-        }
+        check(self.publish.as_ref(), title, "publish", "publishing", "as")
     }
 
     /// Whether watching `stream` is allowed.
     pub fn check_subscribe(&self, stream: &str) -> Result<(), Denied> {
-        match &self.subscribe {
-            None => Err(Denied::NoGrant("subscribe")),
-            Some(s) if s.allows(stream) => Ok(()),
-            Some(Scope::Only(allowed)) => {
-                Err(Denied::OtherScope { action: "watching", what: "stream", allowed: allowed.clone() })
-            }
-            Some(Scope::Any) => Ok(()),
-        }
+        check(self.subscribe.as_ref(), stream, "subscribe", "watching", "stream")
     }
 
     /// Adds one grant given on the command line.
@@ -106,6 +83,23 @@ impl Grants {
             GrantArg::Admin => self.admin = true,
         }
         self
+    }
+}
+
+/// Whether `grant` (named `name`) covers `value`; else why not, worded as "allows {action} only {what} …".
+fn check(
+    grant: Option<&Scope>,
+    value: &str,
+    name: &'static str,
+    action: &'static str,
+    what: &'static str,
+) -> Result<(), Denied> {
+    match grant {
+        None => Err(Denied::NoGrant(name)),
+        Some(Scope::Only(allowed)) if allowed != value => {
+            Err(Denied::OtherScope { action, what, allowed: allowed.clone() })
+        }
+        Some(_) => Ok(()),
     }
 }
 

@@ -9,7 +9,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::server::NamedService;
 
-use crate::{ClusterSecret, TokenError, Verifier};
+use crate::{ClusterSecret, Verifier};
 
 /// Who may call a gRPC service.
 #[derive(Debug, Clone)]
@@ -44,11 +44,7 @@ impl Access {
 
     /// Whether a call with these headers may proceed; else the status to answer with.
     pub fn check(&self, service: &str, headers: &http::HeaderMap) -> Result<(), Status> {
-        let bearer = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim);
+        let bearer = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::bearer);
         match self {
             Self::Open => Ok(()),
             Self::Internal(secret) => match bearer {
@@ -79,9 +75,6 @@ impl Access {
                     Ok(_) => Err(Status::permission_denied(format!(
                         "this access token has no admin grant, which {service} needs"
                     ))),
-                    Err(e @ (TokenError::Expired | TokenError::BadSignature | TokenError::WrongAlgorithm)) => {
-                        Err(Status::unauthenticated(e.to_string()))
-                    }
                     Err(e) => Err(Status::unauthenticated(e.to_string())),
                 }
             }

@@ -62,5 +62,11 @@ pub enum KeyError {
     NotEd25519(String),
 }
 
+/// The credential of an `Authorization` header value `Bearer <credential>` (or `bearer …`), trimmed;
+/// `None` for any other scheme.
+pub fn bearer(authorization: &str) -> Option<&str> {
+    authorization.strip_prefix("Bearer ").or_else(|| authorization.strip_prefix("bearer ")).map(str::trim)
+}
+
 /// Shortest secret accepted for signing tokens or authenticating services.
 pub const MIN_SECRET_CHARS: usize = 16;

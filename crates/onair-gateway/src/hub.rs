@@ -31,8 +31,7 @@ struct Slot {
     conn: u64,
     /// What signaling knows about the peer, kept to re-assert it if the directory is lost.
     token: String,
-    broadcasting: Option<StreamId>,
-    watching: Option<StreamId>,
+    doing: Doing,
 }
 
 /// Gateway metrics.
@@ -174,13 +173,7 @@ impl Hub {
     /// `doing` is what a resumed peer broadcasts and watches (from signaling's `Resume`).
     pub fn attach(&self, peer: &PeerId, token: &str, tx: SocketTx, resumed: bool, doing: Doing) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot {
-            tx: Some(tx),
-            conn,
-            token: token.to_owned(),
-            broadcasting: doing.broadcasting,
-            watching: doing.watching,
-        };
+        let slot = Slot { tx: Some(tx), conn, token: token.to_owned(), doing };
         let old = self.lock().insert(peer.clone(), slot);
         if let Some(Slot { tx: Some(old_tx), .. }) = old {
             old_tx.send(Out::Close(4009, "session resumed on another connection"));
@@ -241,9 +234,7 @@ impl Hub {
     /// after a directory loss carries it.
     pub fn note(&self, peer: &PeerId, change: impl FnOnce(&mut Doing)) {
         if let Some(slot) = self.lock().get_mut(peer) {
-            let mut doing = Doing { broadcasting: slot.broadcasting.take(), watching: slot.watching.take() };
-            change(&mut doing);
-            (slot.broadcasting, slot.watching) = (doing.broadcasting, doing.watching);
+            change(&mut slot.doing);
         }
     }
 
@@ -373,11 +364,12 @@ impl Hub {
             FeedEvent::Change(StreamEvent::Ended(s)) => {
                 self.with_streams(|list| list.retain(|x| x.id != s.id));
                 for slot in self.lock().values_mut() {
-                    if slot.broadcasting.as_ref() == Some(&s.id) {
-                        slot.broadcasting = None;
+                    let d = &mut slot.doing;
+                    if d.broadcasting.as_ref() == Some(&s.id) {
+                        d.broadcasting = None;
                     }
-                    if slot.watching.as_ref() == Some(&s.id) {
-                        slot.watching = None;
+                    if d.watching.as_ref() == Some(&s.id) {
+                        d.watching = None;
                     }
                 }
                 self.broadcast(ServerFrame::StreamOff { stream_id: &s.id }.to_json());
@@ -424,8 +416,8 @@ impl NodeHandler for Hub {
             .map(|(peer, slot)| pb::PeerState {
                 peer: peer.to_string(),
                 resume_token: slot.token.clone(),
-                broadcasting: s(&slot.broadcasting),
-                watching: s(&slot.watching),
+                broadcasting: s(&slot.doing.broadcasting),
+                watching: s(&slot.doing.watching),
                 relaying: String::new(),
             })
             .collect()

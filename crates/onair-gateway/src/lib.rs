@@ -102,10 +102,7 @@ struct WsQuery {
 
 /// The access token of an upgrade: `?access_token=`, else `Authorization: Bearer`.
 fn access_token<'a>(query: Option<&'a str>, authorization: Option<&'a str>) -> Option<&'a str> {
-    query
-        .or_else(|| authorization.and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer "))))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    query.or_else(|| authorization.and_then(onair_auth::bearer)).map(str::trim).filter(|t| !t.is_empty())
 }
 
 /// Whether a WebSocket upgrade from a page of `origin` may proceed: an origin on `allowed`, or the

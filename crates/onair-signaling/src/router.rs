@@ -303,16 +303,7 @@ impl Router {
         }
         for stream in orphans.intersection(suspects) {
             tracing::warn!(%stream, "live stream without a broadcaster (its node is gone); ending it");
-            let mut registry = self.registry.clone();
-            if let Err(e) = registry.end_stream(pb::EndStreamRequest { id: stream.to_string() }).await {
-                tracing::warn!(error = %e, %stream, "registry did not end the orphaned stream");
-            }
-            if let Some(r) = self.dir.relay(stream).await? {
-                self.drop_relay(stream, &r).await?;
-            }
-            for w in self.dir.clear_stream(stream).await? {
-                self.dir.set_watching(&w, None).await?;
-            }
+            self.end_stream(stream).await?;
         }
         Ok(orphans)
     }
@@ -523,6 +514,14 @@ impl Router {
     /// Ends the peer's broadcast: registry first (so every page sees stream_off), then membership.
     async fn stop_broadcast(&self, peer: &PeerId, rec: &PeerRecord) -> Result<(), RouteError> {
         let Some(stream) = &rec.broadcasting else { return Ok(()) };
+        self.end_stream(stream).await?;
+        self.dir.set_broadcasting(peer, None, Some(stream)).await?;
+        tracing::info!(%peer, %stream, "broadcast stopped");
+        Ok(())
+    }
+
+    /// Ends `stream` in the registry (so every page sees stream_off) and drops its membership.
+    async fn end_stream(&self, stream: &StreamId) -> Result<(), RouteError> {
         let mut registry = self.registry.clone();
         if let Err(e) = registry.end_stream(pb::EndStreamRequest { id: stream.to_string() }).await {
             tracing::warn!(error = %e, %stream, "registry did not end the stream");
@@ -533,8 +532,6 @@ impl Router {
         for w in self.dir.clear_stream(stream).await? {
             self.dir.set_watching(&w, None).await?;
         }
-        self.dir.set_broadcasting(peer, None, Some(stream)).await?;
-        tracing::info!(%peer, %stream, "broadcast stopped");
         Ok(())
     }
 
