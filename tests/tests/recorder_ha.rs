@@ -116,4 +116,17 @@ async fn a_second_recorder_continues_the_broadcast_when_the_first_dies_or_drains
     }
     assert!(p[0].error.contains("continues in the next part"), "the lost part says so: {:?}", p[0]);
     assert!(p[1].error.is_empty() && p[2].error.is_empty(), "{p:?}");
+
+    // The recordings page says which part is which.
+    b.goto(&format!("{base}/recordings")).await;
+    let labels = b
+        .wait_for(
+            "the parts' labels on /recordings",
+            LONG,
+            "const l = [...document.querySelectorAll('.js-part:not([hidden])')].map(e => e.textContent); \
+             return l.length === 3 ? l : null",
+        )
+        .await;
+    println!("recordings page: {labels} ({})", b.screenshot("recordings-parts").await.display());
+    assert_eq!(labels, serde_json::json!(["Part 3 of 3", "Part 2 of 3", "Part 1 of 3"]), "newest first");
 }

@@ -48,7 +48,28 @@ function titleOf(r) {
   return (typeof r.title === 'string' && r.title.trim()) || 'Untitled broadcast';
 }
 
-function createItem(r) {
+/**
+ * "Part n of m" for the recordings of a broadcast recorded in several parts (a recorder was replaced
+ * mid-broadcast and another recorded on), by recording id; oldest part first.
+ */
+function partsOf(list) {
+  const byStream = new Map();
+  for (const r of list) {
+    if (!r.stream_id) continue;
+    const k = String(r.stream_id);
+    if (!byStream.has(k)) byStream.set(k, []);
+    byStream.get(k).push(r);
+  }
+  const out = new Map();
+  for (const rs of byStream.values()) {
+    if (rs.length < 2) continue;
+    rs.sort((a, b) => (parseTime(a.started_at) || 0) - (parseTime(b.started_at) || 0));
+    rs.forEach((r, i) => out.set(String(r.id), `Part ${i + 1} of ${rs.length}`));
+  }
+  return out;
+}
+
+function createItem(r, part) {
   const video = h('video', { controls: true, preload: 'metadata', playsinline: true, src: mediaUrl(r) });
   const frame = h('div', { class: 'video-frame' }, video);
   video.addEventListener('error', () => {
@@ -65,6 +86,7 @@ function createItem(r) {
     h('div', { class: 'rec-body' },
       h('div', { class: 'rec-head' },
         h('div', { class: 'rec-title js-title' }),
+        h('span', { class: 'badge js-part', hidden: true }),
         h('span', { class: 'badge js-state' })),
       h('div', { class: 'rec-meta' },
         h('span', { title: 'Started' }, icon('calendar'), h('span', { class: 'js-date' })),
@@ -76,16 +98,19 @@ function createItem(r) {
         h('a', { class: 'btn btn-sm js-download', href: mediaUrl(r), download: downloadName(r) }, icon('download'), 'Download'),
         h('span', { class: 'spacer' }),
         h('span', { class: 'field-hint mono', title: `Stream ${r.stream_id || ''}` }, String(r.id)))));
-  updateItem(li, r);
+  updateItem(li, r, part);
   return li;
 }
 
-function updateItem(li, r) {
+function updateItem(li, r, part) {
   const prev = li.dataset.state;
   const state = STATE[r.state] ? r.state : 'complete';
   li.dataset.state = state;
   const set = (sel, text) => { const el = li.querySelector(sel); if (el.textContent !== text) el.textContent = text; };
   set('.js-title', titleOf(r));
+  const partBadge = li.querySelector('.js-part');
+  partBadge.hidden = !part;
+  set('.js-part', part || '');
   const badge = li.querySelector('.js-state');
   badge.className = `badge js-state ${STATE[state].cls}`;
   set('.js-state', STATE[state].label);
@@ -127,10 +152,11 @@ function render() {
   els.list.setAttribute('aria-busy', String(!loaded));
   const sorted = [...recordings.values()].sort((a, b) => (parseTime(b.started_at) || 0) - (parseTime(a.started_at) || 0));
   const existing = new Map([...els.list.children].map((li) => [li.dataset.recordingId, li]));
+  const parts = partsOf(sorted);
   sorted.forEach((r, i) => {
     const id = String(r.id);
     let li = existing.get(id);
-    if (li) { existing.delete(id); updateItem(li, r); } else li = createItem(r);
+    if (li) { existing.delete(id); updateItem(li, r, parts.get(id)); } else li = createItem(r, parts.get(id));
     if (els.list.children[i] !== li) els.list.insertBefore(li, els.list.children[i] || null);
   });
   for (const li of existing.values()) li.remove();
