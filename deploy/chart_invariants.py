@@ -273,6 +273,8 @@ def check_workloads(res, variant, docs, helpflags, helpenvs):
         data.update(s.get("stringData") or {})
         secrets[name_of(s)] = data
 
+    # ConfigMaps the pods read env variables from (others, like the Grafana dashboard, are not config).
+    env_configmaps = set()
     workloads = by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")
     found = {}
     for w in workloads:
@@ -404,6 +406,7 @@ def check_workloads(res, variant, docs, helpflags, helpenvs):
                 vf = e.get("valueFrom", {})
                 if "configMapKeyRef" in vf:
                     ref = vf["configMapKeyRef"]
+                    env_configmaps.add(ref["name"])
                     res.check(f"{ctag}: env {e['name']} -> ConfigMap {ref['name']} key {ref['key']} exists",
                               ref["key"] in configmaps.get(ref["name"], {}))
                 if "secretKeyRef" in vf:
@@ -494,7 +497,7 @@ def check_workloads(res, variant, docs, helpflags, helpenvs):
             res.check(f"[{variant}] recordings claim is ReadWriteMany", "ReadWriteMany" in modes, f"{modes}")
     else:
         res.check(f"[{variant}] recorder and gateway both mount the recordings volume", False, f"{sorted(recordings)}")
-    return pods, configmaps, secrets
+    return pods, {n: d for n, d in configmaps.items() if n in env_configmaps}, secrets
 
 
 def check_existing_claim(res):

@@ -47,6 +47,10 @@ pub struct GatewayMetrics {
     pub frames_rejected: Counter,
     /// WebSocket upgrades refused because the client address had too many open.
     pub sockets_refused_per_ip: Counter,
+    /// Live streams (the cached live list: every gateway has the same).
+    pub live_streams: Gauge,
+    /// Viewers of the live streams, summed (from the same list).
+    pub viewers: Gauge,
 }
 
 impl GatewayMetrics {
@@ -60,6 +64,16 @@ impl GatewayMetrics {
             "gateway_sockets_refused_per_ip",
             "WebSocket upgrades refused with 429: too many open from one client address (--max-sockets-per-ip)",
             self.sockets_refused_per_ip.clone(),
+        );
+        m.register(
+            "gateway_live_streams",
+            "Live streams (every gateway has the whole list)",
+            self.live_streams.clone(),
+        );
+        m.register(
+            "gateway_viewers",
+            "Viewers of the live streams, summed (every gateway has the whole list)",
+            self.viewers.clone(),
         );
     }
 }
@@ -339,7 +353,11 @@ impl Hub {
     }
 
     fn with_streams<R>(&self, f: impl FnOnce(&mut Vec<Stream>) -> R) -> R {
-        f(&mut self.streams.write())
+        let mut list = self.streams.write();
+        let r = f(&mut list);
+        self.metrics.live_streams.set(i64::try_from(list.len()).unwrap_or(i64::MAX));
+        self.metrics.viewers.set(list.iter().map(|s| i64::from(s.viewers)).sum());
+        r
     }
 
     /// Applies one registry change to the cached list and tells every socket.

@@ -3,6 +3,7 @@
 //! (Redis in the cluster) and deliveries go through the [`onair_core::Bus`].
 
 mod error;
+mod metrics;
 mod router;
 mod service;
 
@@ -74,11 +75,13 @@ pub fn serve(
     let router = Router::new(dir, bus, StreamRegistryClient::new(config.security.credentials().on(channel)))
         .with_watcher_limit(config.max_watchers_per_stream, refused_full)
         .with_media(config.relays, config.presence_ttl);
+    let metrics = metrics::SignalingMetrics::default();
+    metrics.register(admin.metrics());
     let admin = admin.clone();
     Ok(async move {
         let reaper = tokio::spawn(service::reap_dead_nodes(router.clone(), config.presence_ttl, shutdown.clone()));
         let sweeper = tokio::spawn(service::sweep_orphans(router.clone(), config.presence_ttl * 2, shutdown.clone()));
-        let service = SignalingService::new(router, config.presence_ttl, shutdown.clone());
+        let service = SignalingService::new(router, config.presence_ttl, shutdown.clone(), metrics);
         let served = onair_ops::grpc::serve(
             &admin,
             onair_auth::Guarded::new(SignalingServer::new(service), config.security.internal_api()),

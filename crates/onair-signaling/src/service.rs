@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::RouteError;
+use crate::metrics::{ActionLabels, CodeLabels, SignalingMetrics};
 use crate::router::{Action, Router};
 
 /// The signaling service.
@@ -22,12 +23,13 @@ pub struct SignalingService {
     router: Router,
     presence_ttl: Duration,
     shutdown: CancellationToken,
+    metrics: SignalingMetrics,
 }
 
 impl SignalingService {
     /// A service over `router`; nodes silent for `presence_ttl` lose their peers.
-    pub fn new(router: Router, presence_ttl: Duration, shutdown: CancellationToken) -> Self {
-        Self { router, presence_ttl, shutdown }
+    pub fn new(router: Router, presence_ttl: Duration, shutdown: CancellationToken, metrics: SignalingMetrics) -> Self {
+        Self { router, presence_ttl, shutdown, metrics }
     }
 }
 
@@ -87,25 +89,35 @@ fn shard_of(peer: &str) -> usize {
 }
 
 /// One lane: handles its messages in order, answering refusals on the node's event stream.
-fn spawn_shard(router: Router, node: NodeId, events: mpsc::Sender<Result<pb::NodeEvent, Status>>) -> Lane {
+fn spawn_shard(
+    router: Router,
+    node: NodeId,
+    events: mpsc::Sender<Result<pb::NodeEvent, Status>>,
+    metrics: SignalingMetrics,
+) -> Lane {
     use tracing::Instrument;
     let (tx, mut rx) = mpsc::channel::<(String, pb::node_message::Msg, String)>(1024);
     tokio::spawn(async move {
         while let Some((raw, msg, traceparent)) = rx.recv().await {
+            let (kind, stream) = describe(&msg);
             // A traced message (a watch) continues its trace here; the deliveries it makes carry it on.
             let span = if traceparent.is_empty() {
                 tracing::Span::none()
             } else {
-                let (kind, stream) = describe(&msg);
                 let span = tracing::info_span!("signaling.handle", action = kind, peer = %raw, stream = %stream);
                 onair_ops::trace::follow(&span, &traceparent);
                 span
             };
+            let started = std::time::Instant::now();
             let handled = match Action::try_from(msg) {
                 Ok(action) => router.handle(&node, action).instrument(span).await,
                 Err(e) => Err(e),
             };
+            let labels = ActionLabels { action: kind };
+            metrics.messages.get_or_create(&labels).inc();
+            metrics.handling.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
             if let Err(e) = handled {
+                metrics.refused.get_or_create(&CodeLabels { code: e.code().as_str() }).inc();
                 let ev = pb::NodeEvent { peer: raw, code: e.code().as_str().to_owned(), message: e.to_string() };
                 if events.send(Ok(ev)).await.is_err() {
                     break;
@@ -130,6 +142,7 @@ impl Signaling for SignalingService {
         let (tx, rx) = mpsc::channel::<Result<pb::NodeEvent, Status>>(1024);
         let router = self.router.clone();
         let shutdown = self.shutdown.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let mut node: Option<NodeId> = None;
             let mut shards: Vec<Lane> = Vec::new();
@@ -143,7 +156,9 @@ impl Signaling for SignalingService {
                 if node.is_none() {
                     match m.node.parse::<NodeId>() {
                         Ok(n) => {
-                            shards = (0..SHARDS).map(|_| spawn_shard(router.clone(), n.clone(), tx.clone())).collect();
+                            shards = (0..SHARDS)
+                                .map(|_| spawn_shard(router.clone(), n.clone(), tx.clone(), metrics.clone()))
+                                .collect();
                             node = Some(n);
                         }
                         Err(e) => {
