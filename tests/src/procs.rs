@@ -31,7 +31,9 @@ pub async fn start_on_free_port_at(
         let mut proc = Proc::spawn(name, &program, args(port), vec![]);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(40) && !proc.exited() {
-            if port_open_at(ip, port) {
+            // Ours, not a socket another process took the free port for meanwhile (the server then
+            // fails to bind, while the port answers).
+            if port_open_at(ip, port) && proc.pid().is_some_and(|pid| listens(pid, port)) {
                 return (proc, port);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -39,6 +41,26 @@ pub async fn start_on_free_port_at(
         eprintln!("{name} did not come up on {port}; retrying on another port:\n{}", proc.output());
     }
     panic!("{name} ({}) would not start on any free port", program.display());
+}
+
+/// Whether process `pid` holds a listening TCP socket on `port` (the inodes of its network
+/// namespace's TCP tables, /proc/PID/net/tcp{,6}, against its open file descriptors).
+fn listens(pid: u32, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        for line in std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is ADDR:PORT in hex, st 0A is LISTEN, field 9 the socket inode.
+            let local_port = f.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) && f.get(3) == Some(&"0A") {
+                inodes.extend(f.get(9).map(|i| format!("socket:[{i}]")));
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
 }
 
 /// A port nobody listens on right now (only for servers that cannot bind port 0 and report it).
