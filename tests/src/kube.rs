@@ -27,7 +27,7 @@ pub struct Rendered {
 }
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    crate::cluster::repo_root()
 }
 
 impl Rendered {

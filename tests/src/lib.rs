@@ -16,6 +16,15 @@ pub mod registry;
 pub mod relayload;
 pub mod tls;
 pub mod turn;
+pub mod whip;
 pub mod ws;
 
 pub use procs::{Mongo, Onair, Proc, Redis, free_port, tools_dir, unique, wait_until};
+
+/// This crate's directory (`tests/`) in the checkout being tested. Cargo and nextest set
+/// `CARGO_MANIFEST_DIR` when they run a test, which wins over the path compiled in: CI clones
+/// share one target directory, and a test binary built from another clone must still read this
+/// checkout's files (scripts, nginx config, chart).
+pub fn tests_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), std::path::PathBuf::from)
+}

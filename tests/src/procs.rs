@@ -63,8 +63,25 @@ fn listens(pid: u32, port: u16) -> bool {
         .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
 }
 
-/// A port nobody listens on right now (only for servers that cannot bind port 0 and report it).
+/// A port nobody uses right now (TCP and UDP), for servers that cannot bind port 0 and report it.
+///
+/// Picked below the kernel's ephemeral range (32768–60999 here): a port the kernel hands out for a
+/// port-0 bind or an outgoing connection can be taken by any process between our pick and the
+/// server's bind (seen in CI: Redis restarted on its port found another test's server there).
+/// Below the range only explicit picks compete, and each process walks its own sequence.
 pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000; // 10000..32000
+    let seed = std::process::id().wrapping_mul(7_919);
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = u16::try_from(LOW + seed.wrapping_add(n.wrapping_mul(104_729)) % SPAN).unwrap();
+        let tcp = TcpListener::bind((LOCALHOST, port)).is_ok();
+        if tcp && std::net::UdpSocket::bind((LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -449,6 +466,12 @@ impl Onair {
     /// GET on the admin port; returns (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         http_get(self.admin, path).await
+    }
+
+    /// The un-labelled metric `name` from `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let (_, body) = self.admin_get("/metrics").await;
+        metric(&body, name).unwrap_or(0)
     }
 
     /// Waits until `/readyz` answers 200.

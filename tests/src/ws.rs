@@ -15,6 +15,12 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// One browser-like connection.
 pub struct Ws {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Frames of a `batch` not handed out yet (a batch is read as the frames it carries).
+    unpacked: std::collections::VecDeque<Value>,
+    /// `batch` frames received (how coalesced the list changes were).
+    pub batches: usize,
+    /// WebSocket text messages received (a batch counts once).
+    pub messages: usize,
     /// Peer id from the last `welcome`.
     pub peer_id: String,
     /// Resume token from the last `welcome`.
@@ -89,6 +95,9 @@ impl Ws {
             .expect("WebSocket connect failed");
         let mut ws = Self {
             stream,
+            unpacked: std::collections::VecDeque::new(),
+            batches: 0,
+            messages: 0,
             peer_id: String::new(),
             token: String::new(),
             initial_streams: vec![],
@@ -131,11 +140,27 @@ impl Ws {
         self.stream.send(Message::Binary(data.into())).await.expect("send failed");
     }
 
-    /// The next JSON frame within `wait`; `None` if the socket closed or nothing came.
+    /// The next JSON frame within `wait` (those of a `batch` one by one, as the pages read them);
+    /// `None` if the socket closed or nothing came.
     pub async fn next(&mut self, wait: Duration) -> Option<Value> {
+        if let Some(v) = self.unpacked.pop_front() {
+            return Some(v);
+        }
         loop {
             match tokio::time::timeout(wait, self.stream.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).expect("server sent bad JSON")),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    self.messages += 1;
+                    let v: Value = serde_json::from_str(&t).expect("server sent bad JSON");
+                    if v["type"] == "batch" {
+                        self.batches += 1;
+                        self.unpacked.extend(v["frames"].as_array().cloned().unwrap_or_default());
+                        match self.unpacked.pop_front() {
+                            Some(first) => return Some(first),
+                            None => continue,
+                        }
+                    }
+                    return Some(v);
+                }
                 Ok(Some(Ok(Message::Close(_)) | Err(_))) | Ok(None) | Err(_) => return None,
                 Ok(Some(Ok(_))) => {}
             }

@@ -121,7 +121,8 @@ async fn a_browser_broadcast_through_the_container_is_recorded_on_its_volume_and
     let log = c.onair.proc.output();
     assert_eq!(code, 0, "exit code {code} after SIGTERM ({took:?}; 137 = killed after the grace period):\n{log}");
     assert!(took < GRACE, "stopping took {took:?}, the grace period is {GRACE:?}");
-    assert!(!log.contains("not stored"), "the final recording state was lost:\n{log}");
+    // A progress update may time out under load (the final state overwrites it); the final one must not.
+    assert!(!log.contains("final recording state not stored"), "the final recording state was lost:\n{log}");
     drop(b);
 
     let webm: Vec<_> = volume.files().into_iter().filter(|f| f.starts_with("recordings")).collect();

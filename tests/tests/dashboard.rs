@@ -35,7 +35,7 @@ fn family(sample: &str) -> (&str, Option<&'static str>) {
 
 #[tokio::test]
 async fn every_metric_the_dashboard_queries_is_exposed() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/onair/files/grafana-dashboard.json");
+    let path = onair_tests::cluster::repo_root().join("helm/onair/files/grafana-dashboard.json");
     let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let panels = dash["panels"].as_array().unwrap();
     let mut queried = BTreeSet::new();

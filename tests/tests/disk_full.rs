@@ -43,6 +43,13 @@ impl Drop for SmallVolume {
     }
 }
 
+/// Bytes free on the filesystem holding `dir` (from df(1): no libc binding needed).
+fn free_bytes(dir: &Path) -> u64 {
+    let out = Command::new("df").args(["--output=avail", "-B1"]).arg(dir).output().expect("df(1)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("df said {text:?}"))
+}
+
 #[tokio::test]
 async fn a_full_volume_fails_the_recording_keeps_the_broadcast_and_refuses_new_ones_until_space_returns() {
     let volume = SmallVolume::mount("2m");
@@ -55,8 +62,14 @@ async fn a_full_volume_fails_the_recording_keeps_the_broadcast_and_refuses_new_o
     // 1. The recording fills the volume and fails, saying why; the broadcast stays live.
     let b = Browser::start("disk-full-broadcaster").await;
     let first = b.go_live(&base, "Fills the disk").await;
+    // Once it records, other data takes all but ~256 KiB of the volume, so a fake camera's few
+    // hundred kbit/s fill it within seconds (not the minute and a half 2 MiB would take).
+    recording_where(&reg, &first, Duration::from_secs(20), |r| r.state == pb::RecordingState::Recording as i32).await;
+    let ballast = volume.path().join("ballast");
+    let free = free_bytes(volume.path());
+    std::fs::write(&ballast, vec![0u8; usize::try_from(free.saturating_sub(256 * 1024)).unwrap()]).unwrap();
     let failed =
-        recording_where(&reg, &first, Duration::from_secs(90), |r| r.state == pb::RecordingState::Failed as i32).await;
+        recording_where(&reg, &first, Duration::from_secs(60), |r| r.state == pb::RecordingState::Failed as i32).await;
     assert!(failed.error.contains("recordings volume is full"), "reason: {}", failed.error);
     let status = b.eval("return document.getElementById('status').textContent.trim()").await;
     assert_eq!(status, "Live", "the broadcast goes on");
@@ -73,6 +86,7 @@ async fn a_full_volume_fails_the_recording_keeps_the_broadcast_and_refuses_new_o
 
     // 3. Space returns (the operator deletes the file): the next broadcast is recorded again.
     std::fs::remove_file(volume.path().join(&failed.file_name)).unwrap();
+    std::fs::remove_file(&ballast).unwrap();
     let third = b.go_live(&base, "Room again").await;
     recording_where(&reg, &third, Duration::from_secs(20), |r| r.state == pb::RecordingState::Recording as i32).await;
     b.stop_broadcast().await;

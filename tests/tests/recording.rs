@@ -168,7 +168,7 @@ async fn sigterm_to_the_all_in_one_finalizes_the_recording_before_exit() {
     let code = aio.proc.terminate(Duration::from_secs(20)).await;
     let log = aio.proc.output();
     assert_eq!(code, Some(0), "onair did not exit cleanly within 20 s of SIGTERM:\n{log}");
-    assert!(!log.contains("not stored"), "the final recording state was lost:\n{log}");
+    assert!(!log.contains("final recording state not stored"), "the final recording state was lost:\n{log}");
     // The broadcaster's page would go live again on the restarted server: close it first.
     drop(b);
 

@@ -11,7 +11,7 @@ const STANDARD: [&str; 3] =
 /// The services reflection lists on `port`, sorted.
 async fn listed(port: u16) -> Vec<String> {
     let python = onair_tests::tools_dir().join("venv/bin/python");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("reflection_client.py");
+    let script = onair_tests::tests_dir().join("reflection_client.py");
     let out = tokio::process::Command::new(python)
         .arg(script)
         .arg(format!("127.0.0.1:{port}"))

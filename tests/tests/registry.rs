@@ -15,7 +15,12 @@ use tonic::transport::Channel;
 type Client = StreamRegistryClient<Channel>;
 
 fn create(title: &str, peer: &str) -> pb::CreateStreamRequest {
-    pb::CreateStreamRequest { title: title.into(), broadcaster: peer.into(), node: "gw-test".into(), id: String::new() }
+    pb::CreateStreamRequest {
+        title: title.into(),
+        broadcaster: peer.into(),
+        node: "gw-test".into(),
+        ..Default::default()
+    }
 }
 
 fn list(state: pb::StreamState, page_size: u32, page_token: &str) -> pb::ListStreamsRequest {
@@ -99,6 +104,15 @@ async fn contract(mut c: Client) {
     // the broadcaster may go live again once its stream ended
     c.create_stream(create("back", "peer-a")).await.unwrap();
 
+    // at most --max-live-per-subject (default 3) live streams per owner, which the stream keeps
+    let owned = |i: u32| pb::CreateStreamRequest { owner: "owner-o".into(), ..create("owned", &format!("peer-o{i}")) };
+    for i in 0..3 {
+        assert_eq!(c.create_stream(owned(i)).await.unwrap().into_inner().owner, "owner-o");
+    }
+    let full = c.create_stream(owned(3)).await.unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    assert!(full.message().contains("\"owner-o\" already has 3 live streams"), "{}", full.message());
+
     // viewers
     let live_id = ids[0].clone();
     let v = c.set_viewers(pb::SetViewersRequest { id: live_id.clone(), viewers: 7 }).await.unwrap().into_inner();
@@ -127,16 +141,22 @@ async fn contract(mut c: Client) {
             id: "rec-1".into(),
             duration_ms: Some(6000),
             bytes: Some(123_456),
-            video_codec: Some("VP8".into()),
+            video_codec: Some("H264".into()),
             audio_codec: Some("OPUS".into()),
             state: pb::RecordingState::Complete.into(),
             error: None,
+            file_name: Some("rec-1.mp4".into()),
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!((done.duration_ms, done.bytes, done.state()), (6000, 123_456, pb::RecordingState::Complete));
-    assert_eq!(done.video_codec, "VP8");
+    assert_eq!((done.video_codec.as_str(), done.file_name.as_str()), ("H264", "rec-1.mp4"));
+    for bad in ["../rec-1.mp4", "", "a/b.mp4"] {
+        let rename =
+            pb::UpdateRecordingRequest { id: "rec-1".into(), file_name: Some(bad.into()), ..Default::default() };
+        assert_eq!(code_of(c.update_recording(rename)).await, Code::InvalidArgument, "{bad:?}");
+    }
     let unknown = pb::UpdateRecordingRequest { id: "rec-x".into(), ..Default::default() };
     assert_eq!(code_of(c.update_recording(unknown)).await, Code::NotFound);
     assert_eq!(c.get_recording(pb::GetRecordingRequest { id: "rec-1".into() }).await.unwrap().into_inner(), done);
@@ -260,6 +280,40 @@ async fn next_event(s: &mut tonic::Streaming<pb::StreamEvent>) -> pb::stream_eve
         .expect("watch stream ended")
         .expect("watch stream failed");
     ev.event.expect("event without payload")
+}
+
+#[tokio::test]
+async fn two_replicas_racing_to_create_a_broadcasters_stream_make_one_live_stream() {
+    let (mongo, redis) = (Mongo::start().await, Redis::start().await);
+    let replicas = [
+        mongo_registry(&mongo, &redis, "registry-race-1", &[]).await,
+        mongo_registry(&mongo, &redis, "registry-race-2", &[]).await,
+    ];
+    for r in &replicas {
+        wait_until(Duration::from_secs(10), "mongodb indexes", || async {
+            r.proc.output().contains("mongodb indexes ready")
+        })
+        .await;
+    }
+    let clients = [client(&replicas[0].grpc_url()).await, client(&replicas[1].grpc_url()).await];
+    for round in 0..5 {
+        let peer = format!("racer-{round}");
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let mut c = clients[i % 2].clone();
+            let req = create(&format!("race {round}.{i}"), &peer);
+            calls.spawn(async move { c.create_stream(req).await.map_err(|e| (e.code(), e.message().to_owned())) });
+        }
+        let mut live = 0;
+        while let Some(r) = calls.join_next().await {
+            match r.unwrap() {
+                Ok(_) => live += 1,
+                Err((Code::AlreadyExists, m)) => assert_eq!(m, format!("{peer} already has a live stream")),
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(live, 1, "round {round}: {live} live streams for one broadcaster");
+    }
 }
 
 #[tokio::test]
@@ -394,7 +448,7 @@ async fn health_protocol_and_admin_endpoints() {
 async fn reflection_only_client_lists_services_and_calls_list_streams() {
     let reg = Onair::start("registry-reflection", &["--store", "memory"]).await;
     let python = onair_tests::tools_dir().join("venv/bin/python");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("reflection_client.py");
+    let script = onair_tests::tests_dir().join("reflection_client.py");
     let out =
         tokio::process::Command::new(python).arg(script).arg(format!("127.0.0.1:{}", reg.grpc)).output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

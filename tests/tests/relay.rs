@@ -15,8 +15,7 @@ use onair_tests::{Onair, media, procs, wait_until};
 const LONG: Duration = Duration::from_secs(30);
 
 async fn metric(o: &Onair, name: &str) -> u64 {
-    let (_, body) = o.admin_get("/metrics").await;
-    procs::metric(&body, name).unwrap_or(0)
+    o.metric(name).await
 }
 
 /// How many peer connections the broadcast page holds (its "Connected viewers" list).

@@ -34,14 +34,20 @@ const STATE = {
   failed: { cls: 'badge-fail', label: 'Failed' },
 };
 
+/** The file's extension: `mp4` for H.264 recordings, `webm` otherwise. */
+function extensionOf(r) {
+  const m = /\.(webm|mp4)$/.exec(String(r.file_name || ''));
+  return m ? m[1] : 'webm';
+}
+
 function mediaUrl(r) {
-  return `/recordings/${encodeURIComponent(r.id)}.webm`;
+  return `/recordings/${encodeURIComponent(r.id)}.${extensionOf(r)}`;
 }
 
 function downloadName(r) {
   const base = String(r.file_name || '').split('/').pop();
   if (base) return base;
-  return `${String(r.title || r.id).replace(/[^\p{L}\p{N} _.-]+/gu, '').trim().slice(0, 80) || r.id}.webm`;
+  return `${String(r.title || r.id).replace(/[^\p{L}\p{N} _.-]+/gu, '').trim().slice(0, 80) || r.id}.${extensionOf(r)}`;
 }
 
 function titleOf(r) {
@@ -129,8 +135,10 @@ function updateItem(li, r, part) {
   // Nothing to download from a failed recording that never wrote a byte.
   li.querySelector('.js-download').hidden = state === 'failed' && !(Number(r.bytes) > 0);
   const err = li.querySelector('.js-error');
-  const msg = state === 'failed' ? (r.error || 'The recording failed.') : '';
+  // A failed recording says why; a finished one may carry a note (e.g. recorded audio only).
+  const msg = state === 'failed' ? (r.error || 'The recording failed.') : (r.error || '');
   err.hidden = !msg;
+  err.classList.toggle('rec-note', state !== 'failed');
   if (err.textContent !== msg) err.textContent = msg;
   // A recording that just finished: reload its player if nobody is watching it.
   if (prev === 'recording' && state !== 'recording') {

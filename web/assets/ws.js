@@ -179,8 +179,13 @@ export class OnairSocket {
         return;
       }
       if (msg.type === 'welcome') this._onWelcome(msg);
-      this._emit('message', msg);
-      this._emit(msg.type, msg);
+      // Coalesced list changes: one frame carrying several, handled as if they came one by one.
+      const frames = msg.type === 'batch' && Array.isArray(msg.frames) ? msg.frames : [msg];
+      for (const f of frames) {
+        if (!f || typeof f.type !== 'string') continue;
+        this._emit('message', f);
+        this._emit(f.type, f);
+      }
     };
 
     ws.onerror = () => { /* a close event follows */ };

@@ -28,6 +28,18 @@ pub enum Access {
     },
 }
 
+/// Who made a call that passed an [`Access`] check; [`Guarded`] puts it in the request's extensions
+/// (`request.extensions().get::<Caller>()`), for per-caller quotas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// Nobody in particular: the API is open (auth off).
+    Anyone,
+    /// One of the cluster's own services (it presented the cluster secret).
+    Cluster,
+    /// A developer: the subject of the admin token presented.
+    Subject(String),
+}
+
 impl Access {
     /// The policy for a public API: open without a token verifier (auth off).
     pub fn public(cluster: Option<ClusterSecret>, tokens: Option<Arc<Verifier>>) -> Self {
@@ -42,13 +54,13 @@ impl Access {
         cluster.map_or(Self::Open, Self::Internal)
     }
 
-    /// Whether a call with these headers may proceed; else the status to answer with.
-    pub fn check(&self, service: &str, headers: &http::HeaderMap) -> Result<(), Status> {
+    /// Who is calling, if a call with these headers may proceed; else the status to answer with.
+    pub fn check(&self, service: &str, headers: &http::HeaderMap) -> Result<Caller, Status> {
         let bearer = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::bearer);
         match self {
-            Self::Open => Ok(()),
+            Self::Open => Ok(Caller::Anyone),
             Self::Internal(secret) => match bearer {
-                Some(b) if secret.matches(b) => Ok(()),
+                Some(b) if secret.matches(b) => Ok(Caller::Cluster),
                 Some(_) => Err(Status::unauthenticated(format!(
                     "{service} is internal to the onair cluster and the credentials sent are not its cluster secret"
                 ))),
@@ -65,12 +77,12 @@ impl Access {
                     )));
                 };
                 if cluster.as_ref().is_some_and(|c| c.matches(b)) {
-                    return Ok(());
+                    return Ok(Caller::Cluster);
                 }
                 match tokens.verify(b) {
                     Ok(claims) if claims.grants.admin => {
                         tracing::debug!(service, subject = %claims.sub, "admin call");
-                        Ok(())
+                        Ok(Caller::Subject(claims.sub))
                     }
                     Ok(_) => Err(Status::permission_denied(format!(
                         "this access token has no admin grant, which {service} needs"
@@ -113,9 +125,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         match self.access.check(S::NAME, req.headers()) {
-            Ok(()) => Either::Right(self.inner.call(req)),
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+                Either::Right(self.inner.call(req))
+            }
             Err(status) => Either::Left(ready(Ok(status.into_http()))),
         }
     }
@@ -142,7 +157,7 @@ mod tests {
     fn internal_apis_take_only_the_cluster_secret() {
         let cluster = ClusterSecret::new("cluster-secret-0123").unwrap();
         let access = Access::internal(Some(cluster));
-        assert!(access.check("S", &headers(Some("cluster-secret-0123"))).is_ok());
+        assert_eq!(access.check("S", &headers(Some("cluster-secret-0123"))).unwrap(), Caller::Cluster);
         let missing = access.check("S", &headers(None)).unwrap_err();
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);
         assert!(missing.message().contains("internal to the onair cluster"), "{}", missing.message());
@@ -165,8 +180,9 @@ mod tests {
         let access = Access::public(Some(cluster), Some(tokens));
         let minter = Minter::hs256(SECRET).unwrap();
         let mint = |g: Grants| minter.mint("dev", g, Duration::from_secs(60), SystemTime::now()).unwrap();
-        assert!(access.check("R", &headers(Some(&mint(Grants { admin: true, ..Grants::default() })))).is_ok());
-        assert!(access.check("R", &headers(Some("cluster-secret-0123"))).is_ok());
+        let admin = access.check("R", &headers(Some(&mint(Grants { admin: true, ..Grants::default() }))));
+        assert_eq!(admin.unwrap(), Caller::Subject("dev".into()));
+        assert_eq!(access.check("R", &headers(Some("cluster-secret-0123"))).unwrap(), Caller::Cluster);
         let not_admin = access.check("R", &headers(Some(&mint(Grants { admin: false, ..Grants::all() })))).unwrap_err();
         assert_eq!(not_admin.code(), tonic::Code::PermissionDenied);
         assert!(not_admin.message().contains("no admin grant"));
@@ -175,6 +191,6 @@ mod tests {
         assert!(none.message().contains("onair token --grant admin"), "{}", none.message());
         let forged = access.check("R", &headers(Some("eyJhbGciOiJIUzI1NiJ9.e30.c2ln"))).unwrap_err();
         assert_eq!(forged.code(), tonic::Code::Unauthenticated);
-        assert!(Access::public(None, None).check("R", &headers(None)).is_ok(), "auth off: open");
+        assert_eq!(Access::public(None, None).check("R", &headers(None)).unwrap(), Caller::Anyone, "auth off: open");
     }
 }

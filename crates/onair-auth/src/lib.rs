@@ -13,9 +13,9 @@ mod grants;
 mod grpc;
 mod token;
 
-pub use cluster::{ClusterSecret, Credentials, Upstream};
+pub use cluster::{ClusterSecret, Credentials, Upstream, secrets_match};
 pub use grants::{Claims, Denied, GrantArg, Grants, Scope};
-pub use grpc::{Access, Guarded};
+pub use grpc::{Access, Caller, Guarded};
 pub use token::{Minter, TokenError, Verifier};
 
 /// How one process authenticates: the cluster secret it shares with the other services, and the

@@ -39,6 +39,17 @@ pub enum BusItem {
 pub trait Bus: Send + Sync + 'static {
     /// Publishes `payload` to every current subscriber of `channel`.
     async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), BusError>;
+    /// Like [`Bus::publish`], and says how many subscribers it reached (`None`: the bus cannot
+    /// tell). Zero means nobody listens on `channel` now: its node is gone, or draining.
+    async fn publish_counted(&self, channel: &str, payload: Bytes) -> Result<Option<usize>, BusError> {
+        self.publish(channel, payload).await.map(|()| None)
+    }
+    /// Stops listening on `channel` in this process (a draining node: what is published to it
+    /// from now on reaches nobody, and its publishers can tell).
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BusError> {
+        let _ = channel;
+        Ok(())
+    }
     /// Subscribes to `channel`; messages published after this returns are delivered.
     async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError>;
     /// Whether the backend answers (for readiness probes).
@@ -100,6 +111,11 @@ impl FanOut {
         }
     }
 
+    /// Forgets `channel`: its local subscriptions end (their `recv` returns `None`).
+    pub fn remove(&self, channel: &str) {
+        self.lock().remove(channel);
+    }
+
     /// Sends a gap marker on every channel (after a backend reconnect).
     pub fn gap_all(&self) {
         let map = self.lock();
@@ -133,8 +149,17 @@ impl Bus for LocalBus {
         Ok(())
     }
 
+    async fn publish_counted(&self, channel: &str, payload: Bytes) -> Result<Option<usize>, BusError> {
+        Ok(Some(self.fan.deliver(channel, BusItem::Message(payload))))
+    }
+
     async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {
         Ok(self.fan.subscribe(channel).0)
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BusError> {
+        self.fan.remove(channel);
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), BusError> {

@@ -49,8 +49,14 @@ pub struct RelayNode {
 pub trait Directory: Send + Sync + 'static {
     /// Registers a new peer on `node`.
     async fn attach(&self, peer: &PeerId, node: &NodeId, token: &str) -> Result<(), DirectoryError>;
-    /// One peer.
+    /// One peer, read from the backend itself.
     async fn peer(&self, peer: &PeerId) -> Result<Option<PeerRecord>, DirectoryError>;
+    /// One peer, possibly from a cache kept exact by invalidations (which may lag another replica's
+    /// write by a moment): for the signal hot path only, which re-reads with [`Directory::peer`]
+    /// before refusing. Every decision that changes state reads [`Directory::peer`].
+    async fn peer_cached(&self, peer: &PeerId) -> Result<Option<PeerRecord>, DirectoryError> {
+        self.peer(peer).await
+    }
     /// Moves a peer to another node (resume).
     async fn move_peer(&self, peer: &PeerId, from: &NodeId, to: &NodeId) -> Result<(), DirectoryError>;
     /// Forgets a peer.
@@ -92,9 +98,17 @@ pub trait Directory: Send + Sync + 'static {
     async fn claim_node(&self, node: &NodeId) -> Result<bool, DirectoryError>;
     /// Peers registered on `node`.
     async fn node_peers(&self, node: &NodeId) -> Result<Vec<PeerId>, DirectoryError>;
+    /// Keeps `delivery` for `peer`, whose node nobody listens for (it died or drains), for `ttl_ms`
+    /// or until [`Directory::unpark`]: at most [`PARKED_MAX`] per peer, the oldest dropped first.
+    async fn park(&self, peer: &PeerId, delivery: bytes::Bytes, ttl_ms: i64) -> Result<(), DirectoryError>;
+    /// Takes what was parked for `peer`, oldest first (its session resumed on a node that listens).
+    async fn unpark(&self, peer: &PeerId) -> Result<Vec<bytes::Bytes>, DirectoryError>;
     /// Whether the backend answers.
     async fn ping(&self) -> Result<(), DirectoryError>;
 }
+
+/// Most deliveries parked for one peer (a browser trickles 10-20 candidates; an offer is one).
+pub const PARKED_MAX: usize = 64;
 
 #[derive(Default)]
 struct State {
@@ -105,6 +119,7 @@ struct State {
     broadcasters: HashMap<StreamId, PeerId>,
     relays: HashMap<StreamId, PeerId>,
     relay_nodes: HashMap<NodeId, (i64, u32, u32)>,
+    parked: HashMap<PeerId, (i64, std::collections::VecDeque<bytes::Bytes>)>,
 }
 
 /// The in-process directory of the all-in-one binary.
@@ -287,6 +302,29 @@ impl Directory for MemoryDirectory {
 
     async fn node_peers(&self, node: &NodeId) -> Result<Vec<PeerId>, DirectoryError> {
         Ok(self.lock().node_peers.get(node).map(|s| s.iter().cloned().collect()).unwrap_or_default())
+    }
+
+    async fn park(&self, peer: &PeerId, delivery: bytes::Bytes, ttl_ms: i64) -> Result<(), DirectoryError> {
+        let now = crate::time::now_ms();
+        let mut s = self.lock();
+        if s.parked.len() >= 4096 {
+            s.parked.retain(|_, (until, _)| *until > now);
+        }
+        let (until, queue) = s.parked.entry(peer.clone()).or_default();
+        *until = now.saturating_add(ttl_ms);
+        if queue.len() == PARKED_MAX {
+            queue.pop_front();
+        }
+        queue.push_back(delivery);
+        Ok(())
+    }
+
+    async fn unpark(&self, peer: &PeerId) -> Result<Vec<bytes::Bytes>, DirectoryError> {
+        let now = crate::time::now_ms();
+        Ok(match self.lock().parked.remove(peer) {
+            Some((until, queue)) if until > now => queue.into(),
+            _ => Vec::new(),
+        })
     }
 
     async fn ping(&self) -> Result<(), DirectoryError> {

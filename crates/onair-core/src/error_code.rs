@@ -64,6 +64,20 @@ impl ErrorCode {
         }
     }
 
+    /// The HTTP status that says the same (WHIP/WHEP answers): 400, 401, 403, 404, 409, 413, 429, 503.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::BadJson | Self::UnknownType | Self::BadRequest => 400,
+            Self::Unauthenticated => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::Conflict => 409,
+            Self::TooLarge => 413,
+            Self::RateLimited => 429,
+            Self::Full | Self::Unavailable => 503,
+        }
+    }
+
     /// Parses a wire code; an unknown one (a newer peer) reads as `unavailable`.
     pub fn from_wire(code: &str) -> Self {
         Self::ALL.into_iter().find(|c| c.as_str() == code).unwrap_or(Self::Unavailable)
@@ -87,5 +101,14 @@ mod tests {
             assert_eq!(ErrorCode::from_wire(c.as_str()), c);
         }
         assert_eq!(ErrorCode::from_wire("something_new"), ErrorCode::Unavailable);
+    }
+
+    #[test]
+    fn codes_map_to_http() {
+        let status = |c: &str| ErrorCode::from_wire(c).http_status();
+        assert_eq!(
+            ["bad_request", "unauthenticated", "forbidden", "not_found", "conflict", "full", "unavailable"].map(status),
+            [400, 401, 403, 404, 409, 503, 503]
+        );
     }
 }

@@ -46,6 +46,9 @@ pub struct Stream {
     pub ended_at: Option<i64>,
     /// Watchers connected now.
     pub viewers: u32,
+    /// The subject of the publish grant it went live with (empty: none, auth off).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 /// A change to the set of streams, in the order the registry applied it.

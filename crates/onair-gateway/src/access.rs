@@ -12,22 +12,31 @@ pub struct SocketAccess {
     anonymous: bool,
     /// Why the token given was refused (sent to the client after `welcome`).
     refused: Option<TokenError>,
+    /// The token's subject (empty: no token, or auth off).
+    subject: String,
 }
 
 impl SocketAccess {
     /// Decides from the token on the upgrade. Without a verifier (auth off) every socket may do everything.
     pub fn from_token(verifier: Option<&Verifier>, token: Option<&str>) -> Self {
         let Some(verifier) = verifier else {
-            return Self { grants: Grants::all(), anonymous: false, refused: None };
+            return Self { grants: Grants::all(), anonymous: false, refused: None, subject: String::new() };
         };
         match token.map(|t| verifier.verify(t)) {
-            None => Self { grants: Grants::default(), anonymous: true, refused: None },
+            None => Self { grants: Grants::default(), anonymous: true, refused: None, subject: String::new() },
             Some(Ok(claims)) => {
                 tracing::debug!(subject = %claims.sub, "socket with an access token");
-                Self { grants: claims.grants, anonymous: false, refused: None }
+                Self { grants: claims.grants, anonymous: false, refused: None, subject: claims.sub }
             }
-            Some(Err(e)) => Self { grants: Grants::default(), anonymous: true, refused: Some(e) },
+            Some(Err(e)) => {
+                Self { grants: Grants::default(), anonymous: true, refused: Some(e), subject: String::new() }
+            }
         }
+    }
+
+    /// The subject of the socket's token (empty: none, or auth off): the owner of what it publishes.
+    pub fn subject(&self) -> &str {
+        &self.subject
     }
 
     /// The `error` frame's code and message for a refused token, if one was refused.

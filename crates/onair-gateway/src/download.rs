@@ -1,6 +1,7 @@
-//! `GET /recordings/{id}.webm`: recording files with HTTP range requests, so a
-//! browser can seek. The id is looked up in the registry; only the plain file
-//! name it stores is opened, inside the recordings directory.
+//! `GET /recordings/{id}.webm` (VP8) and `GET /recordings/{id}.mp4` (H.264): recording files
+//! with HTTP range requests, so a browser can seek. The id is looked up in the registry; only
+//! the plain file name it stores is opened, inside the recordings directory, and only under its
+//! own extension (the content type follows it).
 
 use std::io::SeekFrom;
 use std::path::PathBuf;
@@ -79,6 +80,15 @@ pub fn content_disposition(name: &str) -> String {
     format!("inline; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
 }
 
+/// The content type of a recording file extension; `None` for files that are not recordings.
+fn content_type(ext: &str) -> Option<&'static str> {
+    match ext {
+        "webm" => Some("video/webm"),
+        "mp4" => Some("video/mp4"),
+        _ => None,
+    }
+}
+
 fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "no such recording\n").into_response()
 }
@@ -93,9 +103,9 @@ pub async fn recording(
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(id) = file.strip_suffix(".webm").and_then(|s| s.parse::<RecordingId>().ok()) else {
-        return not_found();
-    };
+    let Some((id, ext)) = file.rsplit_once('.') else { return not_found() };
+    let Some(content_type) = content_type(ext) else { return not_found() };
+    let Ok(id) = id.parse::<RecordingId>() else { return not_found() };
     let mut registry = hub.cfg.registry.clone();
     let rec = match registry.get_recording(pb::GetRecordingRequest { id: id.to_string() }).await {
         Ok(r) => r.into_inner(),
@@ -103,7 +113,7 @@ pub async fn recording(
         Err(_) => return (StatusCode::SERVICE_UNAVAILABLE, "registry unavailable\n").into_response(),
     };
     let name = rec.file_name;
-    if !onair_core::is_plain_file_name(&name) {
+    if !onair_core::is_plain_file_name(&name) || name.rsplit_once('.').map(|(_, e)| e) != Some(ext) {
         return not_found();
     }
     let path = dir.0.join(&name);
@@ -131,7 +141,7 @@ pub async fn recording(
     let body = Body::from_stream(ReaderStream::new(f.take(count)));
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/webm"));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(v) = HeaderValue::from_str(&count.to_string()) {
         h.insert(header::CONTENT_LENGTH, v);
@@ -150,6 +160,13 @@ pub async fn recording(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_recording_extensions_have_a_content_type() {
+        assert_eq!(content_type("mp4"), Some("video/mp4"));
+        assert_eq!(content_type("webm"), Some("video/webm"));
+        assert_eq!(content_type("jsonl"), None);
+    }
 
     #[test]
     fn content_disposition_cannot_be_injected() {

@@ -32,6 +32,36 @@ struct Slot {
     /// What signaling knows about the peer, kept to re-assert it if the directory is lost.
     token: String,
     doing: Doing,
+    /// Frames that came while the peer had no socket (its resume grace) or while its resume was
+    /// being confirmed (`resuming`), oldest first, at most [`HELD_MAX`]: they go out, in order, on
+    /// the socket it resumes with.
+    held: Vec<Out>,
+    /// A socket took this peer and signaling has not confirmed the resume yet: frames are held.
+    resuming: bool,
+}
+
+/// Most frames held for one peer between sockets (as many as signaling parks for it), and most
+/// bytes (a socket's own queue holds no more: a client too slow to read costs no more once gone).
+const HELD_MAX: usize = onair_core::PARKED_MAX;
+const HELD_MAX_BYTES: usize = crate::queue::MAX_QUEUED_BYTES;
+
+impl Slot {
+    fn hold(&mut self, out: Out) {
+        if out.len() > HELD_MAX_BYTES {
+            return;
+        }
+        let mut bytes = self.held.iter().map(Out::len).sum::<usize>() + out.len();
+        while self.held.len() >= HELD_MAX || bytes > HELD_MAX_BYTES {
+            bytes -= self.held.remove(0).len();
+        }
+        self.held.push(out);
+    }
+}
+
+/// What [`Hub::claim`] replaced, to put back if the resume is refused.
+pub struct Claimed {
+    conn: u64,
+    previous: Option<Slot>,
 }
 
 /// Gateway metrics.
@@ -91,6 +121,8 @@ pub struct Hub {
     next_conn: AtomicU64,
     /// Metrics.
     pub metrics: GatewayMetrics,
+    /// WHIP/WHEP requests waiting for their relay's reply.
+    pub waiting: crate::whip::Waiting,
 }
 
 impl std::fmt::Debug for Hub {
@@ -129,6 +161,7 @@ impl Hub {
             cfg: parts,
             next_conn: AtomicU64::new(1),
             metrics: GatewayMetrics::default(),
+            waiting: crate::whip::Waiting::default(),
         })
     }
 
@@ -144,6 +177,11 @@ impl Hub {
     /// Subscribes a socket to list changes.
     pub fn subscribe_list(&self) -> broadcast::Receiver<Arc<str>> {
         self.fanout.subscribe()
+    }
+
+    /// Whether a stream titled `title` is live (as this gateway's list has it, milliseconds behind).
+    pub fn is_live_titled(&self, title: &str) -> bool {
+        self.streams.read().iter().any(|s| s.title == title)
     }
 
     /// The live list, newest first.
@@ -187,7 +225,7 @@ impl Hub {
     /// `doing` is what a resumed peer broadcasts and watches (from signaling's `Resume`).
     pub fn attach(&self, peer: &PeerId, token: &str, tx: SocketTx, resumed: bool, doing: Doing) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot { tx: Some(tx), conn, token: token.to_owned(), doing };
+        let slot = Slot { tx: Some(tx), conn, token: token.to_owned(), doing, held: Vec::new(), resuming: false };
         let old = self.lock().insert(peer.clone(), slot);
         if let Some(Slot { tx: Some(old_tx), .. }) = old {
             old_tx.send(Out::Close(4009, "session resumed on another connection"));
@@ -199,6 +237,53 @@ impl Hub {
             }));
         }
         conn
+    }
+
+    /// A socket wants to resume `peer` here: binds it to `tx` before signaling is asked, so that
+    /// nothing routed here once signaling moved the peer (its parked deliveries first) is dropped
+    /// for want of a socket; until [`Hub::confirm`], what comes is held. A slot the peer already had
+    /// here (its resume grace) keeps what it held.
+    pub fn claim(&self, peer: &PeerId, token: &str, tx: SocketTx) -> Claimed {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let mut peers = self.lock();
+        let (held, doing) =
+            peers.get_mut(peer).map(|s| (std::mem::take(&mut s.held), s.doing.clone())).unwrap_or_default();
+        let slot = Slot { tx: Some(tx), conn, token: token.to_owned(), doing, held, resuming: true };
+        let previous = peers.insert(peer.clone(), slot);
+        Claimed { conn, previous }
+    }
+
+    /// Signaling moved the peer of `claimed` here: what was held goes out first, then the rest as
+    /// it comes. Returns the connection id.
+    pub fn confirm(&self, peer: &PeerId, claimed: Claimed, doing: Doing) -> u64 {
+        let mut peers = self.lock();
+        if let Some(slot) = peers.get_mut(peer).filter(|s| s.conn == claimed.conn) {
+            slot.resuming = false;
+            slot.doing = doing;
+            if let Some(tx) = &slot.tx {
+                for out in slot.held.drain(..) {
+                    tx.send(out);
+                }
+            }
+        }
+        drop(peers);
+        if let Some(Slot { tx: Some(old_tx), .. }) = claimed.previous {
+            old_tx.send(Out::Close(4009, "session resumed on another connection"));
+        }
+        claimed.conn
+    }
+
+    /// Signaling refused the resume of `claimed`: the peer's previous slot here (if any) comes back
+    /// with what it held; the socket goes on as a new peer.
+    pub fn unclaim(&self, peer: &PeerId, claimed: Claimed) {
+        let mut peers = self.lock();
+        if peers.get(peer).is_some_and(|s| s.conn == claimed.conn) {
+            let held = peers.remove(peer).map(|s| s.held).unwrap_or_default();
+            if let Some(mut previous) = claimed.previous {
+                previous.held = held;
+                peers.insert(peer.clone(), previous);
+            }
+        }
     }
 
     /// The client closed connection `conn` deliberately: detach its peer now (if still bound to it).
@@ -252,11 +337,14 @@ impl Hub {
         }
     }
 
-    /// Sends to a local peer; a client whose queue passes its bound (it does not read) is closed (4008).
+    /// Sends to a local peer; a client whose queue passes its bound (it does not read) is closed
+    /// (4008). A peer between sockets (resume grace, resume being confirmed) has it held.
     pub fn send_to(&self, peer: &PeerId, out: Out) {
-        let tx = self.lock().get(peer).and_then(|s| s.tx.clone());
-        if let Some(tx) = tx {
-            tx.send(out);
+        let mut peers = self.lock();
+        let Some(slot) = peers.get_mut(peer) else { return };
+        match &slot.tx {
+            Some(tx) if !slot.resuming => tx.send(out),
+            _ => slot.hold(out),
         }
     }
 
@@ -286,6 +374,12 @@ impl Hub {
     /// Applies one delivery from signaling to a local peer.
     pub fn deliver(&self, d: pb::Delivery) {
         use pb::delivery::Event;
+        if let Some(Event::SessionReply(reply)) = d.event {
+            if !self.waiting.complete(reply) {
+                tracing::debug!("a WHIP/WHEP reply came after its request gave up");
+            }
+            return;
+        }
         let Ok(to) = d.to.parse::<PeerId>() else { return };
         let Some(event) = d.event else { return };
         // The end of a traced flow (e.g. a watch, here its `watcher_joined` at the broadcaster).
@@ -335,8 +429,8 @@ impl Hub {
                 }
                 .to_json()
             }
-            // Only relay nodes get relay assignments.
-            Event::Relay(_) => return,
+            // Only relay nodes get relay assignments and session requests; replies came first.
+            Event::Relay(_) | Event::SessionRequest(_) | Event::SessionReply(_) => return,
             Event::Evicted(_) => {
                 let slot = self.lock().remove(&to);
                 if let Some(Slot { tx: Some(tx), .. }) = slot {
@@ -360,16 +454,19 @@ impl Hub {
         r
     }
 
-    /// Applies one registry change to the cached list and tells every socket.
+    /// Applies one registry change to the cached list and tells every socket. Who owns a stream
+    /// (its publisher's token subject) is not everyone's business: the list leaves it out.
     pub fn apply(&self, event: FeedEvent) {
         match event {
             FeedEvent::Snapshot(mut fresh) => {
                 fresh.retain(|s| s.state == onair_core::StreamState::Live);
+                fresh.iter_mut().for_each(|s| s.owner.clear());
                 fresh.sort_by(|a, b| (b.started_at, &b.id).cmp(&(a.started_at, &a.id)));
                 self.with_streams(|list| *list = fresh);
                 self.broadcast(self.streams_frame());
             }
-            FeedEvent::Change(StreamEvent::Started(s) | StreamEvent::Updated(s)) => {
+            FeedEvent::Change(StreamEvent::Started(mut s) | StreamEvent::Updated(mut s)) => {
+                s.owner.clear();
                 self.with_streams(|list| match list.iter_mut().find(|x| x.id == s.id) {
                     Some(x) => *x = s.clone(),
                     None => {
@@ -409,6 +506,8 @@ fn event_name(e: &pb::delivery::Event) -> &'static str {
         Event::Published(_) => "published",
         Event::Relay(_) => "relay",
         Event::Media(_) => "media",
+        Event::SessionRequest(_) => "session_request",
+        Event::SessionReply(_) => "session_reply",
     }
 }
 
@@ -417,6 +516,9 @@ impl NodeHandler for Hub {
         &self.cfg.link
     }
     fn node_event(&self, ev: pb::NodeEvent) {
+        if self.waiting.fail(&ev.peer, &ev.code, &ev.message) {
+            return;
+        }
         if let Ok(peer) = ev.peer.parse() {
             self.send_error(&peer, ErrorCode::from_wire(&ev.code), &ev.message);
         }

@@ -4,6 +4,7 @@
 
 mod access;
 mod api;
+mod coalesce;
 mod download;
 mod http;
 mod hub;
@@ -16,6 +17,7 @@ mod ratelimit;
 mod resume_token;
 mod socket;
 pub mod tls;
+mod whip;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +36,13 @@ use tokio_util::sync::CancellationToken;
 
 use hub::{Hub, HubParts};
 pub use ice::{IceServers, IceUrl, TurnSecret};
+
+/// What the fuzz targets (`fuzz/`, `make fuzz`) reach; built only under `cargo fuzz`.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::protocol::parse as parse_client_frame;
+}
 pub use tls::{TlsConfig, TlsError};
 
 /// Gateway settings.
@@ -82,6 +91,8 @@ struct AppState {
     tokens: Option<Arc<onair_auth::Verifier>>,
     per_ip: Arc<per_ip::PerIp>,
     trusted_proxies: Arc<[per_ip::Cidr]>,
+    /// New WHIP/WHEP sessions per client address.
+    post_rate: Arc<whip::PostRate>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<Hub> {
@@ -198,6 +209,7 @@ pub fn serve(
         tokens: config.security.tokens.clone(),
         per_ip: per_ip::PerIp::new(config.max_sockets_per_ip),
         trusted_proxies: config.trusted_proxies.clone().into(),
+        post_rate: Arc::default(),
     };
     let mut app = Router::new()
         .route("/", get(pages::watcher))
@@ -210,6 +222,7 @@ pub fn serve(
         .route("/api/streams", get(api::streams))
         .route("/api/recordings", get(api::recordings))
         .route("/healthz", get(|| async { "ok\n" }))
+        .merge(whip::routes())
         .with_state(state)
         .merge(
             Router::new()
@@ -225,9 +238,16 @@ pub fn serve(
         let feed =
             tokio::spawn(onair_node::registry_feed(Arc::clone(&hub), hub.cfg.registry.clone(), shutdown.clone()));
         tracing::info!(addr = ?listener.local_addr().ok(), node = %hub.node(), tls = config.tls.is_some(), "gateway listening");
-        let closing = (Arc::clone(&hub), shutdown.clone());
+        let links = Arc::new(links);
+        let closing = (Arc::clone(&hub), shutdown.clone(), Arc::clone(&links));
         let closing = async move {
             closing.1.cancelled().await;
+            // Deaf first, then the sockets go: what is routed to their peers while they move to
+            // another gateway is parked by signaling and handed to it, not delivered to a socket
+            // closing here.
+            if !config.end_sessions_on_shutdown {
+                closing.2.stop_deliveries().await;
+            }
             closing.0.close_all(1012, "server restarting; reconnect");
         };
         let served = match &config.tls {
@@ -250,7 +270,10 @@ pub fn serve(
         if config.end_sessions_on_shutdown {
             hub.detach_all();
         }
-        links.close().await;
+        match Arc::try_unwrap(links) {
+            Ok(links) => links.close().await,
+            Err(_) => tracing::warn!("gateway links still shared at shutdown; not drained"),
+        }
         let _ = feed.await;
         tracing::info!("gateway stopped");
         Ok(served?)

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::SocketAccess;
-use crate::hub::{Doing, Hub, Out};
+use crate::coalesce::Coalescer;
+use crate::hub::{Doing, Hub, Out, SocketTx};
 use crate::protocol::{ClientFrame, ErrorCode, ServerFrame, SignalKind, parse};
 use crate::queue::{SEND_TIMEOUT, socket_queue};
 use crate::ratelimit::{RateLimiter, Verdict};
@@ -63,7 +64,8 @@ impl Conn {
                     return self.error(code, &message).into_iter().collect();
                 }
                 // Signaling creates the stream and answers with `published` (or an error frame).
-                self.hub.to_signaling(Msg::Publish(pb::Publish { peer, title }));
+                let owner = self.access.subject().to_owned();
+                self.hub.to_signaling(Msg::Publish(pb::Publish { peer, title, owner }));
                 vec![]
             }
             ClientFrame::Unpublish => {
@@ -105,19 +107,38 @@ impl Conn {
     }
 }
 
-/// Moves the peer named in resume `token` to this gateway (signaling checks the token, and tells
-/// the peer's old gateway to close its socket), with what it broadcasts and watches; on failure,
-/// the `error` frame for the client.
-async fn resume(hub: &Hub, token: &str) -> Result<(PeerId, Doing), (ErrorCode, &'static str)> {
+/// Moves the peer named in resume `token` to this gateway, bound to `tx` (signaling checks the
+/// token, hands over what it parked for the peer, and tells the peer's old gateway to close its
+/// socket), with what it broadcasts and watches; on failure, the `error` frame for the client.
+async fn resume(hub: &Hub, token: &str, tx: &SocketTx) -> Result<(PeerId, u64), Refusal> {
     let old =
         hub.cfg.tokens.peer_of(token).ok_or((ErrorCode::NotFound, "unknown resume token; continuing as a new peer"))?;
+    // Bound before signaling moves the peer here: what it routes here from then on is held, not lost.
+    let claimed = hub.claim(&old, token, tx.clone());
+    match ask_resume(hub, &old, token).await {
+        Ok(doing) => {
+            let conn = hub.confirm(&old, claimed, doing);
+            Ok((old, conn))
+        }
+        Err(e) => {
+            hub.unclaim(&old, claimed);
+            Err(e)
+        }
+    }
+}
+
+/// Why a resume was refused: the `error` frame's code and message.
+type Refusal = (ErrorCode, &'static str);
+
+/// Asks signaling to move `old` here; what it broadcasts and watches.
+async fn ask_resume(hub: &Hub, old: &PeerId, token: &str) -> Result<Doing, Refusal> {
     let mut signaling = hub.cfg.signaling.clone();
     let req = pb::ResumeRequest { peer: old.to_string(), resume_token: token.to_owned(), node: hub.node().to_string() };
     match tokio::time::timeout(RESUME_DEADLINE, signaling.resume(req)).await {
         Ok(Ok(r)) => {
             let r = r.into_inner();
             let stream = |s: &str| s.parse().ok();
-            Ok((old, Doing { broadcasting: stream(&r.broadcasting), watching: stream(&r.watching) }))
+            Ok(Doing { broadcasting: stream(&r.broadcasting), watching: stream(&r.watching) })
         }
         Ok(Err(s)) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::PermissionDenied) => {
             Err((ErrorCode::NotFound, "that session has expired; continuing as a new peer"))
@@ -165,27 +186,37 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     hub.metrics.sockets.inc();
+    let (tx, mut rx) = socket_queue();
     let resumed = match resume_token {
-        Some(token) => Some(resume(&hub, &token).await.map(|(peer, doing)| (peer, token, doing))),
-        None => None,
+        // Boxed: the gRPC call's future is large and lives only during the upgrade, so it stays out
+        // of the socket task's state, which every idle socket keeps for its whole life.
+        Some(token) => match Box::pin(resume(&hub, &token, &tx)).await {
+            Ok((peer, conn)) => Ok((peer, token, conn)),
+            Err(refusal) => Err(Some(refusal)),
+        },
+        None => Err(None),
     };
-    let (peer, token, refusal, is_resumed, doing) = match resumed {
-        Some(Ok((peer, token, doing))) => (peer, token, None, true, doing),
-        other => {
+    let (peer, token, refusal, is_resumed, conn) = match resumed {
+        Ok((peer, token, conn)) => {
+            // The hub holds the socket's queue now: the socket ends when the hub lets go of it.
+            drop(tx);
+            (peer, token, None, true, conn)
+        }
+        Err(refusal) => {
             let peer = PeerId::generate();
             let token = hub.cfg.tokens.mint(&peer);
-            (peer, token, other.and_then(Result::err), false, Doing::default())
+            let conn = hub.attach(&peer, &token, tx, false, Doing::default());
+            (peer, token, refusal, false, conn)
         }
     };
-    let (tx, mut rx) = socket_queue();
     let too_slow = rx.too_slow.clone();
-    let conn = hub.attach(&peer, &token, tx, is_resumed, doing);
     let refused_token = access.refusal();
     let c = Conn { hub: Arc::clone(&hub), peer, token, conn, access };
     let mut list = hub.subscribe_list();
     let mut limiter =
         RateLimiter::new(hub.cfg.ws_rate.0, hub.cfg.ws_rate.1, MAX_STRIKES, STRIKE_WINDOW, std::time::Instant::now());
     let mut deadline = Instant::now() + IDLE_TIMEOUT;
+    let mut changes = Coalescer::default();
     let mut clean_close = false;
     if is_resumed {
         tracing::info!(peer = %c.peer, "resumed");
@@ -248,10 +279,17 @@ pub async fn run(
                     None => break None,
                 },
                 ev = list.recv() => match ev {
-                    Ok(t) => vec![t.to_string()],
-                    Err(broadcast::error::RecvError::Lagged(_)) => vec![hub.streams_frame()],
+                    Ok(t) => changes.change(t, Instant::now()).into_iter().collect(),
+                    Err(broadcast::error::RecvError::Lagged(_)) => vec![changes.resync(hub.streams_frame(), Instant::now())],
                     Err(broadcast::error::RecvError::Closed) => vec![],
                 },
+                () = tokio::time::sleep_until(changes.deadline().unwrap_or(deadline)), if changes.deadline().is_some() => {
+                    if changes.overflowed() {
+                        vec![changes.resync(hub.streams_frame(), Instant::now())]
+                    } else {
+                        changes.tick(Instant::now()).into_iter().collect()
+                    }
+                }
             };
             let mut stop = None;
             for r in replies {

@@ -118,10 +118,18 @@ pub fn ready_check<H: NodeHandler>(h: &Arc<H>) -> ReadyCheck {
 }
 
 /// The running link tasks of a node (NodeStream, heartbeats, bus deliveries).
-#[derive(Debug)]
 pub struct Links {
     cancel: CancellationToken,
+    deliveries: CancellationToken,
+    bus: Arc<dyn Bus>,
+    channel: String,
     tasks: JoinSet<()>,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links").field("channel", &self.channel).finish_non_exhaustive()
+    }
 }
 
 impl Links {
@@ -134,11 +142,23 @@ impl Links {
         bus: Arc<dyn Bus>,
     ) -> Self {
         let cancel = CancellationToken::new();
+        let deliveries_cancel = cancel.child_token();
         let mut tasks = JoinSet::new();
         tasks.spawn(signaling_link(Arc::clone(h), signaling.clone(), outbox.0, cancel.clone()));
         tasks.spawn(heartbeat(Arc::clone(h), signaling, cancel.clone()));
-        tasks.spawn(deliveries(Arc::clone(h), bus, cancel.clone()));
-        Self { cancel, tasks }
+        tasks.spawn(deliveries(Arc::clone(h), Arc::clone(&bus), deliveries_cancel.clone()));
+        let channel = h.link().node().channel();
+        Self { cancel, deliveries: deliveries_cancel, bus, channel, tasks }
+    }
+
+    /// Stops listening on the node's bus channel (a draining node, before it lets its peers go):
+    /// what signaling routes here from now on reaches nobody, so signaling parks it for the peers
+    /// to pick up on the node they resume on.
+    pub async fn stop_deliveries(&self) {
+        self.deliveries.cancel();
+        if let Err(e) = self.bus.unsubscribe(&self.channel).await {
+            tracing::warn!(error = %e, "could not unsubscribe the node channel");
+        }
     }
 
     /// Stops the links; what is already queued for signaling still goes out first.
@@ -243,8 +263,14 @@ async fn signaling_link<H: NodeHandler>(
 /// Tells signaling this node is alive, every [`HEARTBEAT_EVERY`]; when signaling answers that the
 /// directory did not know the node (Redis came back empty), re-asserts every peer through the
 /// NodeStream, behind whatever is already queued.
+///
+/// The first heartbeat that succeeds after a failed one re-asserts too: a failed heartbeat may
+/// still have reached a Redis that came back empty (its client replays queued commands after a
+/// reconnect), so the directory would know the node again, answer `reassert: false`, and never
+/// learn its peers. Re-asserting is idempotent (signaling skips the peers it still knows).
 async fn heartbeat<H: NodeHandler>(h: Arc<H>, signaling: SignalingClient<Upstream>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    let mut failed = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -252,28 +278,55 @@ async fn heartbeat<H: NodeHandler>(h: Arc<H>, signaling: SignalingClient<Upstrea
         }
         let req = pb::HeartbeatRequest { node: h.link().node().to_string(), relay: h.relay_load() };
         match signaling.clone().heartbeat(req).await {
-            Ok(r) if r.get_ref().reassert => {
+            Ok(r) if r.get_ref().reassert || failed => {
+                failed = false;
                 let peers = h.peer_states();
-                tracing::info!(peers = peers.len(), "signaling lost this node's peers; re-asserting them");
+                tracing::info!(peers = peers.len(), "signaling may have lost this node's peers; re-asserting them");
                 h.link().send(pb::node_message::Msg::Reassert(pb::Reassert { peers }));
             }
             Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
+            Err(e) => {
+                failed = true;
+                tracing::debug!(error = %e, "heartbeat failed");
+            }
         }
     }
 }
 
-/// Receives this node's deliveries from the bus.
+/// After a bus gap, how long a node waits before it re-asserts (its subscription is re-made after
+/// the reconnect it learns of), and the least time between two such re-assertions (a lagging
+/// subscriber gaps often; the gaps in between are covered by the next one).
+const GAP_REASSERT_AFTER: Duration = Duration::from_millis(250);
+const GAP_REASSERT_EVERY: Duration = Duration::from_secs(2);
+
+/// Receives this node's deliveries from the bus. After a gap (the subscription reconnected, or
+/// lagged), re-asserts the node's peers: signaling then hands over what it parked for them while
+/// nobody listened here.
 async fn deliveries<H: NodeHandler>(h: Arc<H>, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
     let channel = h.link().node().channel();
     let mut backoff = Backoff::new();
+    let mut last_reassert: Option<tokio::time::Instant> = None;
+    let mut reassert_at: Option<tokio::time::Instant> = None;
     loop {
         match bus.subscribe(&channel).await {
             Ok(mut sub) => {
                 backoff.reset();
                 loop {
+                    let due = async {
+                        match reassert_at {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     let item = tokio::select! {
                         () = shutdown.cancelled() => return,
+                        () = due => {
+                            reassert_at = None;
+                            last_reassert = Some(tokio::time::Instant::now());
+                            let peers = h.peer_states();
+                            h.link().send(pb::node_message::Msg::Reassert(pb::Reassert { peers }));
+                            continue;
+                        }
                         item = sub.recv() => item,
                     };
                     match item {
@@ -281,7 +334,12 @@ async fn deliveries<H: NodeHandler>(h: Arc<H>, bus: Arc<dyn Bus>, shutdown: Canc
                             Ok(d) => h.deliver(d),
                             Err(e) => tracing::warn!(error = %e, "undecodable delivery"),
                         },
-                        Some(BusItem::Gap) => tracing::warn!("deliveries may have been lost (bus gap)"),
+                        Some(BusItem::Gap) => {
+                            tracing::warn!("deliveries may have been lost (bus gap)");
+                            let soonest = tokio::time::Instant::now() + GAP_REASSERT_AFTER;
+                            let allowed = last_reassert.map_or(soonest, |t| (t + GAP_REASSERT_EVERY).max(soonest));
+                            reassert_at.get_or_insert(allowed);
+                        }
                         None => break,
                     }
                 }

@@ -62,6 +62,7 @@ pub fn stream_to_pb(s: &Stream) -> pb::Stream {
         started_at: Some(timestamp(s.started_at)),
         ended_at: s.ended_at.map(timestamp),
         viewers: s.viewers,
+        owner: s.owner.clone(),
     }
 }
 
@@ -101,6 +102,7 @@ impl TryFrom<&pb::Stream> for Stream {
             started_at: s.started_at.as_ref().map_or(0, millis),
             ended_at: s.ended_at.as_ref().map(millis),
             viewers: s.viewers,
+            owner: s.owner.clone(),
         })
     }
 }
@@ -169,6 +171,7 @@ mod tests {
             started_at: 1_234,
             ended_at: None,
             viewers: 3,
+            owner: "alice".into(),
         };
         assert_eq!(Stream::try_from(&stream_to_pb(&s)), Ok(s.clone()));
         let mut bad = stream_to_pb(&s);

@@ -12,8 +12,6 @@ use onair_proto::v1::stream_registry_client::StreamRegistryClient;
 use crate::error::RecorderError;
 
 /// Codec names stored in the catalog.
-pub const VIDEO_CODEC: &str = "VP8";
-/// Codec names stored in the catalog.
 pub const AUDIO_CODEC: &str = "OPUS";
 
 /// Upper bound of one registry call made by the recorder.
@@ -87,6 +85,7 @@ impl Catalog {
             audio_codec: (!r.audio_codec.is_empty()).then(|| r.audio_codec.clone()),
             state: recording_state(r.state).into(),
             error: (!r.error.is_empty()).then(|| r.error.clone()),
+            file_name: Some(r.file_name.clone()),
         };
         self.client
             .clone()
@@ -175,6 +174,7 @@ mod tests {
             started_at: 0,
             ended_at: None,
             viewers: 0,
+            owner: String::new(),
         };
         assert_eq!(LiveStream::live(&s), Some(LiveStream { id: "abc".parse().unwrap(), title: "t".into() }));
         s.state = onair_core::StreamState::Ended;

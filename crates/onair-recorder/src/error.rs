@@ -19,7 +19,7 @@ pub enum RecorderError {
     #[error("the recorder is shutting down")]
     ShuttingDown,
     /// The registry did not answer.
-    #[error("registry {op} failed")]
+    #[error("registry {op} failed: {:?}: {}", .status.code(), .status.message())]
     Registry {
         /// The call that failed.
         op: &'static str,

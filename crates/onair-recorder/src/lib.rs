@@ -12,17 +12,20 @@
 //! cleanup), `service` (gRPC).
 
 mod catalog;
+pub mod container;
 mod disk;
 mod error;
+mod h264;
 mod hub;
 mod metrics;
+pub mod mp4;
 pub mod mux;
 mod peer;
 mod recovery;
 mod service;
 mod session;
 mod timeline;
-mod vp8;
+pub mod video;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +40,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::RecorderError;
+
+/// What the fuzz targets (`fuzz/`, `make fuzz`) reach; built only under `cargo fuzz`.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::h264::{is_keyframe as h264_keyframe, nal_units as h264_nal_units, sps_size as h264_sps_size};
+    pub use crate::peer::{answered_video, nat_1to1, offered_media};
+}
 use hub::Hub;
 pub use hub::{CLAIM_EVERY, LEASE_TTL};
 use service::RecorderService;

@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 
 use webm::mux::{AudioCodecId, AudioTrack, Segment, SegmentBuilder, SegmentMode, VideoCodecId, VideoTrack, Writer};
 
-use crate::vp8;
+use crate::video;
 
 /// Opus pre-skip written in `OpusHead` (samples at 48 kHz; libopus' usual encoder delay).
 pub const OPUS_PRE_SKIP: u16 = 312;
@@ -92,6 +92,9 @@ pub enum MuxError {
     /// libwebm refused an operation.
     #[error("webm muxer: {0}")]
     Webm(&'static str),
+    /// The MP4 writer could not encode a box.
+    #[error("mp4 muxer: {0}")]
+    Mp4(&'static str),
 }
 
 /// The recording file as libwebm sees it: buffered and seekable, with the position kept
@@ -187,10 +190,7 @@ pub struct Mux {
     tracks: Tracks,
     file: SharedFile,
     open: Option<Open>,
-    start_ns: i64,
-    last_ns: u64,
-    /// Last timestamp written per track (video, audio): each track's must strictly increase.
-    last_track_ns: [Option<u64>; 2],
+    clock: FileClock,
     stats: MuxStats,
     dirty: bool,
 }
@@ -219,22 +219,59 @@ fn rel_timestamp(rel: u64, last: u64, last_of_track: Option<u64>) -> u64 {
     }
 }
 
+/// A file's timeline, shared by the WebM and MP4 writers: frame times relative to the file's first
+/// frame, never going back across tracks (libwebm needs that) and strictly forward within a track
+/// (players need that). A frame that comes late (a track that started behind the other) is moved
+/// just after what was already written instead of sharing a timestamp with it.
+#[derive(Debug, Default)]
+pub(crate) struct FileClock {
+    start_ns: i64,
+    last_ns: u64,
+    /// Last timestamp written per track (video, audio).
+    last_track_ns: [Option<u64>; 2],
+}
+
+/// The track index of a frame in [`FileClock`]: 0 video, 1 audio.
+fn track_of(frame: &MediaFrame) -> usize {
+    usize::from(matches!(frame, MediaFrame::Audio { .. }))
+}
+
+impl FileClock {
+    /// Puts the file's start at `ts_ns` (its first frame's timeline time).
+    pub(crate) fn start(&mut self, ts_ns: i64) {
+        self.start_ns = ts_ns;
+    }
+
+    /// Where a frame at timeline time `ts_ns` goes, in ns from the file's start; `None` before it.
+    pub(crate) fn place(&self, ts_ns: i64, frame: &MediaFrame) -> Option<u64> {
+        let rel = u64::try_from(ts_ns - self.start_ns).ok()?;
+        Some(rel_timestamp(rel, self.last_ns, self.last_track_ns[track_of(frame)]))
+    }
+
+    /// Records that `frame` was written at `rel` (from [`FileClock::place`]) and counts it in `stats`.
+    pub(crate) fn wrote(&mut self, rel: u64, frame: &MediaFrame, stats: &mut MuxStats) {
+        let track = track_of(frame);
+        self.last_ns = rel;
+        self.last_track_ns[track] = Some(rel);
+        // One 20 ms Opus frame / 33 ms video frame after the last timestamp.
+        let frame_ns = if track == 0 {
+            stats.video_frames += 1;
+            33_333_333
+        } else {
+            stats.audio_frames += 1;
+            20_000_000
+        };
+        stats.duration_ns = stats.duration_ns.max(rel + frame_ns);
+    }
+}
+
 impl Mux {
     /// Creates (truncates) the file at `path`; nothing is written until the first frame.
     pub fn create(path: &Path, tracks: Tracks) -> Result<Self, MuxError> {
         let file = File::create(path)?;
         let sink = FileSink { file: BufWriter::with_capacity(64 * 1024, file), pos: 0, len: 0 };
         let file = SharedFile(Arc::new(Mutex::new(sink)));
-        Ok(Self {
-            tracks,
-            file,
-            open: None,
-            start_ns: 0,
-            last_ns: 0,
-            last_track_ns: [None; 2],
-            stats: MuxStats::default(),
-            dirty: false,
-        })
+        Ok(Self { tracks, file, open: None, clock: FileClock::default(), stats: MuxStats::default(), dirty: false })
     }
 
     /// Whether the file has started (its header is written).
@@ -249,7 +286,7 @@ impl Mux {
 
     fn open(&mut self, first: &MediaFrame) -> Result<bool, MuxError> {
         let video_size = match first {
-            MediaFrame::Video { data, keyframe: true } => vp8::keyframe_size(data),
+            MediaFrame::Video { data, keyframe: true } => video::keyframe_size(data),
             _ => None,
         };
         if self.tracks.video && video_size.is_none() {
@@ -288,32 +325,23 @@ impl Mux {
             if !self.open(frame)? {
                 return Ok(false);
             }
-            self.start_ns = ts_ns;
+            self.clock.start(ts_ns);
         }
         let Some(open) = self.open.as_mut() else { return Ok(false) };
-        let Ok(rel) = u64::try_from(ts_ns - self.start_ns) else { return Ok(false) };
-        // libwebm needs timestamps that never go back across tracks; players need each track's to
-        // go forward. A frame that comes late (a track that started behind the other) is moved
-        // just after what was already written instead of sharing a timestamp with it.
-        let track = usize::from(matches!(frame, MediaFrame::Audio { .. }));
-        let rel = rel_timestamp(rel, self.last_ns, self.last_track_ns[track]);
+        let Some(rel) = self.clock.place(ts_ns, frame) else { return Ok(false) };
         let result = match frame {
             MediaFrame::Video { data, keyframe } => match open.video {
-                Some(t) => open.segment.add_frame(t, data, rel, *keyframe).map(|()| self.stats.video_frames += 1),
+                Some(t) => open.segment.add_frame(t, data, rel, *keyframe),
                 None => return Ok(false),
             },
             MediaFrame::Audio { data } => match open.audio {
                 // Every Opus packet is independently decodable: all are keyframes.
-                Some(t) => open.segment.add_frame(t, data, rel, true).map(|()| self.stats.audio_frames += 1),
+                Some(t) => open.segment.add_frame(t, data, rel, true),
                 None => return Ok(false),
             },
         };
         result.map_err(|_| MuxError::Webm("frame rejected"))?;
-        self.last_ns = rel;
-        self.last_track_ns[track] = Some(rel);
-        // One 20 ms Opus frame / 33 ms video frame after the last timestamp.
-        let frame_ns = if matches!(frame, MediaFrame::Audio { .. }) { 20_000_000 } else { 33_333_333 };
-        self.stats.duration_ns = self.stats.duration_ns.max(rel + frame_ns);
+        self.clock.wrote(rel, frame, &mut self.stats);
         self.dirty = true;
         Ok(true)
     }

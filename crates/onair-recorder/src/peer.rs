@@ -1,4 +1,4 @@
-//! The recorder's WebRTC side: a receive-only peer connection (VP8 + Opus only,
+//! The recorder's WebRTC side: a receive-only peer connection (VP8 or H.264, and Opus,
 //! mDNS off, ICE on one UDP address, short checks), its events as a channel, and
 //! the per-track readers that turn RTP into timed frames.
 
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use tokio::sync::mpsc;
@@ -24,7 +24,7 @@ use webrtc::peer_connection::{
 use crate::RtcNetwork;
 use crate::mux::MediaFrame;
 use crate::timeline::TrackClock;
-use crate::vp8;
+use crate::video::{FrameAssembler, VideoCodec};
 
 /// How often a PLI is repeated while the video track waits for a keyframe.
 pub const PLI_EVERY: Duration = Duration::from_millis(1000);
@@ -91,6 +91,12 @@ pub async fn peer_connection(
     let mut media = MediaEngine::default();
     let video_fb = [("nack", ""), ("nack", "pli"), ("ccm", "fir"), ("transport-cc", "")];
     media.register_codec(codec(MIME_TYPE_VP8, 90_000, 0, "", &video_fb, 96), RtpCodecKind::Video)?;
+    // H.264 (a WHIP stream from OBS through the relay) is written to MP4; VP8 stays first, so a
+    // browser offering both is recorded to WebM.
+    for (pt, profile) in [(102, "42001f"), (104, "42e01f"), (106, "4d001f"), (108, "64001f")] {
+        let fmtp = format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}");
+        media.register_codec(codec(MIME_TYPE_H264, 90_000, 0, &fmtp, &video_fb, pt), RtpCodecKind::Video)?;
+    }
     media.register_codec(
         codec(MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1", &[("transport-cc", "")], 111),
         RtpCodecKind::Audio,
@@ -156,7 +162,7 @@ pub fn nat_1to1(candidate: &str, public: IpAddr) -> Option<String> {
 /// Which media kind a frame belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// VP8.
+    /// VP8 or H.264.
     Video,
     /// Opus.
     Audio,
@@ -185,10 +191,12 @@ impl TrackShared {
     }
 }
 
-/// Reads one remote track until it ends: depacketizes VP8 (requesting keyframes with PLI)
-/// or passes Opus through, and sends timed frames to `out`.
+/// Reads one remote track until it ends: depacketizes `video` (VP8 or H.264, requesting
+/// keyframes with PLI) or passes Opus through, and sends timed frames to `out`. A video track
+/// in another codec than the file's is ignored.
 pub async fn read_track(
     track: Arc<dyn TrackRemote>,
+    video: Option<VideoCodec>,
     shared: Arc<TrackShared>,
     out: mpsc::Sender<TimedFrame>,
     packets_total: prometheus_client::metrics::counter::Counter,
@@ -201,11 +209,20 @@ pub async fn read_track(
     };
     let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
     let mime = track.codec(ssrc).await.map(|c| c.mime_type.to_ascii_lowercase()).unwrap_or_default();
-    let expected = if kind == Kind::Video { MIME_TYPE_VP8 } else { MIME_TYPE_OPUS };
-    if !mime.is_empty() && mime != expected.to_ascii_lowercase() {
-        tracing::warn!(%mime, "unsupported codec; track ignored");
-        return;
-    }
+    let codec = match kind {
+        Kind::Video => match video.filter(|c| mime.is_empty() || VideoCodec::from_mime(&mime) == Some(*c)) {
+            Some(c) => Some(c),
+            None => {
+                tracing::warn!(%mime, file = ?video, "video codec is not the file's; track ignored");
+                return;
+            }
+        },
+        Kind::Audio if mime.is_empty() || mime == MIME_TYPE_OPUS.to_ascii_lowercase() => None,
+        Kind::Audio => {
+            tracing::warn!(%mime, "unsupported audio codec; track ignored");
+            return;
+        }
+    };
     tracing::debug!(?kind, ssrc, "track started");
     let needs_keyframe = Arc::new(AtomicBool::new(kind == Kind::Video));
     let done = stop.child_token();
@@ -214,7 +231,7 @@ pub async fn read_track(
     }
     let mut clock = TrackClock::new(if kind == Kind::Video { 90_000 } else { 48_000 });
     // Only video needs one (it holds a 64 Ki-packet ring, ~12 MB); an Opus packet is a frame.
-    let mut assembler = (kind == Kind::Video).then(vp8::FrameAssembler::new);
+    let mut assembler = codec.map(FrameAssembler::new);
     let mut frames = Vec::new();
     'packets: loop {
         let ev = tokio::select! {
@@ -251,7 +268,7 @@ pub async fn read_track(
         }
     }
     done.cancel();
-    let skipped_video_frames = assembler.as_ref().map_or(0, vp8::FrameAssembler::dropped);
+    let skipped_video_frames = assembler.as_ref().map_or(0, FrameAssembler::dropped);
     tracing::debug!(?kind, skipped_video_frames, "track ended");
 }
 
@@ -278,37 +295,82 @@ async fn request_keyframes(
     }
 }
 
-/// Which media the SDP offers to send (m-lines with a non-zero port that are not
-/// `inactive`/`recvonly`).
-pub fn offered_media(sdp: &str) -> (bool, bool) {
-    let (mut video, mut audio) = (false, false);
-    let mut current: Option<(&str, bool)> = None;
-    let mut flush = |m: Option<(&str, bool)>| match m {
-        Some(("video", true)) => video = true,
-        Some(("audio", true)) => audio = true,
-        _ => {}
-    };
+/// What an offer sends that the recorder can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offered {
+    /// VP8 or H.264 video.
+    pub video: bool,
+    /// Opus audio.
+    pub audio: bool,
+}
+
+/// One m-section of an SDP: its kind, its payload types in order, whether its port is non-zero
+/// and whether it is `inactive`/`recvonly`, and its `a=rtpmap` lines.
+struct Section<'a> {
+    kind: &'a str,
+    payload_types: Vec<&'a str>,
+    port_ok: bool,
+    receive_only: bool,
+    rtpmap: Vec<(&'a str, &'a str)>,
+}
+
+impl Section<'_> {
+    /// The first payload type (the preferred one) of a codec the recorder writes.
+    fn video_codec(&self) -> Option<VideoCodec> {
+        self.payload_types.iter().find_map(|pt| {
+            let (_, encoding) = self.rtpmap.iter().find(|(p, _)| p == pt)?;
+            VideoCodec::from_rtpmap(encoding)
+        })
+    }
+}
+
+fn sections(sdp: &str) -> Vec<Section<'_>> {
+    let mut out: Vec<Section<'_>> = Vec::new();
     for line in sdp.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("m=") {
-            flush(current.take());
             let mut parts = rest.split_whitespace();
             let kind = parts.next().unwrap_or("");
             let port_ok = parts.next().is_some_and(|p| p != "0");
-            current = Some((kind, port_ok));
-        } else if (line == "a=inactive" || line == "a=recvonly")
-            && let Some((_, sends)) = current.as_mut()
-        {
-            *sends = false;
+            let payload_types = parts.skip(1).collect();
+            out.push(Section { kind, payload_types, port_ok, receive_only: false, rtpmap: Vec::new() });
+        } else if let Some(section) = out.last_mut() {
+            if line == "a=inactive" || line == "a=recvonly" {
+                section.receive_only = true;
+            } else if let Some(map) = line.strip_prefix("a=rtpmap:")
+                && let Some((pt, encoding)) = map.split_once(' ')
+            {
+                section.rtpmap.push((pt, encoding.trim()));
+            }
         }
     }
-    flush(current.take());
-    (video, audio)
+    out
+}
+
+/// What the SDP offers to send (m-lines with a non-zero port that are not `inactive`/`recvonly`;
+/// video only when VP8 or H.264 is among its codecs).
+pub fn offered_media(sdp: &str) -> Offered {
+    let mut offered = Offered::default();
+    for s in sections(sdp).iter().filter(|s| s.port_ok && !s.receive_only) {
+        match s.kind {
+            "video" if s.video_codec().is_some() => offered.video = true,
+            "video" => tracing::warn!("the stream's video is neither VP8 nor H.264: recording its audio only"),
+            "audio" => offered.audio = true,
+            _ => {}
+        }
+    }
+    offered
+}
+
+/// The video codec an answer chose: the first one of its (first, enabled) video section, which is
+/// what the other side sends.
+pub fn answered_video(sdp: &str) -> Option<VideoCodec> {
+    sections(sdp).iter().find(|s| s.kind == "video" && s.port_ok).and_then(Section::video_codec)
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use super::{nat_1to1, offered_media};
+    use super::{Offered, VideoCodec, answered_video, nat_1to1, offered_media};
 
     #[test]
     fn host_candidates_get_a_public_twin() {
@@ -333,12 +395,28 @@ mod tests {
 
     #[test]
     fn offered_media_reads_m_lines_and_directions() {
-        let sdp =
-            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n";
-        assert_eq!(offered_media(sdp), (true, true));
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 102\r\n\
+                   a=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264/90000\r\na=sendonly\r\n";
+        assert_eq!(offered_media(sdp), Offered { video: true, audio: true });
+        let h264 =
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n";
+        assert_eq!(offered_media(h264), Offered { video: true, audio: true }, "H.264 video is written (MP4)");
+        let av1 = "v=0\r\nm=audio 9 RTP 111\r\nm=video 9 RTP 45\r\na=rtpmap:45 AV1/90000\r\n";
+        assert_eq!(offered_media(av1), Offered { audio: true, ..Offered::default() });
         let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\nm=video 0 UDP/TLS/RTP/SAVPF 96\r\n";
-        assert_eq!(offered_media(sdp), (false, true));
+        assert_eq!(offered_media(sdp), Offered { audio: true, ..Offered::default() });
         let sdp = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=inactive\r\nm=audio 9 RTP 111\r\na=recvonly\r\n";
-        assert_eq!(offered_media(sdp), (false, false));
+        assert_eq!(offered_media(sdp), Offered::default());
+    }
+
+    #[test]
+    fn the_answer_names_the_video_codec_by_its_first_payload_type() {
+        let answer = "v=0\r\nm=audio 9 RTP 111\r\na=recvonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 102 96\r\n\
+                      a=recvonly\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:102 h264/90000\r\n";
+        assert_eq!(answered_video(answer), Some(VideoCodec::H264));
+        let vp8 = "v=0\r\nm=video 9 RTP 96 97\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\n";
+        assert_eq!(answered_video(vp8), Some(VideoCodec::Vp8));
+        assert_eq!(answered_video("v=0\r\nm=video 0 RTP 96\r\na=rtpmap:96 VP8/90000\r\n"), None);
+        assert_eq!(answered_video("v=0\r\nm=audio 9 RTP 111\r\n"), None);
     }
 }

@@ -17,11 +17,13 @@ use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCPeerConnec
 
 use crate::RtcNetwork;
 use crate::catalog::Catalog;
-use crate::catalog::{AUDIO_CODEC, LiveStream, VIDEO_CODEC};
+use crate::catalog::{AUDIO_CODEC, LiveStream};
+use crate::container::{self, Container};
 use crate::metrics::RecorderMetrics;
-use crate::mux::{MediaFrame, Mux, MuxStats, Tracks};
-use crate::peer::{self, RtcEvent, TimedFrame, TrackShared};
+use crate::mux::{MediaFrame, MuxStats, Tracks};
+use crate::peer::{self, Offered, RtcEvent, TimedFrame, TrackShared};
 use crate::timeline::Reorder;
+use crate::video::VideoCodec;
 use onair_node::NodeLink;
 
 /// A recording that has received no media this long after it started fails.
@@ -110,7 +112,9 @@ struct Session {
     media_tx: mpsc::Sender<TimedFrame>,
     tracks: Arc<TrackShared>,
     track_stop: CancellationToken,
-    mux: Option<Mux>,
+    mux: Option<Container>,
+    /// The file's video codec, once the answer chose it.
+    video: Option<VideoCodec>,
     reorder: Reorder<MediaFrame>,
     bytes_counted: u64,
     progress: Option<JoinHandle<()>>,
@@ -145,6 +149,7 @@ async fn run_inner(p: SessionParams) -> Recording {
         tracks: Arc::new(TrackShared::default()),
         track_stop: stop.child_token(),
         mux: None,
+        video: None,
         reorder: Reorder::new(REORDER_WINDOW_NS),
         bytes_counted: 0,
         progress: None,
@@ -247,7 +252,7 @@ impl Session {
             }
             SessionInput::Signal { .. } => Ok(()),
             SessionInput::Refused { code, message } => {
-                if self.mux.as_ref().is_some_and(Mux::started) {
+                if self.mux.as_ref().is_some_and(Container::started) {
                     tracing::warn!(%code, %message, "signaling refused a message");
                     Ok(())
                 } else {
@@ -278,13 +283,9 @@ impl Session {
             self.pending.retain(|_| false);
         }
         self.broadcaster = Some(from.clone());
-        if self.mux.is_none() {
-            let (video, audio) = peer::offered_media(&offer.sdp);
-            if !video && !audio {
-                return Err("the broadcaster offered no audio or video".into());
-            }
-            let tracks = Tracks { video, audio, audio_channels: 2 };
-            self.mux = Some(Mux::create(&self.path, tracks).map_err(|e| format!("cannot create the file: {e}"))?);
+        let offered = peer::offered_media(&offer.sdp);
+        if self.mux.is_none() && !offered.video && !offered.audio {
+            return Err("the broadcaster offered no audio or video".into());
         }
         self.mid = first_mid(&offer.sdp);
         let pc = peer::peer_connection(&self.rtc, self.rtc_tx.clone())
@@ -300,6 +301,9 @@ impl Session {
         .await
         .map_err(|e| format!("negotiation failed: {e}"))?
         .ok_or("negotiation produced no answer")?;
+        if self.mux.is_none() {
+            self.create_file(offered, peer::answered_video(&answer.sdp)).await?;
+        }
         let payload = serde_json::json!({ "type": "answer", "sdp": answer.sdp }).to_string();
         self.send_signal(&from, pb::SignalKind::Answer, payload);
         for c in std::mem::take(&mut self.pending) {
@@ -308,6 +312,29 @@ impl Session {
             }
         }
         tracing::info!("answered the broadcaster's offer");
+        Ok(())
+    }
+
+    /// Creates the recording file in the container the answered video codec needs. An H.264
+    /// recording is MP4: its catalog entry, made as `<id>.webm` before the codec was known, is
+    /// renamed first, so a crash never leaves the catalog pointing at a file that is not there.
+    async fn create_file(&mut self, offered: Offered, codec: Option<VideoCodec>) -> Result<(), String> {
+        let codec = codec.filter(|_| offered.video);
+        let ext = container::extension(codec);
+        let name = format!("{}.{ext}", self.rec.id);
+        if name != self.rec.file_name {
+            let path = self.dir().join(&name);
+            let old = std::mem::replace(&mut self.path, path);
+            let _ = std::fs::remove_file(old);
+            self.rec.file_name = name;
+            *self.snapshot.lock() = self.rec.clone();
+            self.catalog.update(&self.rec).await.map_err(|e| format!("the catalog did not take the file name: {e}"))?;
+        }
+        let tracks = Tracks { video: codec.is_some(), audio: offered.audio, audio_channels: 2 };
+        self.mux =
+            Some(Container::create(&self.path, tracks, codec).map_err(|e| format!("cannot create the file: {e}"))?);
+        self.video = codec;
+        tracing::info!(video = ?codec, file = %self.rec.file_name, "recording file created");
         Ok(())
     }
 
@@ -344,6 +371,7 @@ impl Session {
                 tokio::spawn(
                     peer::read_track(
                         track,
+                        self.video,
                         Arc::clone(&self.tracks),
                         self.media_tx.clone(),
                         self.metrics.rtp_packets.clone(),
@@ -378,7 +406,10 @@ impl Session {
     fn refresh(&mut self, stats: MuxStats) {
         self.rec.bytes = stats.bytes;
         self.rec.duration_ms = stats.duration_ns / 1_000_000;
-        self.rec.video_codec = if stats.video_frames > 0 { VIDEO_CODEC.into() } else { String::new() };
+        self.rec.video_codec = match self.video {
+            Some(codec) if stats.video_frames > 0 => codec.catalog_name().into(),
+            _ => String::new(),
+        };
         self.rec.audio_codec = if stats.audio_frames > 0 { AUDIO_CODEC.into() } else { String::new() };
         self.metrics.bytes_written.inc_by(stats.bytes.saturating_sub(self.bytes_counted));
         self.bytes_counted = stats.bytes;

@@ -249,8 +249,11 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
 
     let (l, registry_url) = listener().await;
     let store = Arc::new(onair_registry::LocalStore::memory());
-    let config =
-        onair_registry::RegistryConfig { ended_retention: Duration::from_secs(600), access: onair_auth::Access::Open };
+    let config = onair_registry::RegistryConfig {
+        ended_retention: Duration::from_secs(600),
+        access: onair_auth::Access::Open,
+        limits: onair_registry::Limits::default(),
+    };
     tokio::spawn(onair_registry::serve(config, store, "memory-store", Arc::clone(&bus), &admin, l, shutdown.clone()));
     let (l, signaling_url) = listener().await;
     let dirc = Arc::new(MemoryDirectory::new());
@@ -294,7 +297,12 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
     }
 
     // Go live through signaling, as a gateway does; it answers on the node's bus channel.
-    node.send(pb::node_message::Msg::Publish(pb::Publish { peer: me.to_string(), title: "e2e".into() })).await;
+    node.send(pb::node_message::Msg::Publish(pb::Publish {
+        peer: me.to_string(),
+        title: "e2e".into(),
+        ..Default::default()
+    }))
+    .await;
     // The stream's announcement reaches the recorder while signaling still answers us: the
     // recorder's watcher_joined may come before our published.
     let (mut stream, mut watcher) = (None, None);

@@ -92,6 +92,17 @@ impl Bus for RedisBus {
         Ok(())
     }
 
+    async fn publish_counted(&self, channel: &str, payload: Bytes) -> Result<Option<usize>, BusError> {
+        // PUBLISH answers how many subscriptions received it (standalone Redis: all of them).
+        let n: i64 = self.client.publish(channel, payload).await.map_err(unavailable)?;
+        Ok(Some(usize::try_from(n).unwrap_or(0)))
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BusError> {
+        self.fan.remove(channel);
+        self.subscriber.unsubscribe(channel).await.map_err(unavailable)
+    }
+
     async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {
         let (sub, new) = self.fan.subscribe(channel);
         if new {

@@ -4,6 +4,7 @@ mod bus;
 mod connect;
 mod directory;
 mod lease;
+pub mod peer_cache;
 
 pub use bus::RedisBus;
 pub use directory::RedisDirectory;

@@ -14,6 +14,9 @@ pub enum RegistryError {
     /// A uniqueness rule was broken.
     #[error("{0}")]
     AlreadyExists(String),
+    /// A limit of the caller's is reached; the message says which and what to do.
+    #[error("{0}")]
+    Exhausted(String),
     /// The store cannot be reached.
     #[error("store unavailable")]
     Unavailable(#[source] StoreError),
@@ -27,6 +30,7 @@ impl From<StoreError> for RegistryError {
         match e {
             StoreError::Unavailable(_) => Self::Unavailable(e),
             StoreError::Conflict(m) => Self::AlreadyExists(m),
+            StoreError::Limit(m) => Self::Exhausted(m),
             StoreError::Other(_) => Self::Internal(e),
         }
     }
@@ -38,6 +42,7 @@ impl From<RegistryError> for tonic::Status {
             RegistryError::InvalidArgument(m) => tonic::Status::invalid_argument(m.clone()),
             RegistryError::NotFound(_) => tonic::Status::not_found(e.to_string()),
             RegistryError::AlreadyExists(m) => tonic::Status::already_exists(m.clone()),
+            RegistryError::Exhausted(m) => tonic::Status::resource_exhausted(m.clone()),
             RegistryError::Unavailable(source) => {
                 tracing::warn!(error = %source, "store unavailable");
                 tonic::Status::unavailable("the stream store is unavailable; retry later")

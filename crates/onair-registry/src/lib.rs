@@ -6,6 +6,7 @@ mod convert;
 mod error;
 mod feed;
 mod page;
+mod quota;
 mod service;
 mod store;
 
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::RegistryError;
+pub use quota::Limits;
 use service::RegistryService;
 pub use store::{LocalStore, MongoStore, StoreError, StreamStore};
 
@@ -29,6 +31,8 @@ pub struct RegistryConfig {
     pub ended_retention: Duration,
     /// Who may call the registry API (an admin token or the cluster secret; open when auth is off).
     pub access: onair_auth::Access,
+    /// What one owner or caller may create.
+    pub limits: Limits,
 }
 
 /// Deletes ended streams older than the retention, periodically, until `shutdown`.
@@ -70,7 +74,9 @@ pub fn serve(
     let admin = admin.clone();
     async move {
         let purge = tokio::spawn(purge_loop(Arc::clone(&store), config.ended_retention, shutdown.clone()));
-        let service = RegistryService::new(store, bus, shutdown.clone());
+        let limited = quota::Limited::default();
+        admin.metrics().register("registry_limited", "Creates refused by a registry limit, by limit", limited.clone());
+        let service = RegistryService::new(store, bus, config.limits, limited, shutdown.clone());
         let served = onair_ops::grpc::serve(
             &admin,
             onair_auth::Guarded::new(StreamRegistryServer::new(service), config.access),

@@ -16,6 +16,7 @@ use crate::convert::{parse_id, recording_state_in, recording_to_pb, stream_state
 use crate::error::RegistryError;
 use crate::feed;
 use crate::page::{self, paginate};
+use crate::quota::{CreateRate, LimitLabels, Limited, Limits};
 use crate::store::{Cursor, RecordingPatch, StreamStore};
 
 /// Most live streams a snapshot carries.
@@ -27,6 +28,9 @@ pub struct RegistryService {
     store: Arc<dyn StreamStore>,
     bus: Arc<dyn Bus>,
     shutdown: CancellationToken,
+    limits: Limits,
+    create_rate: Arc<CreateRate>,
+    limited: Limited,
 }
 
 impl std::fmt::Debug for RegistryService {
@@ -36,9 +40,32 @@ impl std::fmt::Debug for RegistryService {
 }
 
 impl RegistryService {
-    /// A service over `store`, publishing changes on `bus`; watch streams end when `shutdown` fires.
-    pub fn new(store: Arc<dyn StreamStore>, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Self {
-        Self { store, bus, shutdown }
+    /// A service over `store`, publishing changes on `bus`, within `limits` (refusals counted in
+    /// `limited`); watch streams end when `shutdown` fires.
+    pub fn new(
+        store: Arc<dyn StreamStore>,
+        bus: Arc<dyn Bus>,
+        limits: Limits,
+        limited: Limited,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let create_rate = Arc::new(CreateRate::new(limits.creates_per_minute));
+        Self { store, bus, shutdown, limits, create_rate, limited }
+    }
+
+    /// Counts a create against its caller's rate: developers (admin tokens) are limited per
+    /// subject; the cluster's own services (signaling, creating for browsers whose publish grants
+    /// are limited per owner) and an open registry are not.
+    fn admit_create(&self, caller: Option<&onair_auth::Caller>) -> Result<(), Status> {
+        let Some(onair_auth::Caller::Subject(subject)) = caller else { return Ok(()) };
+        self.create_rate.admit(subject, std::time::Instant::now()).map_err(|wait| {
+            self.limited.get_or_create(&LimitLabels { limit: "creates_per_minute" }).inc();
+            Status::resource_exhausted(format!(
+                "{subject:?} created {} streams in the last minute, the most one caller may \
+                 (--max-creates-per-minute); retry in {wait} s",
+                self.limits.creates_per_minute
+            ))
+        })
     }
 }
 
@@ -54,6 +81,19 @@ fn validate_title(raw: &str) -> Result<String, RegistryError> {
         return Err(RegistryError::InvalidArgument("title must not contain control characters".to_owned()));
     }
     Ok(title.to_owned())
+}
+
+/// Longest owner (a token subject) the registry keeps.
+const OWNER_MAX_CHARS: usize = 200;
+
+fn validate_owner(raw: &str) -> Result<String, RegistryError> {
+    if raw.chars().count() > OWNER_MAX_CHARS {
+        return Err(RegistryError::InvalidArgument(format!("owner is longer than {OWNER_MAX_CHARS} characters")));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(RegistryError::InvalidArgument("owner must not contain control characters".to_owned()));
+    }
+    Ok(raw.to_owned())
 }
 
 fn stream_cursor(s: &Stream) -> Cursor {
@@ -91,6 +131,7 @@ type EventStream = Pin<Box<dyn FutStream<Item = Result<pb::StreamEvent, Status>>
 #[tonic::async_trait]
 impl StreamRegistry for RegistryService {
     async fn create_stream(&self, req: Request<pb::CreateStreamRequest>) -> Result<Response<pb::Stream>, Status> {
+        self.admit_create(req.extensions().get::<onair_auth::Caller>())?;
         let req = req.into_inner();
         let id = match req.id.as_str() {
             "" => onair_core::StreamId::generate(),
@@ -105,8 +146,16 @@ impl StreamRegistry for RegistryService {
             started_at: onair_core::time::now_ms(),
             ended_at: None,
             viewers: 0,
+            owner: validate_owner(&req.owner)?,
         };
-        self.store.insert_stream(&stream).await.map_err(RegistryError::from)?;
+        match self.store.insert_stream(&stream, self.limits.live_per_subject).await.map_err(RegistryError::from) {
+            Err(e @ RegistryError::Exhausted(_)) => {
+                self.limited.get_or_create(&LimitLabels { limit: "live_per_subject" }).inc();
+                tracing::info!(owner = %stream.owner, "live streams per subject: limit reached");
+                return Err(e.into());
+            }
+            other => other?,
+        }
         tracing::info!(stream_id = %stream.id, broadcaster = %stream.broadcaster, "stream live");
         let out = stream_to_pb(&stream);
         feed::publish(&self.bus, &StreamEvent::Started(stream)).await;
@@ -242,6 +291,9 @@ impl StreamRegistry for RegistryService {
     ) -> Result<Response<pb::Recording>, Status> {
         let req = req.into_inner();
         let id: onair_core::RecordingId = parse_id("id", &req.id)?;
+        if req.file_name.as_deref().is_some_and(|f| !onair_core::is_plain_file_name(f)) {
+            return Err(RegistryError::InvalidArgument("file_name must be a plain file name".to_owned()).into());
+        }
         let patch = RecordingPatch {
             duration_ms: req.duration_ms,
             bytes: req.bytes,
@@ -249,6 +301,7 @@ impl StreamRegistry for RegistryService {
             audio_codec: req.audio_codec,
             state: recording_state_in(req.state)?,
             error: req.error,
+            file_name: req.file_name,
         };
         match self.store.update_recording(&id, &patch).await.map_err(RegistryError::from)? {
             Some(r) => Ok(Response::new(recording_to_pb(&r))),

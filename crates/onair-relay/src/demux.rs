@@ -12,7 +12,7 @@ const BINDING_REQUEST: u16 = 0x0001;
 
 /// The local ufrag a STUN binding request is addressed to; `None` for anything else (not STUN, not a
 /// binding request, no or malformed USERNAME).
-pub(crate) fn local_ufrag(datagram: &[u8]) -> Option<&str> {
+pub fn local_ufrag(datagram: &[u8]) -> Option<&str> {
     if datagram.len() < 20 || datagram[4..8] != MAGIC_COOKIE {
         return None;
     }

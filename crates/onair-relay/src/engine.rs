@@ -57,6 +57,15 @@ pub enum Command {
         /// The browser's JSON.
         payload: String,
     },
+    /// A new watcher that brought its own offer (WHEP): answer it.
+    Answer {
+        /// The relay peer.
+        relay: PeerId,
+        /// The watcher.
+        watcher: PeerId,
+        /// Its offer (a browser-style JSON description).
+        payload: String,
+    },
     /// Offer the stream to a new watcher.
     Subscribe {
         /// The relay peer.
@@ -109,9 +118,20 @@ struct Client {
     ufrag: String,
 }
 
+/// The video codec a stream is published in (what its subscribers are offered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VideoCodec {
+    Vp8,
+    H264,
+}
+
 struct StreamState {
     stream: StreamId,
     broadcaster: PeerId,
+    /// The publisher's video codec, once its offer was accepted.
+    video: Option<VideoCodec>,
+    /// Watchers that joined before the publisher's offer: offered to once its codec is known.
+    waiting: Vec<PeerId>,
     publisher: Option<ClientId>,
     subscribers: HashMap<PeerId, ClientId>,
     /// The publisher's incoming video media (for keyframe requests).
@@ -134,17 +154,21 @@ pub struct Engine {
     by_ufrag: HashMap<String, ClientId>,
     streams: HashMap<PeerId, StreamState>,
     crypto: Arc<str0m::config::CryptoProvider>,
+    /// The remote peer of every connection removed (the hub ends a WHIP/WHEP session with it).
+    gone: mpsc::UnboundedSender<PeerId>,
 }
 
 impl Engine {
-    /// An engine over `sockets`, and the sender the hub drives it with.
+    /// An engine over `sockets`, the sender the hub drives it with, and the receiver of the
+    /// remote peers whose connection was removed.
     pub fn new(
         config: &RelayConfig,
         sockets: RelaySockets,
         link: NodeLink,
         metrics: RelayMetrics,
-    ) -> (Self, mpsc::Sender<Command>) {
+    ) -> (Self, mpsc::Sender<Command>, mpsc::UnboundedReceiver<PeerId>) {
         let (tx, commands) = mpsc::channel(4096);
+        let (gone, gone_rx) = mpsc::unbounded_channel();
         let local = candidates(&sockets.addrs(), config.public);
         let engine = Self {
             sockets,
@@ -159,8 +183,9 @@ impl Engine {
             by_ufrag: HashMap::new(),
             streams: HashMap::new(),
             crypto: Arc::new(str0m::crypto::from_feature_flags()),
+            gone,
         };
-        (engine, tx)
+        (engine, tx, gone_rx)
     }
 
     /// Runs until `stop` fires (or the hub is gone).
@@ -203,11 +228,13 @@ impl Engine {
         readers.abort_all();
     }
 
-    fn rtc(&self) -> Rtc {
+    /// A new connection with Opus and `video` (`None`: VP8 and H.264, for offers we answer).
+    fn rtc(&self, video: Option<VideoCodec>) -> Rtc {
         let mut rtc = Rtc::builder()
             .set_crypto_provider(Arc::clone(&self.crypto))
             .clear_codecs()
-            .enable_vp8(true)
+            .enable_vp8(video != Some(VideoCodec::H264))
+            .enable_h264(video != Some(VideoCodec::Vp8))
             .enable_opus(true, false)
             .build(Instant::now());
         for c in &self.local {
@@ -241,6 +268,7 @@ impl Engine {
     fn remove_client(&mut self, id: ClientId) {
         let Some(mut c) = self.clients.remove(&id) else { return };
         c.rtc.disconnect();
+        let _ = self.gone.send(c.remote.clone());
         self.by_addr.retain(|_, v| *v != id);
         self.by_ufrag.remove(&c.ufrag);
         if let Some(s) = self.streams.get_mut(&c.relay) {
@@ -276,6 +304,8 @@ impl Engine {
                     StreamState {
                         stream,
                         broadcaster,
+                        video: None,
+                        waiting: Vec::new(),
                         publisher: None,
                         subscribers: HashMap::new(),
                         video_in: None,
@@ -286,7 +316,11 @@ impl Engine {
             }
             Command::Signal { relay, from, kind, payload } => self.on_signal(&relay, &from, kind, &payload),
             Command::Subscribe { relay, watcher } => self.subscribe(&relay, &watcher),
+            Command::Answer { relay, watcher, payload } => self.answer_watcher(&relay, &watcher, &payload),
             Command::Unsubscribe { relay, watcher } => {
+                if let Some(s) = self.streams.get_mut(&relay) {
+                    s.waiting.retain(|w| w != &watcher);
+                }
                 if let Some(id) = self.streams.get(&relay).and_then(|s| s.subscribers.get(&watcher).copied()) {
                     self.remove_client(id);
                 }
@@ -385,40 +419,72 @@ impl Engine {
         if let Some(id) = current {
             self.remove_client(id);
         }
-        let Ok(offer) = parse(&sdp) else { return };
-        let mut rtc = self.rtc();
-        let answer = match rtc.sdp_api().accept_offer(offer) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, peer = %from, "broadcaster's offer not accepted");
-                return;
-            }
-        };
+        let Some((rtc, answer)) = self.accept(&sdp, from, None) else { return };
         let id = self.add_client(rtc, relay, from, Role::Publisher);
         self.learn_candidates(id, sdp_candidates(&sdp));
-        if let Some(s) = self.streams.get_mut(relay) {
-            s.publisher = Some(id);
-            s.video_in = None;
-            s.keyframe_wanted = !s.subscribers.is_empty();
-        }
-        let payload = serde_json::json!({ "type": "answer", "sdp": answer.to_sdp_string() }).to_string();
+        let answer = answer.to_sdp_string();
+        let waiting = match self.streams.get_mut(relay) {
+            Some(s) => {
+                s.publisher = Some(id);
+                s.video_in = None;
+                s.keyframe_wanted = !s.subscribers.is_empty();
+                s.video = Some(answered_video(&answer));
+                std::mem::take(&mut s.waiting)
+            }
+            None => Vec::new(),
+        };
+        let payload = serde_json::json!({ "type": "answer", "sdp": answer }).to_string();
         self.signal(relay, from, pb::SignalKind::Answer, payload);
+        for watcher in waiting {
+            self.subscribe(relay, &watcher);
+        }
     }
 
-    /// Offers the stream to a new watcher: send-only video and audio.
-    fn subscribe(&mut self, relay: &PeerId, watcher: &PeerId) {
-        let Some(s) = self.streams.get(relay) else { return };
+    /// A new connection (with `video`, see [`Engine::rtc`]) that accepted `sdp`, an offer of
+    /// `from`, and its answer.
+    fn accept(&self, sdp: &str, from: &PeerId, video: Option<VideoCodec>) -> Option<(Rtc, SdpAnswer)> {
+        let offer = SdpOffer::from_sdp_string(sdp).ok()?;
+        let mut rtc = self.rtc(video);
+        match rtc.sdp_api().accept_offer(offer) {
+            Ok(answer) => Some((rtc, answer)),
+            Err(e) => {
+                tracing::warn!(error = %e, peer = %from, "offer not accepted");
+                None
+            }
+        }
+    }
+
+    /// Whether `relay`'s stream can take `watcher` (replacing its earlier connection): false when
+    /// the stream is not here or the relay is full (counted).
+    fn room_for(&mut self, relay: &PeerId, watcher: &PeerId) -> bool {
+        let Some(s) = self.streams.get(relay) else { return false };
         if let Some(old) = s.subscribers.get(watcher).copied() {
             self.remove_client(old);
         }
         if usize::try_from(self.metrics.subscribers.get()).unwrap_or(usize::MAX) >= self.max_subscribers {
             self.metrics.refused_full.inc();
             tracing::warn!(%relay, %watcher, max = self.max_subscribers, "relay full; subscriber refused");
+            return false;
+        }
+        true
+    }
+
+    /// Offers the stream to a new watcher: send-only video (in the publisher's codec) and audio.
+    /// Until the publisher's offer came, the watcher waits.
+    fn subscribe(&mut self, relay: &PeerId, watcher: &PeerId) {
+        let Some(s) = self.streams.get_mut(relay) else { return };
+        let Some(video) = s.video else {
+            if !s.waiting.contains(watcher) {
+                s.waiting.push(watcher.clone());
+            }
+            return;
+        };
+        if !self.room_for(relay, watcher) {
             return;
         }
         let Some(s) = self.streams.get(relay) else { return };
         let msid = s.stream.to_string();
-        let mut rtc = self.rtc();
+        let mut rtc = self.rtc(Some(video));
         let mut api = rtc.sdp_api();
         let video =
             api.add_media(MediaKind::Video, Direction::SendOnly, Some(msid.clone()), Some("video".into()), None);
@@ -435,6 +501,27 @@ impl Engine {
         self.metrics.subscribers.inc();
         let payload = serde_json::json!({ "type": "offer", "sdp": offer.to_sdp_string() }).to_string();
         self.signal(relay, watcher, pb::SignalKind::Offer, payload);
+    }
+
+    /// A watcher that offered (WHEP, receive-only): its send-only media come from the offer
+    /// (`Event::MediaAdded`), the answer goes back as a signal.
+    fn answer_watcher(&mut self, relay: &PeerId, watcher: &PeerId, payload: &str) {
+        if !self.room_for(relay, watcher) {
+            return;
+        }
+        let Ok(sdp) = sdp_of(payload) else { return };
+        // The stream's codec when known, so the watcher's answer cannot pick one it is not sent in.
+        let video = self.streams.get(relay).and_then(|s| s.video);
+        let Some((rtc, answer)) = self.accept(&sdp, watcher, video) else { return };
+        let id = self.add_client(rtc, relay, watcher, Role::Subscriber);
+        self.learn_candidates(id, sdp_candidates(&sdp));
+        if let Some(s) = self.streams.get_mut(relay) {
+            s.subscribers.insert(watcher.clone(), id);
+        }
+        self.metrics.subscribers.inc();
+        let payload = serde_json::json!({ "type": "answer", "sdp": answer.to_sdp_string() }).to_string();
+        self.signal(relay, watcher, pb::SignalKind::Answer, payload);
+        self.poll(id);
     }
 
     fn datagram(&mut self, d: Datagram) {
@@ -579,6 +666,14 @@ impl Engine {
                     s.video_in = Some(m.mid);
                 }
             }
+            // A watcher's own offer (WHEP) says which media it receives.
+            Event::MediaAdded(m)
+                if role == Role::Subscriber
+                    && m.direction.is_sending()
+                    && !c.mids.iter().any(|(mid, _)| *mid == m.mid) =>
+            {
+                c.mids.push((m.mid, m.kind));
+            }
             Event::MediaData(data) if role == Role::Publisher => self.forward(&relay, &data),
             Event::KeyframeRequest(_) if role == Role::Subscriber => {
                 if let Some(s) = self.streams.get_mut(&relay) {
@@ -648,6 +743,28 @@ async fn read_socket(
     }
 }
 
+/// The video codec an answer of ours chose (the first payload type of its video section); VP8
+/// when it has none.
+fn answered_video(sdp: &str) -> VideoCodec {
+    let mut in_video = false;
+    let mut first_pt: Option<&str> = None;
+    for line in sdp.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("m=") {
+            in_video = rest.starts_with("video") && rest.split_whitespace().nth(1).is_none_or(|p| p != "0");
+            if in_video && first_pt.is_none() {
+                first_pt = rest.split_whitespace().nth(3);
+            }
+        } else if in_video
+            && let (Some(pt), Some(map)) = (first_pt, line.strip_prefix("a=rtpmap:"))
+            && map.split_whitespace().next() == Some(pt)
+        {
+            let codec = map.split_whitespace().nth(1).unwrap_or("");
+            return if codec.to_ascii_uppercase().starts_with("H264/") { VideoCodec::H264 } else { VideoCodec::Vp8 };
+        }
+    }
+    VideoCodec::Vp8
+}
+
 /// The SDP of a browser description (`{"type":…,"sdp":…}`, or a bare SDP string).
 fn sdp_of(payload: &str) -> Result<String, &'static str> {
     let v: serde_json::Value = serde_json::from_str(payload).map_err(|_| "description is not JSON")?;
@@ -681,6 +798,16 @@ fn remote_candidate(payload: &str) -> Option<Candidate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_answered_video_codec_is_the_first_of_the_video_section() {
+        let h264 = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n\
+                    m=video 9 UDP/TLS/RTP/SAVPF 108 109\r\na=rtpmap:108 H264/90000\r\na=rtpmap:109 rtx/90000\r\n";
+        assert_eq!(answered_video(h264), VideoCodec::H264);
+        let vp8 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 108\r\na=rtpmap:108 H264/90000\r\na=rtpmap:96 VP8/90000\r\n";
+        assert_eq!(answered_video(vp8), VideoCodec::Vp8);
+        assert_eq!(answered_video("v=0\r\nm=audio 9 RTP 111\r\n"), VideoCodec::Vp8, "audio only");
+    }
 
     #[test]
     fn descriptions_parse_in_both_shapes() {

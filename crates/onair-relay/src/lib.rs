@@ -13,6 +13,7 @@ mod engine;
 mod hub;
 mod metrics;
 mod net;
+mod sessions;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -26,6 +27,14 @@ use onair_proto::v1::stream_registry_client::StreamRegistryClient;
 use tokio_util::sync::CancellationToken;
 
 pub use net::RelaySockets;
+
+/// What the fuzz targets (`fuzz/`, `make fuzz`) reach; built only under `cargo fuzz`.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::demux::local_ufrag;
+    pub use crate::sessions::{frag_candidates, ice_ufrag};
+}
 
 /// Relay settings.
 #[derive(Debug, Clone)]
@@ -61,12 +70,30 @@ pub fn serve(
     let (link, outbox) = NodeLink::new(config.node.clone());
     let metrics = metrics::RelayMetrics::default();
     metrics.register(admin.metrics());
-    let (engine, commands) = engine::Engine::new(&config, sockets, link.clone(), metrics.clone());
+    let (engine, commands, mut gone) = engine::Engine::new(&config, sockets, link.clone(), metrics.clone());
     let hub = hub::Hub::new(link, commands, metrics);
     admin.add_check(onair_node::ready_check(&hub));
     Ok(async move {
         let engine_stop = CancellationToken::new();
         let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
+        // WHIP/WHEP sessions: end those whose connection went, fail requests that waited too long.
+        let sessions_task = tokio::spawn({
+            let hub = Arc::clone(&hub);
+            let stop = engine_stop.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        peer = gone.recv() => match peer {
+                            Some(p) => hub.connection_gone(&p),
+                            None => return,
+                        },
+                        _ = tick.tick() => hub.expire_requests(),
+                    }
+                }
+            }
+        });
         let links = Links::spawn(&hub, outbox, signaling, bus);
         tracing::info!(node = %config.node, "relay starting");
         onair_node::registry_feed(Arc::clone(&hub), registry, shutdown.clone()).await;
@@ -76,6 +103,7 @@ pub fn serve(
         links.close().await;
         engine_stop.cancel();
         let _ = engine_task.await;
+        let _ = sessions_task.await;
         tracing::info!("relay stopped");
         Ok(())
     })

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use onair_auth::Upstream;
-use onair_core::{Bus, Directory, NodeId, PeerId, PeerRecord, StreamId};
+use onair_core::{Bus, Directory, DirectoryError, NodeId, PeerId, PeerRecord, StreamId};
 use onair_proto::v1 as pb;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
 use prost::Message;
@@ -40,6 +40,8 @@ pub enum Action {
         peer: PeerId,
         /// The title (validated by the registry).
         title: String,
+        /// The subject of its publish grant (empty: none).
+        owner: String,
     },
     /// A peer stopped broadcasting.
     Unpublished {
@@ -74,6 +76,10 @@ pub enum Action {
         /// The node's peers.
         peers: Vec<PeerState>,
     },
+    /// A WHIP/WHEP request of a gateway, for a relay node.
+    SessionRequest(pb::SessionRequest),
+    /// A relay's answer to one, for the gateway that asked.
+    SessionReply(pb::SessionReply),
 }
 
 impl TryFrom<pb::node_message::Msg> for Action {
@@ -84,7 +90,7 @@ impl TryFrom<pb::node_message::Msg> for Action {
             Msg::Hello(_) => Self::Hello,
             Msg::Attach(a) => Self::Attach { peer: parse("peer", &a.peer)?, resume_token: a.resume_token },
             Msg::Detach(d) => Self::Detach { peer: parse("peer", &d.peer)? },
-            Msg::Publish(p) => Self::Publish { peer: parse("peer", &p.peer)?, title: p.title },
+            Msg::Publish(p) => Self::Publish { peer: parse("peer", &p.peer)?, title: p.title, owner: p.owner },
             Msg::Unpublished(u) => Self::Unpublished { peer: parse("peer", &u.peer)? },
             Msg::Watch(w) => Self::Watch { peer: parse("peer", &w.peer)?, stream: parse("stream_id", &w.stream_id)? },
             Msg::Unwatch(u) => Self::Unwatch { peer: parse("peer", &u.peer)? },
@@ -98,6 +104,8 @@ impl TryFrom<pb::node_message::Msg> for Action {
             Msg::Reassert(r) => {
                 Self::Reassert { peers: r.peers.into_iter().map(PeerState::try_from).collect::<Result<_, _>>()? }
             }
+            Msg::SessionRequest(r) => Self::SessionRequest(r),
+            Msg::SessionReply(r) => Self::SessionReply(r),
         })
     }
 }
@@ -190,12 +198,37 @@ impl Router {
 
     /// Publishes one delivery to `node`'s channel.
     pub async fn deliver(&self, node: &NodeId, to: &PeerId, event: pb::delivery::Event) {
+        if let Err(e) = self.try_deliver(node, to, event).await {
+            tracing::warn!(error = %e, peer = %to, "delivery failed");
+        }
+    }
+
+    /// Publishes one delivery to `node`'s channel; the bus error if it could not. When nobody
+    /// listens there (the node died, or drains and its peers are moving), the delivery is parked
+    /// for the peer instead, and [`Router::resume`] hands it to the node the peer resumes on.
+    async fn try_deliver(&self, node: &NodeId, to: &PeerId, event: pb::delivery::Event) -> Result<(), RouteError> {
+        let parkable = !matches!(event, pb::delivery::Event::Evicted(_));
         // Inside a traced flow (see service.rs), the delivery carries the trace on.
         let traceparent = onair_ops::trace::traceparent(&tracing::Span::current());
         let d = pb::Delivery { to: to.to_string(), event: Some(event), traceparent };
-        if let Err(e) = self.bus.publish(&node.channel(), Bytes::from(d.encode_to_vec())).await {
-            tracing::warn!(error = %e, peer = %to, "delivery failed");
+        let payload = Bytes::from(d.encode_to_vec());
+        let reached = self
+            .bus
+            .publish_counted(&node.channel(), payload.clone())
+            .await
+            .map_err(|e| RouteError::Unavailable(DirectoryError::Unavailable(e.to_string())))?;
+        if reached == Some(0) && parkable {
+            self.dir.park(to, payload, PARK_TTL_MS).await?;
+            tracing::debug!(peer = %to, %node, "nobody listens for the peer's node; delivery parked");
+            // `Resume` moves the peer, then takes what is parked: parked after that take, this would
+            // wait forever, but then the move is visible here, and it is handed over now.
+            if let Some(rec) = self.dir.peer(to).await?
+                && &rec.node != node
+            {
+                self.hand_over_parked(to, &rec.node).await?;
+            }
         }
+        Ok(())
     }
 
     async fn deliver_to_peer(&self, to: &PeerId, event: pb::delivery::Event) -> Result<(), RouteError> {
@@ -217,7 +250,7 @@ impl Router {
                 Ok(())
             }
             Action::Detach { peer } => self.detach(node, &peer).await,
-            Action::Publish { peer, title } => self.publish(node, &peer, title).await,
+            Action::Publish { peer, title, owner } => self.publish(node, &peer, title, owner).await,
             Action::Unpublished { peer } => {
                 if let Some(rec) = self.dir.peer(&peer).await? {
                     self.stop_broadcast(&peer, &rec).await?;
@@ -233,7 +266,87 @@ impl Router {
             }
             Action::Signal { from, to, kind, payload } => self.signal(from, to, kind, payload).await,
             Action::Reassert { peers } => self.reassert(node, peers).await,
+            Action::SessionRequest(req) => self.session_request(node, req).await,
+            Action::SessionReply(reply) => {
+                let to: NodeId = parse("reply_to", &reply.reply_to)?;
+                self.deliver_to_node(&to, pb::delivery::Event::SessionReply(reply)).await;
+                Ok(())
+            }
         }
+    }
+
+    /// Publishes one delivery for `node` itself (not one of its peers).
+    async fn deliver_to_node(&self, node: &NodeId, event: pb::delivery::Event) {
+        let d = pb::Delivery { to: String::new(), event: Some(event), traceparent: String::new() };
+        if let Err(e) = self.bus.publish(&node.channel(), Bytes::from(d.encode_to_vec())).await {
+            tracing::warn!(error = %e, %node, "delivery failed");
+        }
+    }
+
+    /// Relays a gateway's WHIP/WHEP request to the relay node it is for: a new publish to the
+    /// least loaded relay (its stream is then relayed there), a new subscription to the stream's
+    /// relay, a PATCH or DELETE to the node its session names. What cannot be routed is answered
+    /// here, in HTTP terms.
+    async fn session_request(&self, gateway: &NodeId, mut req: pb::SessionRequest) -> Result<(), RouteError> {
+        req.reply_to = gateway.to_string();
+        match self.session_node(&req).await? {
+            Ok(node) => {
+                req.node = node.to_string();
+                self.deliver_to_node(&node, pb::delivery::Event::SessionRequest(req)).await;
+            }
+            Err((status, message)) => {
+                let reply =
+                    pb::SessionReply { id: req.id, reply_to: req.reply_to, status, message, ..Default::default() };
+                self.deliver_to_node(gateway, pb::delivery::Event::SessionReply(reply)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The relay node a session request goes to, or the HTTP status and message to answer with.
+    async fn session_node(&self, req: &pb::SessionRequest) -> Result<Result<NodeId, (u32, String)>, RouteError> {
+        let no_relay = || Err((503, "no relay is up to carry WebRTC media; retry shortly".to_owned()));
+        let relays = self.fresh_relays().await?;
+        Ok(match pb::SessionOp::try_from(req.op).unwrap_or(pb::SessionOp::Unspecified) {
+            pb::SessionOp::Publish => match least_loaded(relays, None) {
+                Some(n) => Ok(n),
+                None => no_relay(),
+            },
+            pb::SessionOp::Subscribe => {
+                let Ok(stream) = req.stream_id.parse::<StreamId>() else {
+                    return Ok(Err((404, "no such stream".into())));
+                };
+                if self.dir.broadcaster(&stream).await?.is_none() {
+                    return Ok(Err((404, format!("stream {stream} is not live"))));
+                }
+                let relay = self.dir.relay(&stream).await?;
+                let node = match relay {
+                    Some(r) => self.dir.peer(&r).await?.map(|rec| rec.node),
+                    None => None,
+                };
+                match node {
+                    Some(n) => Ok(n),
+                    None => Err((503, format!("stream {stream} is not on a relay (peer to peer); WHEP needs one"))),
+                }
+            }
+            pb::SessionOp::Patch | pb::SessionOp::Delete => {
+                let node = req.node.parse::<NodeId>().ok().filter(|n| relays.iter().any(|r| &r.node == n));
+                match node {
+                    Some(n) => Ok(n),
+                    None => Err((404, "no such session (it ended, or its relay is gone)".into())),
+                }
+            }
+            pb::SessionOp::Unspecified => Err((400, "unknown session operation".into())),
+        })
+    }
+
+    /// Relay nodes that reported within the freshness window and take streams.
+    async fn fresh_relays(&self) -> Result<Vec<onair_core::RelayNode>, RouteError> {
+        if !self.relays {
+            return Ok(Vec::new());
+        }
+        let fresh = i64::try_from(self.relay_fresh.as_millis()).unwrap_or(i64::MAX);
+        Ok(self.dir.relay_nodes(onair_core::time::now_ms().saturating_sub(fresh)).await?)
     }
 
     /// Rebuilds the directory entries of `node`'s peers from what the node knows (after Redis came
@@ -242,9 +355,24 @@ impl Router {
     /// the node's report (a `published` may still be on its way to the node), and one it places on
     /// another node resumed there.
     async fn reassert(&self, node: &NodeId, peers: Vec<PeerState>) -> Result<(), RouteError> {
+        let done = self.rebuild(node, peers).await;
+        if done.is_err() {
+            // Half rebuilt: forget the node so that its next heartbeat is asked to re-assert again.
+            let _ = self.dir.claim_node(node).await;
+        }
+        done
+    }
+
+    /// [`Self::reassert`]'s work, which may stop half way when the directory fails.
+    async fn rebuild(&self, node: &NodeId, peers: Vec<PeerState>) -> Result<(), RouteError> {
         let mut mine = Vec::with_capacity(peers.len());
         for p in peers {
-            if self.dir.peer(&p.peer).await?.is_some() {
+            if let Some(rec) = self.dir.peer(&p.peer).await? {
+                // Known, and still on this node: what was parked for it while the node's bus
+                // subscription was down (a reconnect after a gap) goes to it now.
+                if &rec.node == node {
+                    self.hand_over_parked(&p.peer, node).await?;
+                }
                 continue;
             }
             self.dir.attach(&p.peer, node, &p.resume_token).await?;
@@ -266,6 +394,23 @@ impl Router {
         }
         if !mine.is_empty() {
             tracing::info!(%node, peers = mine.len(), "node re-asserted its peers");
+        }
+        Ok(())
+    }
+
+    /// Publishes to `node` what was parked for `peer`, oldest first.
+    async fn hand_over_parked(&self, peer: &PeerId, node: &NodeId) -> Result<(), RouteError> {
+        let parked = self.dir.unpark(peer).await?;
+        if !parked.is_empty() {
+            tracing::debug!(%peer, %node, deliveries = parked.len(), "parked deliveries handed to the new node");
+        }
+        for payload in parked {
+            match self.bus.publish_counted(&node.channel(), payload.clone()).await {
+                // Nobody listens there yet either: parked again, for the next hand-over.
+                Ok(Some(0)) => self.dir.park(peer, payload, PARK_TTL_MS).await?,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, %peer, "a parked delivery could not be handed over"),
+            }
         }
         Ok(())
     }
@@ -310,39 +455,48 @@ impl Router {
 
     /// The hot path: checks the pairing and forwards one signaling message.
     async fn signal(&self, from: PeerId, to: PeerId, kind: pb::SignalKind, payload: String) -> Result<(), RouteError> {
-        let (from_rec, to_rec) = tokio::try_join!(self.dir.peer(&from), self.dir.peer(&to))?;
-        let from_rec = from_rec.ok_or_else(|| not_connected(&from))?;
-        // An unknown recipient gets the same answer as an unrelated one: the error must not tell a
-        // client which peer ids are connected.
-        let unrelated = || {
-            RouteError::Forbidden(format!(
-                "peer {to} is not the broadcaster of the stream you watch, nor one of your watchers"
-            ))
-        };
-        let to_rec = to_rec.ok_or_else(unrelated)?;
         let paired = |a: &PeerRecord, b: &PeerRecord| {
             (a.watching.is_some() && a.watching == b.broadcasting)
                 || (a.relaying.is_some() && (a.relaying == b.watching || a.relaying == b.broadcasting))
         };
-        if !(paired(&from_rec, &to_rec) || paired(&to_rec, &from_rec)) {
-            return Err(unrelated());
+        let allowed = |f: &Option<PeerRecord>, t: &Option<PeerRecord>| match (f, t) {
+            (Some(f), Some(t)) => paired(f, t) || paired(t, f),
+            _ => false,
+        };
+        let (mut from_rec, mut to_rec) = tokio::try_join!(self.dir.peer_cached(&from), self.dir.peer_cached(&to))?;
+        if !allowed(&from_rec, &to_rec) {
+            // Cached records may lag another replica's write by a moment: ask Redis before refusing.
+            (from_rec, to_rec) = tokio::try_join!(self.dir.peer(&from), self.dir.peer(&to))?;
         }
+        let from_rec = from_rec.ok_or_else(|| not_connected(&from))?;
+        // An unknown recipient gets the same answer as an unrelated one: the error must not tell a
+        // client which peer ids are connected.
+        let to_rec = match to_rec {
+            Some(t) if paired(&from_rec, &t) || paired(&t, &from_rec) => t,
+            _ => {
+                return Err(RouteError::Forbidden(format!(
+                    "peer {to} is not the broadcaster of the stream you watch, nor one of your watchers"
+                )));
+            }
+        };
         let s = pb::Signal { from: from.to_string(), to: to.to_string(), kind: kind.into(), payload };
-        self.deliver(&to_rec.node, &to, pb::delivery::Event::Signal(s)).await;
-        Ok(())
+        // With both records cached, Redis being down shows here: the sender is told, as it would be
+        // by a failed lookup, instead of its message vanishing.
+        self.try_deliver(&to_rec.node, &to, pb::delivery::Event::Signal(s)).await
     }
 
     /// Creates the peer's stream in the registry under an id chosen here, after recording the peer
     /// as its broadcaster, so a watcher who sees the stream announced can always be routed; then
     /// tells the broadcaster's node (`Delivery.published`).
-    async fn publish(&self, node: &NodeId, peer: &PeerId, title: String) -> Result<(), RouteError> {
+    async fn publish(&self, node: &NodeId, peer: &PeerId, title: String, owner: String) -> Result<(), RouteError> {
         let rec = self.dir.peer(peer).await?.ok_or_else(|| not_connected(peer))?;
         if rec.broadcasting.is_some() {
             return Err(RouteError::Conflict("you are already live".into()));
         }
         let stream = StreamId::generate();
         self.dir.set_broadcasting(peer, Some(&stream), None).await?;
-        let relay = match self.place(&stream, peer, None).await {
+        // A broadcaster that is itself a relay node's peer (a WHIP publisher) is relayed there.
+        let relay = match self.place(&stream, peer, None, Some(&rec.node)).await {
             Ok(r) => r,
             Err(e) => {
                 self.dir.set_broadcasting(peer, None, Some(&stream)).await?;
@@ -354,6 +508,7 @@ impl Router {
             broadcaster: peer.to_string(),
             node: node.to_string(),
             id: stream.to_string(),
+            owner,
         };
         let created = match self.registry.clone().create_stream(req).await {
             Ok(r) => r.into_inner(),
@@ -365,6 +520,7 @@ impl Router {
                 return Err(match status.code() {
                     tonic::Code::InvalidArgument => RouteError::BadRequest(status.message().to_owned()),
                     tonic::Code::AlreadyExists => RouteError::Conflict("you are already live".into()),
+                    tonic::Code::ResourceExhausted => RouteError::Full(status.message().to_owned()),
                     _ => {
                         tracing::warn!(error = %status, "registry did not create the stream");
                         RouteError::RegistryUnavailable("could not go live right now; retry".into())
@@ -381,33 +537,28 @@ impl Router {
         Ok(())
     }
 
-    /// Puts `stream` on the least loaded relay node, if relays are on and one is up: a new peer on
-    /// that node, told to relay the stream, becomes the stream's media source. `None`: peer to peer.
+    /// Puts `stream` on a relay node, if relays are on and one is up: `prefer` if it is one, else
+    /// the least loaded (not `not_on`). A new peer on that node, told to relay the stream, becomes
+    /// the stream's media source. `None`: peer to peer.
     async fn place(
         &self,
         stream: &StreamId,
         broadcaster: &PeerId,
         not_on: Option<&NodeId>,
+        prefer: Option<&NodeId>,
     ) -> Result<Option<PeerId>, RouteError> {
-        if !self.relays {
-            return Ok(None);
-        }
-        let fresh = i64::try_from(self.relay_fresh.as_millis()).unwrap_or(i64::MAX);
-        let nodes = self.dir.relay_nodes(onair_core::time::now_ms().saturating_sub(fresh)).await?;
-        let Some(node) = nodes
-            .into_iter()
-            .filter(|n| Some(&n.node) != not_on)
-            .min_by_key(|n| (n.subscribers, n.streams, n.node.to_string()))
-        else {
+        let nodes = self.fresh_relays().await?;
+        let preferred = prefer.filter(|p| nodes.iter().any(|n| &n.node == *p)).cloned();
+        let Some(node) = preferred.or_else(|| least_loaded(nodes, not_on)) else {
             return Ok(None);
         };
         let relay = PeerId::generate();
         // No resume token: a relay peer lives and dies with its node.
-        self.dir.attach(&relay, &node.node, "").await?;
+        self.dir.attach(&relay, &node, "").await?;
         self.dir.set_relay(stream, Some(&relay)).await?;
         let assign = pb::RelayAssign { stream_id: stream.to_string(), broadcaster: broadcaster.to_string() };
-        self.deliver(&node.node, &relay, pb::delivery::Event::Relay(assign)).await;
-        tracing::debug!(%stream, %relay, node = %node.node, "stream placed on a relay");
+        self.deliver(&node, &relay, pb::delivery::Event::Relay(assign)).await;
+        tracing::debug!(%stream, %relay, %node, "stream placed on a relay");
         Ok(Some(relay))
     }
 
@@ -434,7 +585,7 @@ impl Router {
         let Some(broadcaster) = self.dir.broadcaster(stream).await? else { return Ok(()) };
         let Some(brec) = self.dir.peer(&broadcaster).await? else { return Ok(()) };
         self.deliver(&brec.node, &broadcaster, pb::delivery::Event::WatcherLeft(relay.to_string())).await;
-        let next = self.place(stream, &broadcaster, Some(node)).await?;
+        let next = self.place(stream, &broadcaster, Some(node), None).await?;
         tracing::warn!(%stream, lost = %relay, next = ?next, "relay lost; moving the stream");
         self.deliver(&brec.node, &broadcaster, media(stream, next.as_ref())).await;
         let source = match &next {
@@ -559,10 +710,22 @@ impl Router {
         if &rec.node != node {
             self.dir.move_peer(peer, &rec.node, node).await?;
             self.deliver(&rec.node, peer, pb::delivery::Event::Evicted(pb::Evicted {})).await;
+            // What reached nobody while the peer moved goes to its new node first, in order; the
+            // gateway holds it until the socket is attached (it expects the resume).
+            self.hand_over_parked(peer, node).await?;
         }
         let s = |o: &Option<StreamId>| o.as_ref().map(ToString::to_string).unwrap_or_default();
         Ok(pb::ResumeResponse { broadcasting: s(&rec.broadcasting), watching: s(&rec.watching) })
     }
+}
+
+/// The least loaded of `nodes` (fewest subscribers, then streams), not `not_on`.
+fn least_loaded(nodes: Vec<onair_core::RelayNode>, not_on: Option<&NodeId>) -> Option<NodeId> {
+    nodes
+        .into_iter()
+        .filter(|n| Some(&n.node) != not_on)
+        .min_by_key(|n| (n.subscribers, n.streams, n.node.to_string()))
+        .map(|n| n.node)
 }
 
 /// The `media` delivery telling a broadcaster how its stream travels: to `relay`, or peer to peer.
@@ -572,6 +735,10 @@ fn media(stream: &StreamId, relay: Option<&PeerId>) -> pb::delivery::Event {
         relay: relay.map(ToString::to_string).unwrap_or_default(),
     })
 }
+
+/// How long deliveries for a peer whose node is gone wait for it to resume (longer than the
+/// gateways' resume grace, 15 s by default).
+const PARK_TTL_MS: i64 = 30_000;
 
 fn not_connected(p: &PeerId) -> RouteError {
     RouteError::NotFound(format!("peer {p} is not connected"))

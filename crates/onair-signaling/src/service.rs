@@ -50,6 +50,9 @@ fn raw_peer(msg: &pb::node_message::Msg) -> &str {
         Msg::Unwatch(u) => &u.peer,
         Msg::Signal(s) => &s.from,
         Msg::Reassert(_) => "",
+        // A session's requests stay in order; an error event names the request.
+        Msg::SessionRequest(r) => &r.id,
+        Msg::SessionReply(r) => &r.id,
     }
 }
 
@@ -66,6 +69,8 @@ fn describe(msg: &pb::node_message::Msg) -> (&'static str, &str) {
         Msg::Unwatch(_) => ("unwatch", ""),
         Msg::Signal(_) => ("signal", ""),
         Msg::Reassert(_) => ("reassert", ""),
+        Msg::SessionRequest(r) => ("session_request", &r.stream_id),
+        Msg::SessionReply(_) => ("session_reply", ""),
     }
 }
 

@@ -203,6 +203,16 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_MAX_WATCHERS_PER_STREAM", default_value_t = 10_000)]
     pub max_watchers_per_stream: u32,
 
+    /// Most live streams one publisher (the subject of its publish grant) may have at once
+    /// (registry); more are refused with `error{full}` / RESOURCE_EXHAUSTED (0: no limit).
+    #[arg(long, env = "ONAIR_MAX_LIVE_PER_SUBJECT", default_value_t = 3)]
+    pub max_live_per_subject: u32,
+
+    /// Most `CreateStream` calls one developer (the subject of an admin token) may make per minute
+    /// on the registry API; more are RESOURCE_EXHAUSTED (0: no limit).
+    #[arg(long, env = "ONAIR_MAX_CREATES_PER_MINUTE", default_value_t = 60)]
+    pub max_creates_per_minute: u32,
+
     /// How long ended streams stay listed before they are purged (e.g. 7d, 12h, 30s).
     #[arg(long, env = "ONAIR_ENDED_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub ended_retention: Duration,
@@ -308,7 +318,8 @@ pub struct TokenArgs {
     #[arg(long)]
     pub name: Option<String>,
 
-    /// Who the token is for (its `sub` claim; logged at debug level when used).
+    /// Who the token is for (its `sub` claim; logged at debug level when used). The registry limits live
+    /// streams per subject (--max-live-per-subject): give each publisher its own.
     #[arg(long, default_value = "onair-user")]
     pub subject: String,
 

@@ -408,7 +408,11 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         let (grpc, addr) = bind(cli.grpc_addr()).await?;
         println!("onair: registry gRPC listening on {addr}");
         registry_url = format!("http://{}", loopback(addr));
-        let config = RegistryConfig { ended_retention: cli.ended_retention, access: security.public_api() };
+        let limits = onair_registry::Limits {
+            live_per_subject: cli.max_live_per_subject,
+            creates_per_minute: cli.max_creates_per_minute,
+        };
+        let config = RegistryConfig { ended_retention: cli.ended_retention, access: security.public_api(), limits };
         let tier = &mut tiers[REGISTRY];
         tier.tasks.spawn(onair_registry::serve(
             config,

@@ -102,7 +102,7 @@ async fn registry_rows(label: &str, reg: &Onair) {
                 title: format!("load {w}-{i}"),
                 broadcaster: format!("p{w}-{i}"),
                 node: "probe".into(),
-                id: String::new(),
+                ..Default::default()
             };
             c.create_stream(req).await.is_ok()
         }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use onair_core::{Recording, RecordingId, Stream, StreamId, StreamState};
 use serde::{Deserialize, Serialize};
 
-use super::{Cursor, RecordingPatch, StoreError, StreamStore};
+use super::{Cursor, RecordingPatch, StoreError, StreamStore, owned_limit};
 
 /// One journal line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -162,13 +162,20 @@ fn compact(path: &Path, state: &State) -> std::io::Result<BufWriter<File>> {
 
 #[async_trait]
 impl StreamStore for LocalStore {
-    async fn insert_stream(&self, stream: &Stream) -> Result<(), StoreError> {
+    async fn insert_stream(&self, stream: &Stream, max_owned: u32) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if inner.state.streams.contains_key(&stream.id) {
             return Err(StoreError::Conflict(format!("stream {} exists", stream.id)));
         }
-        if inner.state.streams.values().any(|s| s.state == StreamState::Live && s.broadcaster == stream.broadcaster) {
+        let live = || inner.state.streams.values().filter(|s| s.state == StreamState::Live);
+        if live().any(|s| s.broadcaster == stream.broadcaster) {
             return Err(StoreError::Conflict(format!("{} already has a live stream", stream.broadcaster)));
+        }
+        if max_owned > 0 && !stream.owner.is_empty() {
+            let owned = live().filter(|s| s.owner == stream.owner).count();
+            if owned >= max_owned as usize {
+                return Err(StoreError::Limit(owned_limit(&stream.owner, max_owned)));
+            }
         }
         let rec = Record::Stream { stream: stream.clone() };
         inner.log(&rec)?;

@@ -20,9 +20,19 @@ pub enum StoreError {
     /// A uniqueness rule would be broken.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A quota would be passed (the owner's live streams).
+    #[error("limit: {0}")]
+    Limit(String),
     /// Anything else (corrupt data, an unexpected server answer).
     #[error("store failure: {0}")]
     Other(String),
+}
+
+/// The message of a refused create: `owner` already has `max` live streams.
+pub fn owned_limit(owner: &str, max: u32) -> String {
+    format!(
+        "{owner:?} already has {max} live streams, the most one publisher may have (--max-live-per-subject); end one first"
+    )
 }
 
 /// Keyset position in a newest-first listing: items strictly older than this.
@@ -56,6 +66,8 @@ pub struct RecordingPatch {
     pub state: Option<RecordingState>,
     /// New error text.
     pub error: Option<String>,
+    /// New file name (plain, checked by the service).
+    pub file_name: Option<String>,
 }
 
 impl RecordingPatch {
@@ -79,14 +91,18 @@ impl RecordingPatch {
         if let Some(v) = &self.error {
             r.error.clone_from(v);
         }
+        if let Some(v) = &self.file_name {
+            r.file_name.clone_from(v);
+        }
     }
 }
 
 /// Persistence of the catalog. Implementations must be safe to share between tasks.
 #[async_trait]
 pub trait StreamStore: Send + Sync + 'static {
-    /// Inserts a new live stream; `Conflict` if its broadcaster already has a live one.
-    async fn insert_stream(&self, stream: &Stream) -> Result<(), StoreError>;
+    /// Inserts a new live stream; `Conflict` if its broadcaster already has a live one, `Limit` if
+    /// its owner (when it has one) already has `max_owned` live streams (0: no limit).
+    async fn insert_stream(&self, stream: &Stream, max_owned: u32) -> Result<(), StoreError>;
     /// One stream.
     async fn get_stream(&self, id: &StreamId) -> Result<Option<Stream>, StoreError>;
     /// Up to `limit` streams newest first, after `cursor`, in `state` if given.

@@ -11,12 +11,15 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, ReturnDocument};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use onair_core::{Recording, RecordingId, RecordingState, Stream, StreamId, StreamState};
 use serde::{Deserialize, Serialize};
 
 use super::{Cursor, RecordingPatch, StoreError, StreamStore};
+
+/// Name of the partial unique index that allows one live stream per broadcaster.
+const ONE_LIVE_INDEX: &str = "one_live_stream_per_broadcaster";
 
 /// Overall deadline of one store operation.
 const OP_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -32,6 +35,8 @@ struct StreamDoc {
     started_at: i64,
     ended_at: Option<i64>,
     viewers: i64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    owner: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -84,6 +89,7 @@ impl From<&Stream> for StreamDoc {
             started_at: s.started_at,
             ended_at: s.ended_at,
             viewers: i64::from(s.viewers),
+            owner: s.owner.clone(),
         }
     }
 }
@@ -105,6 +111,7 @@ impl TryFrom<StreamDoc> for Stream {
             started_at: d.started_at,
             ended_at: d.ended_at,
             viewers: u32::try_from(d.viewers).map_err(|_| bad())?,
+            owner: d.owner,
         })
     }
 }
@@ -276,6 +283,21 @@ impl MongoStore {
         self.bounded(self.h().streams.create_index(idx(doc! { "state": 1, "started_at": -1, "_id": -1 }))).await?;
         self.bounded(self.h().streams.create_index(idx(doc! { "started_at": -1, "_id": -1 }))).await?;
         self.bounded(self.h().streams.create_index(idx(doc! { "broadcaster": 1, "state": 1 }))).await?;
+        // One live stream per broadcaster, enforced by MongoDB itself: two creates racing past the
+        // check in `insert_stream` (two registry replicas) cannot both insert.
+        let one_live = IndexOptions::builder()
+            .name(ONE_LIVE_INDEX.to_owned())
+            .unique(true)
+            .partial_filter_expression(doc! { "state": "live" })
+            .build();
+        let unique = IndexModel::builder().keys(doc! { "broadcaster": 1 }).options(one_live).build();
+        if let Err(e) = self.bounded(self.h().streams.create_index(unique)).await {
+            match e {
+                StoreError::Unavailable(_) => return Err(e),
+                // Duplicates from before the index existed: the check in insert_stream still holds.
+                other => tracing::warn!(error = %other, "cannot create the one-live-stream-per-broadcaster index"),
+            }
+        }
         self.bounded(self.h().streams.create_index(idx(doc! { "ended_at": 1 }))).await?;
         self.bounded(self.h().recordings.create_index(idx(doc! { "started_at": -1, "_id": -1 }))).await?;
         self.bounded(self.h().recordings.create_index(idx(doc! { "stream_id": 1, "started_at": -1 }))).await?;
@@ -310,15 +332,29 @@ impl MongoStore {
 
 #[async_trait]
 impl StreamStore for MongoStore {
-    async fn insert_stream(&self, stream: &Stream) -> Result<(), StoreError> {
+    async fn insert_stream(&self, stream: &Stream, max_owned: u32) -> Result<(), StoreError> {
         let live = self
             .bounded(self.h().streams.find_one(doc! { "broadcaster": stream.broadcaster.as_str(), "state": "live" }))
             .await?;
         if live.is_some() {
             return Err(StoreError::Conflict(format!("{} already has a live stream", stream.broadcaster)));
         }
-        self.bounded(self.h().streams.insert_one(StreamDoc::from(stream))).await?;
-        Ok(())
+        if max_owned > 0 && !stream.owner.is_empty() {
+            // Counted, then inserted: two creates racing for an owner's last slot may both pass.
+            let filter = doc! { "owner": stream.owner.as_str(), "state": "live" };
+            let owned = self.find_streams(filter, max_owned as usize).await?.len();
+            if owned >= max_owned as usize {
+                return Err(StoreError::Limit(super::owned_limit(&stream.owner, max_owned)));
+            }
+        }
+        match self.bounded(self.h().streams.insert_one(StreamDoc::from(stream))).await {
+            // The id, or the unique index on live broadcasters (a create that raced this one).
+            Err(StoreError::Conflict(_)) => Err(StoreError::Conflict(match self.get_stream(&stream.id).await? {
+                Some(_) => format!("stream {} exists", stream.id),
+                None => format!("{} already has a live stream", stream.broadcaster),
+            })),
+            other => other.map(|_| ()),
+        }
     }
 
     async fn get_stream(&self, id: &StreamId) -> Result<Option<Stream>, StoreError> {
@@ -393,6 +429,9 @@ impl StreamStore for MongoStore {
         }
         if let Some(v) = &patch.error {
             set.insert("error", v.as_str());
+        }
+        if let Some(v) = &patch.file_name {
+            set.insert("file_name", v.as_str());
         }
         if set.is_empty() {
             return self.get_recording(id).await;

@@ -1,7 +1,8 @@
-//! VP8 from RTP: the `rtc` stack's [`SampleBuilder`] (reorders packets by sequence
-//! number and reassembles frames) over its RFC 7741 depacketizer [`Vp8Packet`], plus the
+//! Video frames from RTP: the `rtc` stack's [`SampleBuilder`] (reorders packets by sequence
+//! number and reassembles frames) over its depacketizers — RFC 7741 [`Vp8Packet`] for VP8,
+//! RFC 6184 [`H264Packet`] for H.264 (AVCC output, see [`crate::h264`]) — plus the
 //! recorder's loss policy and the keyframe facts read from the VP8 frame header
-//! (RFC 6386 §9.1).
+//! (RFC 6386 §9.1) or the H.264 NAL unit types.
 //!
 //! Loss handling is deliberately simple: the sample builder drops a frame with a missing
 //! packet, and every frame after that is held back until the next keyframe, which the
@@ -9,8 +10,10 @@
 
 use std::time::{Duration, Instant};
 
+use rtc::media::Sample;
 use rtc::media::io::sample_builder::SampleBuilder;
 use rtc::rtp::Packet;
+use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::codec::vp8::Vp8Packet;
 
 /// Packets the sample builder holds while it waits for a missing one (about 2 s of video at 2 Mbit/s).
@@ -18,12 +21,46 @@ pub const MAX_LATE_PACKETS: u16 = 512;
 /// Media time the sample builder waits for a missing packet (room for a NACK round trip).
 pub const MAX_LATE: Duration = Duration::from_millis(500);
 
-/// One complete VP8 frame.
+/// The video codecs the recorder writes: VP8 to WebM, H.264 to MP4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoCodec {
+    /// VP8 (browsers' first choice).
+    Vp8,
+    /// H.264, packetization-mode 1 (OBS and other WHIP encoders).
+    H264,
+}
+
+impl VideoCodec {
+    /// The codec of an RTP MIME type (`video/VP8`, `video/H264`), any case.
+    pub fn from_mime(mime: &str) -> Option<Self> {
+        match mime.to_ascii_lowercase().as_str() {
+            "video/vp8" => Some(Self::Vp8),
+            "video/h264" => Some(Self::H264),
+            _ => None,
+        }
+    }
+
+    /// The codec of an SDP `a=rtpmap` encoding name (`VP8/90000`, `H264/90000`).
+    pub fn from_rtpmap(encoding: &str) -> Option<Self> {
+        let name = encoding.split('/').next().unwrap_or("");
+        Self::from_mime(&format!("video/{name}"))
+    }
+
+    /// The name stored in the recording catalog.
+    pub fn catalog_name(self) -> &'static str {
+        match self {
+            Self::Vp8 => "VP8",
+            Self::H264 => "H264",
+        }
+    }
+}
+
+/// One complete video frame (a VP8 frame, or an H.264 access unit in AVCC form).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     /// RTP timestamp shared by the frame's packets (90 kHz).
     pub rtp_ts: u32,
-    /// The VP8 bitstream of the frame.
+    /// The frame's bitstream.
     pub data: Vec<u8>,
     /// Whether this is a keyframe (intra frame).
     pub keyframe: bool,
@@ -41,9 +78,37 @@ pub fn keyframe_size(frame: &[u8]) -> Option<(u16, u16)> {
     (w > 0 && h > 0).then_some((w, h))
 }
 
-/// Turns the RTP packets of one VP8 SSRC (in any order) into decodable frames.
+enum Builder {
+    Vp8(SampleBuilder<Vp8Packet>),
+    H264(SampleBuilder<H264Packet>),
+}
+
+impl Builder {
+    fn push(&mut self, now: Instant, p: Packet) {
+        match self {
+            Self::Vp8(b) => b.push(now, p),
+            Self::H264(b) => b.push(now, p),
+        }
+    }
+
+    fn pop(&mut self, now: Instant) -> Option<Sample> {
+        match self {
+            Self::Vp8(b) => b.pop(now),
+            Self::H264(b) => b.pop(now),
+        }
+    }
+
+    fn is_keyframe(&self, frame: &[u8]) -> bool {
+        match self {
+            Self::Vp8(_) => keyframe_size(frame).is_some(),
+            Self::H264(_) => crate::h264::is_keyframe(frame),
+        }
+    }
+}
+
+/// Turns the RTP packets of one video SSRC (in any order) into decodable frames.
 pub struct FrameAssembler {
-    builder: SampleBuilder<Vp8Packet>,
+    builder: Builder,
     need_keyframe: bool,
     dropped: u64,
 }
@@ -57,16 +122,20 @@ impl std::fmt::Debug for FrameAssembler {
     }
 }
 
-impl Default for FrameAssembler {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl FrameAssembler {
-    /// An assembler waiting for its first keyframe.
-    pub fn new() -> Self {
-        let builder = SampleBuilder::new(MAX_LATE_PACKETS, Vp8Packet::default(), 90_000).with_max_time_delay(MAX_LATE);
+    /// An assembler of `codec` frames waiting for its first keyframe.
+    pub fn new(codec: VideoCodec) -> Self {
+        let builder = match codec {
+            VideoCodec::Vp8 => Builder::Vp8(
+                SampleBuilder::new(MAX_LATE_PACKETS, Vp8Packet::default(), 90_000).with_max_time_delay(MAX_LATE),
+            ),
+            // AVCC out: length-prefixed NAL units, what MP4 samples hold.
+            VideoCodec::H264 => {
+                let mut depacketizer = H264Packet::default();
+                depacketizer.is_avc = true;
+                Builder::H264(SampleBuilder::new(MAX_LATE_PACKETS, depacketizer, 90_000).with_max_time_delay(MAX_LATE))
+            }
+        };
         Self { builder, need_keyframe: true, dropped: 0 }
     }
 
@@ -89,7 +158,7 @@ impl FrameAssembler {
                 // A frame before this one was lost: what follows cannot be decoded until a keyframe.
                 self.need_keyframe = true;
             }
-            let keyframe = keyframe_size(&sample.data).is_some();
+            let keyframe = self.builder.is_keyframe(&sample.data);
             if self.need_keyframe && !keyframe {
                 self.dropped += 1;
                 continue;
@@ -155,7 +224,7 @@ mod tests {
 
     #[test]
     fn reassembles_multi_packet_frames_and_waits_for_a_keyframe() {
-        let mut a = FrameAssembler::new();
+        let mut a = FrameAssembler::new(VideoCodec::Vp8);
         let mut seq = 65_530; // wraps during the test
         assert!(a.needs_keyframe());
         let k = keyframe(350);
@@ -177,7 +246,7 @@ mod tests {
 
     #[test]
     fn reordered_and_duplicated_packets_are_reassembled() {
-        let mut a = FrameAssembler::new();
+        let mut a = FrameAssembler::new(VideoCodec::Vp8);
         let mut seq = 100;
         let k = keyframe(350);
         let mut packets = packetize(&mut seq, 0, &k, 100);
@@ -191,7 +260,7 @@ mod tests {
 
     #[test]
     fn a_lost_packet_drops_frames_until_the_next_keyframe() {
-        let mut a = FrameAssembler::new();
+        let mut a = FrameAssembler::new(VideoCodec::Vp8);
         let mut seq = 10;
         let mut packets = packetize(&mut seq, 0, &keyframe(100), 100);
         let mut lossy = packetize(&mut seq, 3000, &delta(250), 100);
