@@ -84,6 +84,7 @@ async fn whip_and_whep_speak_http_as_the_rfcs_say_through_any_gateway() {
     assert_eq!(r.header("content-type"), Some("application/sdp"));
     assert!(r.body.starts_with("v=0") && r.body.contains("a=candidate"), "{}", r.body);
     let session = location(&r);
+    let answer = r.body.clone();
     assert!(session.starts_with("/session/relay-0~"), "{session}");
     let etag = r.header("etag").unwrap().to_owned();
     assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
@@ -107,9 +108,24 @@ async fn whip_and_whep_speak_http_as_the_rfcs_say_through_any_gateway() {
     assert_eq!(r.status, 204, "{r:?}");
     let r = request(gw0, "PATCH", &session, &[sdpfrag, ("If-Match", "\"stale\"")], &own).await;
     assert_eq!(r.status, 412, "{r:?}");
+    // An ICE restart: new credentials → 200, our new ones in an sdpfrag, a new ETag (RFC 9725 §4.4.1).
     let restart = frag.replace("{U}", "newufrag").replace("{P}", "newpassword");
+    let r = request(gw0, "PATCH", &session, &[sdpfrag], &restart).await;
+    assert_eq!(r.status, 428, "a restart without If-Match: {r:?}");
     let r = request(gw0, "PATCH", &session, &[sdpfrag, ("If-Match", "*")], &restart).await;
-    assert_eq!(r.status, 422, "{r:?}");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/trickle-ice-sdpfrag"), "{r:?}");
+    let ours = |sdp: &str| sdp.lines().find_map(|l| l.strip_prefix("a=ice-ufrag:")).map(str::to_owned);
+    assert!(ours(&r.body).is_some_and(|u| Some(&u) != ours(&answer).as_ref()), "new credentials: {r:?}");
+    assert!(r.body.contains("a=ice-pwd:") && r.body.contains("a=candidate:"), "{r:?}");
+    let restarted = r.header("etag").unwrap().to_owned();
+    assert_ne!(restarted, etag, "a new ICE session, a new ETag");
+    let r = request(gw1, "PATCH", &session, &[sdpfrag, ("If-Match", &etag)], &restart).await;
+    assert_eq!(r.status, 412, "the ETag before the restart is stale: {r:?}");
+    let r = request(gw1, "PATCH", &session, &[sdpfrag, ("If-Match", &restarted)], &restart).await;
+    assert_eq!(r.status, 204, "trickle on the new ICE session: {r:?}");
+    let r = request(gw0, "PATCH", &session, &[sdpfrag, ("If-Match", "*")], "a=ice-ufrag:third\r\n").await;
+    assert_eq!(r.status, 400, "a restart without a password: {r:?}");
     let r = request(gw0, "PATCH", &session, &[("Content-Type", "application/sdp")], &own).await;
     assert_eq!(r.status, 415, "{r:?}");
     let forged = format!("{}~{}", session.rsplit_once('~').unwrap().0, "0".repeat(32));
@@ -346,4 +362,143 @@ async fn whip_answers_carry_the_ice_servers_and_p2p_mode_has_no_whip() {
     let r = post_sdp(p2p.http, "/whip/Nope", &offer(Direction::SendOnly), &[]).await;
     assert_eq!(r.status, 503, "{r:?}");
     assert!(r.body.contains("no relay"), "{}", r.body);
+}
+
+/// RFC 9725 §4.3.2: a WHIP client restarts ICE with a PATCH (say its network changed); the relay
+/// renegotiates the same connection (same DTLS session), answers its new credentials, and the
+/// stream keeps reaching a WHEP watcher.
+#[tokio::test]
+async fn an_ice_restart_over_patch_keeps_the_stream_flowing_to_a_whep_watcher() {
+    use onair_tests::whip::{RtcPeer, ice_frag, with_ice_of};
+    use str0m::{Event, IceConnectionState};
+
+    let mut c = Cluster::start_with(1, false, false).await;
+    c.add_relay("relay-0").await;
+    let gw = c.gateways[0].http;
+
+    let (mut publisher, offer_sdp, pending) = RtcPeer::new(Direction::SendOnly).await;
+    let r = publish_once_a_relay_is_up(gw, "/whip/Restart", &offer_sdp, &[]).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let (session, etag, stream) =
+        (location(&r), r.header("etag").unwrap().to_owned(), r.header("onair-stream-id").unwrap().to_owned());
+    let answer = r.body.clone();
+    publisher.accept(pending, &answer);
+    let key = |p: &mut RtcPeer, e: Option<&Event>, keyframe: &mut bool| match e {
+        Some(Event::KeyframeRequest(_)) => *keyframe = true,
+        None => {
+            p.send_frame(std::mem::take(keyframe));
+        }
+        _ => {}
+    };
+    let mut keyframe = true;
+    let connected = publisher
+        .drive(LONG, |p, e| {
+            key(p, e, &mut keyframe);
+            !matches!(e, Some(Event::Connected))
+        })
+        .await;
+    assert!(connected, "the WHIP publisher connects");
+
+    // A WHEP watcher, driven in its own task, timestamps every frame it receives.
+    let (mut watcher, watch_offer, watch_pending) = RtcPeer::new(Direction::RecvOnly).await;
+    let r = post_sdp(gw, &format!("/whep/{stream}"), &watch_offer, &[]).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    watcher.accept(watch_pending, &r.body);
+    let (watch_session, watch_etag, watch_answer) =
+        (location(&r), r.header("etag").unwrap().to_owned(), r.body.clone());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = std::sync::Arc::clone(&stop);
+    let watching = tokio::spawn(async move {
+        let mut frames = Vec::new();
+        let mut count = |e: Option<&Event>| {
+            if let Some(Event::MediaData(_)) = e {
+                frames.push(Instant::now());
+            }
+        };
+        watcher
+            .drive(Duration::from_secs(6), |_, e| {
+                count(e);
+                true
+            })
+            .await;
+        // The WHEP side restarts too (its renegotiation is the relay's answer to a new offer).
+        let mut api = watcher.rtc.sdp_api();
+        api.ice_restart(true);
+        let (offer, pending) = api.apply().expect("an ICE-restart offer");
+        let sdpfrag = ("Content-Type", "application/trickle-ice-sdpfrag");
+        let r = request(
+            gw,
+            "PATCH",
+            &watch_session,
+            &[sdpfrag, ("If-Match", &watch_etag)],
+            &ice_frag(&offer.to_sdp_string()),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        watcher.accept(pending, &with_ice_of(&watch_answer, &r.body));
+        let restarted = Instant::now();
+        let mut states = Vec::new();
+        watcher
+            .drive(LONG, |_, e| {
+                count(e);
+                if let Some(Event::IceConnectionStateChange(s)) = e {
+                    states.push(*s);
+                }
+                !stopped.load(std::sync::atomic::Ordering::SeqCst)
+            })
+            .await;
+        (frames, restarted, states)
+    });
+    publisher
+        .drive(Duration::from_secs(3), |p, e| {
+            key(p, e, &mut keyframe);
+            true
+        })
+        .await;
+
+    // The restart: new credentials of ours in an sdpfrag, If-Match with the ETag.
+    let old_ufrag = publisher.rtc.direct_api().local_ice_credentials().ufrag;
+    let mut api = publisher.rtc.sdp_api();
+    api.ice_restart(true);
+    let (restart_offer, restart_pending) = api.apply().expect("an ICE-restart offer");
+    let frag = ice_frag(&restart_offer.to_sdp_string());
+    assert!(!frag.contains(&old_ufrag), "{frag}");
+    let sdpfrag = ("Content-Type", "application/trickle-ice-sdpfrag");
+    let restarted_at = Instant::now();
+    let r = request(gw, "PATCH", &session, &[sdpfrag, ("If-Match", &etag)], &frag).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_ne!(r.header("etag"), Some(etag.as_str()), "{r:?}");
+    publisher.accept(restart_pending, &with_ice_of(&answer, &r.body));
+    let mut states = Vec::new();
+    publisher
+        .drive(Duration::from_secs(10), |p, e| {
+            if let Some(Event::IceConnectionStateChange(s)) = e {
+                states.push(*s);
+            }
+            key(p, e, &mut keyframe);
+            true
+        })
+        .await;
+    assert!(
+        states.contains(&IceConnectionState::Checking)
+            && matches!(states.last(), Some(IceConnectionState::Connected | IceConnectionState::Completed)),
+        "the publisher's ICE restarted and connected again with the relay's new credentials: {states:?}"
+    );
+    assert!(publisher.rtc.is_connected(), "the same connection (DTLS kept) carries on");
+
+    // The watcher got the stream before, between and after both restarts.
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (frames, watcher_restarted, watcher_states) = watching.await.unwrap();
+    let before = frames.iter().filter(|t| **t < restarted_at).count();
+    let between =
+        frames.iter().filter(|t| **t > restarted_at + Duration::from_secs(1) && **t < watcher_restarted).count();
+    let after = frames.iter().filter(|t| **t > watcher_restarted + Duration::from_secs(1)).count();
+    println!("WHEP watcher: {before} frames before the WHIP ICE restart, {between} until its own, {after} after it");
+    assert!(
+        matches!(watcher_states.last(), Some(IceConnectionState::Connected | IceConnectionState::Completed))
+            && watcher_states.contains(&IceConnectionState::Checking),
+        "the WHEP watcher's ICE restarted: {watcher_states:?}"
+    );
+    assert!(before >= 20 && between >= 20 && after >= 60, "frames before {before}, between {between}, after {after}");
+    assert_eq!(request(gw, "DELETE", &session, &[], "").await.status, 200);
 }

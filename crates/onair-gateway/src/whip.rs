@@ -221,6 +221,16 @@ fn respond(state: &AppState, reply: pb::SessionReply) -> Response {
             }
             cors(r)
         }
+        // An ICE restart's answer (RFC 9725 §4.4.1): our new credentials, and the new ETag.
+        200 if !reply.sdp.is_empty() => {
+            let mut r = (StatusCode::OK, reply.sdp).into_response();
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDPFRAG));
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", reply.etag)) {
+                h.insert(header::ETAG, v);
+            }
+            cors(r)
+        }
         200 | 204 => cors(StatusCode::from_u16(reply.status as u16).unwrap_or(StatusCode::OK).into_response()),
         status => error(u16::try_from(status).unwrap_or(503), &reply.message),
     }
@@ -326,8 +336,9 @@ fn session_node(id: &str) -> Result<String, Refusal> {
     onair_core::SessionId::parse(id).map(|s| s.node.to_string()).ok_or_else(|| refuse(404, "no such session"))
 }
 
-/// `PATCH /session/{id}`: trickle ICE (`application/trickle-ice-sdpfrag`); 204, 412 on a stale
-/// `If-Match`, 422 for an ICE restart (not supported: start a new session).
+/// `PATCH /session/{id}`: trickle ICE (`application/trickle-ice-sdpfrag`) → 204; an ICE restart
+/// (new credentials in the sdpfrag, `If-Match: *` or the ETag) → 200 with our new sdpfrag and
+/// ETag; 412 on a stale `If-Match`, 428 for a restart without one.
 pub async fn patch(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -397,24 +397,9 @@ impl Engine {
             }
         };
         if let Some(id) = current
-            && let Some(c) = self.clients.get_mut(&id)
-            && c.rtc.is_alive()
+            && self.renegotiate(relay, from, id, &sdp)
         {
-            let Ok(offer) = parse(&sdp) else { return };
-            match c.rtc.sdp_api().accept_offer(offer) {
-                Ok(answer) => {
-                    // An ICE restart gives this connection a new ufrag of ours.
-                    let ufrag = c.rtc.direct_api().local_ice_credentials().ufrag;
-                    if ufrag != c.ufrag {
-                        self.by_ufrag.remove(&std::mem::replace(&mut c.ufrag, ufrag.clone()));
-                        self.by_ufrag.insert(ufrag, id);
-                    }
-                    let payload = serde_json::json!({ "type": "answer", "sdp": answer.to_sdp_string() }).to_string();
-                    self.signal(relay, from, pb::SignalKind::Answer, payload);
-                    return;
-                }
-                Err(e) => tracing::debug!(error = %e, "renegotiation refused; starting a new publisher connection"),
-            }
+            return;
         }
         if let Some(id) = current {
             self.remove_client(id);
@@ -437,6 +422,32 @@ impl Engine {
         self.signal(relay, from, pb::SignalKind::Answer, payload);
         for watcher in waiting {
             self.subscribe(relay, &watcher);
+        }
+    }
+
+    /// A new offer on `id`'s live connection (an ICE restart, or other renegotiation), answered
+    /// to `from`; false when the connection is gone or refused it (the caller starts a new one).
+    fn renegotiate(&mut self, relay: &PeerId, from: &PeerId, id: ClientId, sdp: &str) -> bool {
+        let Some(c) = self.clients.get_mut(&id).filter(|c| c.rtc.is_alive()) else { return false };
+        let Ok(offer) = SdpOffer::from_sdp_string(sdp) else { return false };
+        match c.rtc.sdp_api().accept_offer(offer) {
+            Ok(answer) => {
+                // An ICE restart gives this connection a new ufrag of ours.
+                let ufrag = c.rtc.direct_api().local_ice_credentials().ufrag;
+                if ufrag != c.ufrag {
+                    self.by_ufrag.remove(&std::mem::replace(&mut c.ufrag, ufrag.clone()));
+                    self.by_ufrag.insert(ufrag, id);
+                }
+                self.learn_candidates(id, sdp_candidates(sdp));
+                let payload = serde_json::json!({ "type": "answer", "sdp": answer.to_sdp_string() }).to_string();
+                self.signal(relay, from, pb::SignalKind::Answer, payload);
+                self.poll(id);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, peer = %from, "renegotiation refused; starting a new connection");
+                false
+            }
         }
     }
 
@@ -506,10 +517,17 @@ impl Engine {
     /// A watcher that offered (WHEP, receive-only): its send-only media come from the offer
     /// (`Event::MediaAdded`), the answer goes back as a signal.
     fn answer_watcher(&mut self, relay: &PeerId, watcher: &PeerId, payload: &str) {
+        let Ok(sdp) = sdp_of(payload) else { return };
+        // A watcher's new offer on its live connection (a WHEP ICE restart) renegotiates it.
+        let current = self.streams.get(relay).and_then(|s| s.subscribers.get(watcher).copied());
+        if let Some(id) = current
+            && self.renegotiate(relay, watcher, id, &sdp)
+        {
+            return;
+        }
         if !self.room_for(relay, watcher) {
             return;
         }
-        let Ok(sdp) = sdp_of(payload) else { return };
         // The stream's codec when known, so the watcher's answer cannot pick one it is not sent in.
         let video = self.streams.get(relay).and_then(|s| s.video);
         let Some((rtc, answer)) = self.accept(&sdp, watcher, video) else { return };

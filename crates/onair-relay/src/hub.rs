@@ -98,8 +98,13 @@ impl Hub {
 
     /// A WHIP/WHEP request from a gateway (through signaling).
     fn session_request(&self, req: pb::SessionRequest) {
-        let pending =
-            Pending { id: req.id.clone(), reply_to: req.reply_to.clone(), offer: String::new(), since: Instant::now() };
+        let pending = Pending {
+            id: req.id.clone(),
+            reply_to: req.reply_to.clone(),
+            offer: String::new(),
+            since: Instant::now(),
+            restart: false,
+        };
         match pb::SessionOp::try_from(req.op).unwrap_or(pb::SessionOp::Unspecified) {
             pb::SessionOp::Publish => self.open(req, pending, Role::Publisher),
             pb::SessionOp::Subscribe => match req.stream_id.parse::<StreamId>() {
@@ -158,7 +163,9 @@ impl Hub {
         }
     }
 
-    /// Trickle ICE for a session (RFC 9725 §4.3): the sdpfrag's candidates go to its connection.
+    /// Trickle ICE for a session (RFC 9725 §4.3): the sdpfrag's candidates go to its connection;
+    /// an sdpfrag with new ICE credentials is an ICE restart (§4.4.1), answered with ours once the
+    /// connection renegotiated.
     fn patch(&self, req: &pb::SessionRequest, pending: &Pending) {
         let mut all = self.sessions.lock();
         let Some(s) = all.find(&req.session) else {
@@ -170,20 +177,42 @@ impl Hub {
             drop(all);
             return self.reply(pending, 412, "If-Match does not name this session's current ICE session");
         }
-        if sessions::ice_ufrag(&req.sdp).is_some_and(|u| Some(&u) != s.remote_ufrag.as_ref()) {
-            drop(all);
-            return self.reply(
-                pending,
-                422,
-                "ICE restarts are not supported here: DELETE this session and POST a new offer",
-            );
-        }
         let Some(relay) = s.relay.clone() else {
             drop(all);
             return self.reply(pending, 409, "the session is not established yet");
         };
+        if s.pending.is_some() {
+            drop(all);
+            return self.reply(pending, 409, "an ICE restart of this session is under way; retry when it is answered");
+        }
         let peer = s.peer.clone();
-        drop(all);
+        let new_ufrag = sessions::ice_ufrag(&req.sdp).filter(|u| Some(u) != s.remote_ufrag.as_ref());
+        let restarting = new_ufrag.is_some();
+        if let Some(ufrag) = new_ufrag {
+            if if_match.is_empty() {
+                drop(all);
+                return self.reply(pending, 428, "an ICE restart needs If-Match (\"*\" or the session's ETag)");
+            }
+            let Some(offer) = sessions::restart_offer(&s.offer_sdp, &req.sdp) else {
+                drop(all);
+                return self.reply(pending, 400, "an ICE restart sdpfrag needs a=ice-ufrag and a=ice-pwd");
+            };
+            tracing::info!(%peer, "ICE restart");
+            let payload = serde_json::json!({ "type": "offer", "sdp": offer }).to_string();
+            s.remote_ufrag = Some(ufrag);
+            s.offer_sdp = offer;
+            s.pending = Some(Pending { restart: true, ..pending.clone() });
+            let role = s.role.clone();
+            drop(all);
+            self.command(match role {
+                Role::Publisher => {
+                    Command::Signal { relay: relay.clone(), from: peer.clone(), kind: pb::SignalKind::Offer, payload }
+                }
+                Role::Watcher(_) => Command::Answer { relay: relay.clone(), watcher: peer.clone(), payload },
+            });
+        } else {
+            drop(all);
+        }
         for candidate in sessions::frag_candidates(&req.sdp) {
             self.command(Command::Signal {
                 relay: relay.clone(),
@@ -192,7 +221,10 @@ impl Hub {
                 payload: candidate,
             });
         }
-        self.reply(pending, 204, "");
+        // A restart is answered when the connection renegotiated (`session_event`).
+        if !restarting {
+            self.reply(pending, 204, "");
+        }
     }
 
     /// A delivery for a session's peer.
@@ -225,6 +257,20 @@ impl Hub {
                     .ok()
                     .and_then(|v| v.get("sdp").and_then(|x| x.as_str()).map(str::to_owned))
                     .unwrap_or_default();
+                if p.restart {
+                    // A new ICE session: a new entity tag, and our new credentials in an sdpfrag.
+                    s.etag = sessions::new_etag();
+                    let reply = pb::SessionReply {
+                        id: p.id,
+                        reply_to: p.reply_to,
+                        status: 200,
+                        sdp: sessions::restart_answer_frag(&sdp),
+                        etag: s.etag.clone(),
+                        ..Default::default()
+                    };
+                    drop(all);
+                    return self.send_reply(reply);
+                }
                 let reply = pb::SessionReply {
                     id: p.id,
                     reply_to: p.reply_to,

@@ -33,6 +33,8 @@ pub struct Pending {
     pub offer: String,
     /// When it was asked.
     pub since: Instant,
+    /// Whether it is an ICE restart (answered with an sdpfrag, not a whole answer).
+    pub restart: bool,
 }
 
 /// One session.
@@ -42,10 +44,12 @@ pub struct Session {
     pub peer: PeerId,
     /// The part of the session id only its client knows.
     pub secret: String,
-    /// The session's entity tag (one per ICE session: no ICE restarts, so fixed).
+    /// The session's entity tag: one per ICE session, so a new one after each ICE restart.
     pub etag: String,
     /// The client's ICE ufrag (from its offer): a PATCH naming another one is an ICE restart.
     pub remote_ufrag: Option<String>,
+    /// The client's offer as last negotiated (an ICE restart re-offers it with new credentials).
+    pub offer_sdp: String,
     /// Publisher or watcher.
     pub role: Role,
     /// The stream's relay peer, once known.
@@ -66,8 +70,9 @@ impl Session {
         Self {
             peer,
             secret: random_hex(),
-            etag: random_hex()[..16].to_owned(),
+            etag: new_etag(),
             remote_ufrag: ice_ufrag(offer_sdp),
+            offer_sdp: offer_sdp.to_owned(),
             role,
             relay: None,
             stream,
@@ -164,6 +169,62 @@ pub fn frag_candidates(frag: &str) -> Vec<String> {
         .collect()
 }
 
+/// The client's offer with the ICE credentials of an ICE-restart sdpfrag (RFC 8840) in place of
+/// its own and without its old candidates (the frag's are trickled after it); `None` when the frag
+/// lacks `a=ice-ufrag` or `a=ice-pwd`.
+pub fn restart_offer(offer: &str, frag: &str) -> Option<String> {
+    let value = |prefix: &str| frag.lines().find_map(|l| l.trim().strip_prefix(prefix)).map(str::trim);
+    let (ufrag, pwd) = (value("a=ice-ufrag:")?, value("a=ice-pwd:")?);
+    if ufrag.is_empty() || pwd.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(offer.len());
+    for line in offer.lines().map(str::trim_end) {
+        if line.starts_with("a=candidate:") || line == "a=end-of-candidates" {
+            continue;
+        }
+        if line.starts_with("a=ice-ufrag:") {
+            out.push_str("a=ice-ufrag:");
+            out.push_str(ufrag);
+        } else if line.starts_with("a=ice-pwd:") {
+            out.push_str("a=ice-pwd:");
+            out.push_str(pwd);
+        } else {
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+    }
+    Some(out)
+}
+
+/// The sdpfrag answering an ICE restart (RFC 9725 §4.4.1): our new credentials and candidates,
+/// taken from the renegotiated answer (bundled: the first media section's).
+pub fn restart_answer_frag(answer: &str) -> String {
+    let mut out = String::new();
+    let mut lines = answer.lines().map(str::trim_end);
+    let first = |p: &str| answer.lines().map(str::trim_end).find(|l| l.starts_with(p));
+    for l in [first("a=ice-ufrag:"), first("a=ice-pwd:")].into_iter().flatten() {
+        out.push_str(l);
+        out.push_str("\r\n");
+    }
+    if let Some(m) = lines.find(|l| l.starts_with("m=")) {
+        out.push_str(m);
+        out.push_str("\r\n");
+        for l in lines.take_while(|l| !l.starts_with("m=")) {
+            if l.starts_with("a=mid:") || l.starts_with("a=candidate:") || l == "a=end-of-candidates" {
+                out.push_str(l);
+                out.push_str("\r\n");
+            }
+        }
+    }
+    out
+}
+
+/// A fresh entity tag.
+pub fn new_etag() -> String {
+    random_hex()[..16].to_owned()
+}
+
 fn random_hex() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
@@ -173,7 +234,38 @@ mod tests {
     use super::*;
 
     fn pending() -> Pending {
-        Pending { id: "r1".into(), reply_to: "gw".into(), offer: String::new(), since: Instant::now() }
+        Pending { id: "r1".into(), reply_to: "gw".into(), offer: String::new(), since: Instant::now(), restart: false }
+    }
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+                         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=ice-ufrag:old1\r\na=ice-pwd:oldpassword\r\n\
+                         a=candidate:1 1 udp 2122260223 192.0.2.1 5000 typ host\r\na=end-of-candidates\r\n\
+                         m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=ice-ufrag:old1\r\na=ice-pwd:oldpassword\r\n";
+
+    #[test]
+    fn an_ice_restart_re_offers_with_the_new_credentials_and_no_old_candidates() {
+        let frag = "a=ice-ufrag:new2\r\na=ice-pwd:newpassword\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+                    a=candidate:2 1 udp 2122260223 192.0.2.9 6000 typ host\r\n";
+        let offer = restart_offer(OFFER, frag).unwrap();
+        assert_eq!(offer.matches("a=ice-ufrag:new2\r\n").count(), 2, "{offer}");
+        assert_eq!(offer.matches("a=ice-pwd:newpassword\r\n").count(), 2, "{offer}");
+        assert!(!offer.contains("old1") && !offer.contains("oldpassword"), "{offer}");
+        assert!(!offer.contains("a=candidate") && !offer.contains("end-of-candidates"), "{offer}");
+        assert!(offer.contains("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n"), "{offer}");
+        assert_eq!(restart_offer(OFFER, "a=ice-ufrag:new2\r\n"), None, "no password");
+        assert_eq!(restart_offer(OFFER, "a=ice-ufrag:\r\na=ice-pwd:x\r\n"), None, "empty ufrag");
+    }
+
+    #[test]
+    fn the_restart_answer_frag_has_our_credentials_and_candidates_only() {
+        let answer = OFFER.replace("old1", "ours").replace("oldpassword", "ourpassword");
+        let frag = restart_answer_frag(&answer);
+        assert_eq!(
+            frag,
+            "a=ice-ufrag:ours\r\na=ice-pwd:ourpassword\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+             a=candidate:1 1 udp 2122260223 192.0.2.1 5000 typ host\r\na=end-of-candidates\r\n"
+        );
+        assert_eq!(ice_ufrag(&frag).as_deref(), Some("ours"));
     }
 
     #[test]
