@@ -3,6 +3,10 @@
 # inputs in fuzz/regressions/<target> (each must pass), then fuzzing from fuzz/corpus/<target> plus
 # the corpus earlier runs grew under $FUZZ_WORK_DIR. Fails on the first crash, saying how to replay it.
 #
+# Under CI (CI set) the run is reproducible: the committed corpus only, a fixed seed, new units
+# kept in a scratch dir. What a CI run finds, the same command finds again on any machine; the
+# open-ended search (the growing corpus, random seeds) is `make fuzz`'s.
+#
 # No sanitizer (-s none): the workspace forbids unsafe code, so what fuzzing can find is a panic, an
 # overflow (debug assertions are on: -a), unbounded memory or time, and those need no ASan.
 set -euo pipefail
@@ -27,8 +31,15 @@ for target in $("${FUZZ[@]}" list --fuzz-dir fuzz); do
     log "$target: replaying fuzz/regressions/$target"
     "${FUZZ[@]}" run "${OPTS[@]}" "$target" "fuzz/regressions/$target" -- -runs=0
   fi
+  corpus="$WORK/corpus/$target"
+  seed=()
+  if [[ -n "${CI:-}" ]]; then
+    corpus="$(mktemp -d)"
+    seed=(-seed=1)
+  fi
+  mkdir -p "fuzz/corpus/$target"
   log "$target: ${SECONDS_EACH}s"
-  if ! "${FUZZ[@]}" run "${OPTS[@]}" "$target" "$WORK/corpus/$target" "fuzz/corpus/$target" -- \
+  if ! "${FUZZ[@]}" run "${OPTS[@]}" "$target" "$corpus" "fuzz/corpus/$target" -- "${seed[@]}" \
     -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
     -artifact_prefix="$WORK/artifacts/$target/" 2>"$WORK/$target.log"; then
     tail -40 "$WORK/$target.log" >&2
