@@ -123,3 +123,24 @@ async fn signals_published_while_a_gateways_redis_subscriber_reconnects_still_ar
     }
     assert_eq!(received(&mut b, "gap", n).await, all("gap", n), "every signal arrives (parked ones may come late)");
 }
+
+#[tokio::test]
+async fn signals_a_peer_sends_into_its_draining_gateway_reach_their_recipient() {
+    let mut c = Cluster::start(2, false).await;
+    let (mut b, mut w) = pair(&c).await;
+    let mut gw0 = c.gateways.remove(0);
+    let draining = tokio::spawn(async move { gw0.proc.terminate(Duration::from_secs(20)).await });
+    // The broadcaster keeps trickling while its gateway stops, as a browser does until it reads the
+    // 1012: 80 candidates 2 ms apart (within the socket's burst), written before it reads anything.
+    let n = 80;
+    for i in 0..n {
+        let frame = json!({"type": "signal", "to": w.peer_id, "kind": "candidate", "payload": {"candidate": format!("into-drain-{i}")}});
+        assert!(b.try_send_text(frame.to_string()).await, "the gateway closes only after the client's close frame");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(b.expect_close(Duration::from_secs(10)).await, Some(1012));
+    assert_eq!(received(&mut w, "into-drain", n).await, all("into-drain", n));
+    assert_eq!(draining.await.unwrap(), Some(0), "the draining gateway exits cleanly");
+    let b2 = resume(c.gateways[0].http, &b).await;
+    assert_eq!(b2.peer_id, b.peer_id);
+}

@@ -123,6 +123,8 @@ pub struct Hub {
     pub metrics: GatewayMetrics,
     /// WHIP/WHEP requests waiting for their relay's reply.
     pub waiting: crate::whip::Waiting,
+    /// The socket tasks: a draining gateway waits for their closing handshakes.
+    pub sockets: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for Hub {
@@ -159,6 +161,7 @@ impl Hub {
             streams: RwLock::new(Vec::new()),
             fanout,
             cfg: parts,
+            sockets: tokio_util::task::TaskTracker::new(),
             next_conn: AtomicU64::new(1),
             metrics: GatewayMetrics::default(),
             waiting: crate::whip::Waiting::default(),

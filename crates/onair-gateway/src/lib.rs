@@ -173,10 +173,16 @@ async fn ws(
         // Every send is flushed at once anyway (signaling is latency-bound): no write buffer to keep.
         .write_buffer_size(0)
         .on_upgrade(move |s| async move {
-            socket::run(state.hub, s, resume, access, state.shutdown).await;
+            let tracked =
+                state.hub.sockets.track_future(socket::run(Arc::clone(&state.hub), s, resume, access, state.shutdown));
+            tracked.await;
             drop(slot);
         })
 }
+
+/// How long a stopping gateway waits for its sockets' closing handshakes (each is bounded to 2 s:
+/// 1 s to send the close frame, 1 s for the client's).
+const SOCKETS_CLOSE_WITHIN: Duration = Duration::from_secs(3);
 
 /// Prepares the gateway on `listener`: registers its readiness check ("upstreams") and metrics
 /// with `admin`, and returns the future that serves it until `shutdown` fires. Then every
@@ -267,6 +273,12 @@ pub fn serve(
                 Ok(())
             }
         };
+        // Each socket finishes its closing handshake first: what its client sent before it saw the
+        // 1012 is read and routed (the link to signaling is still up), not dropped.
+        hub.sockets.close();
+        if tokio::time::timeout(SOCKETS_CLOSE_WITHIN, hub.sockets.wait()).await.is_err() {
+            tracing::warn!(left = hub.sockets.len(), "sockets still closing at shutdown; leaving them");
+        }
         if config.end_sessions_on_shutdown {
             hub.detach_all();
         }

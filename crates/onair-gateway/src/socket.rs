@@ -307,15 +307,25 @@ pub async fn run(
     };
     let close_frame = |(code, reason): (u16, &str)| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
     // A client that does not read may never take the close frame either: bounded.
-    if let Some(c) = close
-        && matches!(tokio::time::timeout(Duration::from_secs(1), socket.send(close_frame(c))).await, Ok(Ok(())))
+    if let Some(frame) = close
+        && matches!(tokio::time::timeout(Duration::from_secs(1), socket.send(close_frame(frame))).await, Ok(Ok(())))
     {
-        // Finish the closing handshake: read (and drop) what the client still sends until its
-        // close frame, so the client sees our close code instead of a connection reset.
+        // Finish the closing handshake: read what the client still sends until its close frame,
+        // so the client sees our close code instead of a connection reset. When the gateway is
+        // restarting, what the client sent before it saw the 1012 is still its own: routed like
+        // any other frame (their replies cannot reach it; it resumes elsewhere), not dropped.
+        let restarting = frame.0 == 1012;
         let drain = async {
             while let Some(Ok(m)) = socket.recv().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
+                match m {
+                    Message::Close(_) => break,
+                    Message::Text(text) if restarting => {
+                        hub.metrics.frames_in.inc();
+                        if limiter.check(std::time::Instant::now()) == Verdict::Allow {
+                            let _ = handle_text(&c, &text).await;
+                        }
+                    }
+                    _ => {}
                 }
             }
         };
