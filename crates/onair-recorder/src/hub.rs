@@ -26,10 +26,12 @@ use crate::session::{self, SessionInput, SessionParams};
 pub const FINALIZE_GRACE: Duration = Duration::from_secs(10);
 
 /// How long a recorder's claim on a stream lasts unless renewed: the streams of a recorder that
-/// died are claimed by another within this plus [`CLAIM_EVERY`].
-pub const LEASE_TTL: Duration = Duration::from_secs(3);
-/// How often a recorder renews its claims and looks for live streams that nobody records.
-pub const CLAIM_EVERY: Duration = Duration::from_secs(1);
+/// died are claimed by another within this plus [`CLAIM_EVERY`] (then a new WebRTC connection and
+/// a keyframe, ~1-2 s, before media flows into the new part).
+pub const LEASE_TTL: Duration = Duration::from_secs(2);
+/// How often a recorder renews its claims (four times per [`LEASE_TTL`], so one late renewal under
+/// load loses nothing) and looks for live streams that nobody records.
+pub const CLAIM_EVERY: Duration = Duration::from_millis(500);
 
 fn lease_key(stream: &StreamId) -> String {
     format!("reclease:{stream}")

@@ -3,7 +3,7 @@
 //! (decodable after a crash, seekable once finished), cataloged in the registry. Serves
 //! `onair.v1.Recorder` for manual control; with auto-record it follows the registry feed
 //! and records every stream. Of several recorders, exactly one records each stream: the one that
-//! holds its lease (`reclease:{stream}`, renewed every second, [`LEASE_TTL`]); when it dies or
+//! holds its lease (`reclease:{stream}`, renewed every [`CLAIM_EVERY`], [`LEASE_TTL`]); when it dies or
 //! drains, another claims the stream and records it on as a new part.
 //!
 //! Modules: `hub` (shared state, routing), `session` (one recording, a leaf: it gets the link,
