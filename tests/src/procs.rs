@@ -193,11 +193,16 @@ impl Proc {
         self.child.as_ref().map(Child::id)
     }
 
-    /// SIGKILL and reap.
+    /// SIGKILL and reap, with the process's own children (nginx's workers outlive a killed master
+    /// and keep its port).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let children = children_of(c.id());
             let _ = c.kill();
             let _ = c.wait();
+            for pid in children {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status();
+            }
         }
     }
 
@@ -254,6 +259,20 @@ impl Drop for Proc {
             eprintln!("---- {} log ({}) ----\n{}", self.name, self.log.display(), tail(&self.output(), 60));
         }
     }
+}
+
+/// The processes whose parent is `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            // `pid (comm) state ppid …`: comm may hold spaces, so read after its closing parenthesis.
+            std::fs::read_to_string(format!("/proc/{p}/stat")).ok().is_some_and(|stat| {
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
 }
 
 fn tail(s: &str, lines: usize) -> String {
