@@ -47,7 +47,7 @@ async fn a_publisher_has_at_most_its_live_streams_and_others_are_not_affected() 
     a2.publish("alice two").await;
 
     a3.send(json!({"type": "publish", "title": "alice three"})).await;
-    let e = a3.expect_error("full").await;
+    let e = a3.expect_error("limited").await;
     let message = e["message"].as_str().unwrap();
     assert!(message.contains("\"alice\" already has 2 live streams"), "{e}");
     assert!(message.contains("--max-live-per-subject") && message.contains("end one first"), "{e}");

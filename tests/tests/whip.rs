@@ -233,6 +233,24 @@ async fn whip_needs_a_publish_grant_when_auth_is_on() {
 }
 
 #[tokio::test]
+async fn a_whip_publisher_past_its_live_streams_gets_429_saying_why() {
+    let o = Onair::start(
+        "whip-limited",
+        &["--store", "memory", "--auth-secret", SECRET, "--auto-record", "false", "--max-live-per-subject", "1"],
+    )
+    .await;
+    let obs = token(Grants { publish: Some(Scope::Any), ..Grants::default() }, Duration::from_secs(60));
+    let bearer = format!("Bearer {obs}");
+    let r = publish_once_a_relay_is_up(o.http, "/whip/One", &offer(Direction::SendOnly), &[("Authorization", &bearer)])
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = post_sdp(o.http, "/whip/Two", &offer(Direction::SendOnly), &[("Authorization", &bearer)]).await;
+    assert_eq!(r.status, 429, "the publisher's own limit, not the server's capacity: {r:?}");
+    assert!(r.body.contains("\"obs\" already has 1 live streams") && r.body.contains("end one first"), "{r:?}");
+    assert!(r.header("retry-after").is_none(), "waiting alone does not free a slot: {r:?}");
+}
+
+#[tokio::test]
 async fn gstreamer_publishes_over_whip_and_chromium_watches_the_recorded_stream() {
     let mut c = Cluster::start_with(2, true, true).await;
     // libnice (GStreamer) never uses loopback: the relay's media on every interface.

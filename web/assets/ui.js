@@ -77,6 +77,7 @@ const ERROR_TITLES = {
   forbidden: 'Not allowed',
   conflict: 'Conflict',
   full: 'Full',
+  limited: 'Limit reached',
   unavailable: 'Service unavailable',
 };
 

@@ -26,14 +26,18 @@ pub enum ErrorCode {
     Forbidden,
     /// Conflicts with current state (e.g. already live).
     Conflict,
-    /// A limit is reached (e.g. the stream has its maximum of watchers).
+    /// A capacity limit is reached (e.g. the stream has its maximum of watchers, the relay its
+    /// maximum of subscribers): it may pass.
     Full,
+    /// A limit of the caller's own is reached (e.g. its live streams per subject, its creates per
+    /// minute): retrying changes nothing until it ends something or the minute passes.
+    Limited,
     /// A backend is unavailable; retry.
     Unavailable,
 }
 
 impl ErrorCode {
-    const ALL: [Self; 11] = [
+    const ALL: [Self; 12] = [
         Self::BadJson,
         Self::UnknownType,
         Self::BadRequest,
@@ -44,6 +48,7 @@ impl ErrorCode {
         Self::Forbidden,
         Self::Conflict,
         Self::Full,
+        Self::Limited,
         Self::Unavailable,
     ];
 
@@ -60,11 +65,13 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::Conflict => "conflict",
             Self::Full => "full",
+            Self::Limited => "limited",
             Self::Unavailable => "unavailable",
         }
     }
 
-    /// The HTTP status that says the same (WHIP/WHEP answers): 400, 401, 403, 404, 409, 413, 429, 503.
+    /// The HTTP status that says the same (WHIP/WHEP answers): 400, 401, 403, 404, 409, 413, 429
+    /// (`rate_limited`, `limited`: no `Retry-After`, waiting alone does not help), 503.
     pub fn http_status(self) -> u16 {
         match self {
             Self::BadJson | Self::UnknownType | Self::BadRequest => 400,
@@ -73,7 +80,7 @@ impl ErrorCode {
             Self::NotFound => 404,
             Self::Conflict => 409,
             Self::TooLarge => 413,
-            Self::RateLimited => 429,
+            Self::RateLimited | Self::Limited => 429,
             Self::Full | Self::Unavailable => 503,
         }
     }
@@ -107,8 +114,9 @@ mod tests {
     fn codes_map_to_http() {
         let status = |c: &str| ErrorCode::from_wire(c).http_status();
         assert_eq!(
-            ["bad_request", "unauthenticated", "forbidden", "not_found", "conflict", "full", "unavailable"].map(status),
-            [400, 401, 403, 404, 409, 503, 503]
+            ["bad_request", "unauthenticated", "forbidden", "not_found", "conflict", "full", "limited", "unavailable"]
+                .map(status),
+            [400, 401, 403, 404, 409, 503, 429, 503]
         );
     }
 }

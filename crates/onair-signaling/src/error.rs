@@ -21,6 +21,9 @@ pub enum RouteError {
     /// A limit is reached (e.g. the stream's maximum of watchers).
     #[error("{0}")]
     Full(String),
+    /// A limit of the caller's own is reached (its live streams, its creates per minute).
+    #[error("{0}")]
+    Limited(String),
     /// The registry did not answer; the message says what to retry.
     #[error("{0}")]
     RegistryUnavailable(String),
@@ -44,6 +47,7 @@ impl RouteError {
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::Full(_) => ErrorCode::Full,
+            Self::Limited(_) => ErrorCode::Limited,
             Self::Unavailable(_) | Self::RegistryUnavailable(_) => ErrorCode::Unavailable,
         }
     }
@@ -56,7 +60,7 @@ impl From<RouteError> for tonic::Status {
             RouteError::NotFound(m) => tonic::Status::not_found(m.clone()),
             RouteError::Forbidden(m) => tonic::Status::permission_denied(m.clone()),
             RouteError::Conflict(m) => tonic::Status::already_exists(m.clone()),
-            RouteError::Full(m) => tonic::Status::resource_exhausted(m.clone()),
+            RouteError::Full(m) | RouteError::Limited(m) => tonic::Status::resource_exhausted(m.clone()),
             RouteError::RegistryUnavailable(m) => tonic::Status::unavailable(m.clone()),
             RouteError::Unavailable(source) => {
                 tracing::warn!(error = %source, "directory unavailable");

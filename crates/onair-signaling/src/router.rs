@@ -520,7 +520,8 @@ impl Router {
                 return Err(match status.code() {
                     tonic::Code::InvalidArgument => RouteError::BadRequest(status.message().to_owned()),
                     tonic::Code::AlreadyExists => RouteError::Conflict("you are already live".into()),
-                    tonic::Code::ResourceExhausted => RouteError::Full(status.message().to_owned()),
+                    // The registry's limits are the publisher's own (live streams per subject).
+                    tonic::Code::ResourceExhausted => RouteError::Limited(status.message().to_owned()),
                     _ => {
                         tracing::warn!(error = %status, "registry did not create the stream");
                         RouteError::RegistryUnavailable("could not go live right now; retry".into())
