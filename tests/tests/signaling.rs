@@ -332,3 +332,28 @@ async fn all_in_one_binary_relays_signaling_without_redis() {
     assert_eq!(gw.http_get("/assets/ws.js").await.0, 200);
     assert_eq!(gw.http_get("/assets/nope.js").await.0, 404);
 }
+
+/// A stream the registry has live but whose broadcaster the directory does not know (yet: its
+/// gateway re-asserts it after a Redis restart) is not "gone": a watch of it is told to retry.
+#[tokio::test]
+async fn watching_a_live_stream_whose_broadcaster_is_not_back_yet_says_retry_not_gone() {
+    let gw = Onair::start("all-no-broadcaster", &["--store", "memory", "--media", "p2p"]).await;
+    let mut registry = onair_tests::registry::client(&gw.grpc_url()).await;
+    let req = onair_proto::v1::CreateStreamRequest {
+        title: "between sockets".into(),
+        broadcaster: "01a23c774cc07494942f249f633e2135".into(),
+        node: "gw-elsewhere".into(),
+        ..Default::default()
+    };
+    let live = registry.create_stream(req).await.unwrap().into_inner();
+    let mut w = Ws::connect(gw.http).await;
+    w.send(json!({"type": "watch", "stream_id": live.id})).await;
+    let e = w.expect_error("unavailable").await;
+    assert!(e["message"].as_str().unwrap().contains("retry"), "{e}");
+    // An ended (or unknown) stream is gone.
+    registry.end_stream(onair_proto::v1::EndStreamRequest { id: live.id.clone() }).await.unwrap();
+    w.send(json!({"type": "watch", "stream_id": live.id})).await;
+    w.expect_error("not_found").await;
+    w.send(json!({"type": "watch", "stream_id": "01a23c774cc677a6b5042e327f3f43b5"})).await;
+    w.expect_error("not_found").await;
+}

@@ -609,11 +609,9 @@ impl Router {
 
     async fn watch(&self, peer: &PeerId, stream: &StreamId) -> Result<(), RouteError> {
         let rec = self.dir.peer(peer).await?.ok_or_else(|| not_connected(peer))?;
-        let broadcaster = self
-            .dir
-            .broadcaster(stream)
-            .await?
-            .ok_or_else(|| RouteError::NotFound(format!("stream {stream} is not live")))?;
+        let Some(broadcaster) = self.dir.broadcaster(stream).await? else {
+            return Err(self.no_broadcaster(stream).await);
+        };
         if &broadcaster == peer || rec.relaying.is_some() {
             return Err(RouteError::BadRequest("you cannot watch your own stream".into()));
         }
@@ -637,6 +635,22 @@ impl Router {
         let source = self.source(stream, broadcaster.clone()).await?;
         self.deliver_to_peer(&source, pb::delivery::Event::WatcherJoined(peer.to_string())).await?;
         self.viewers_changed(&broadcaster, stream, count).await
+    }
+
+    /// Why a watch found no broadcaster for `stream`: it is not live (`not_found`), or it is live
+    /// in the registry and its broadcaster's node has not re-asserted it yet after the directory
+    /// lost it (a Redis restart): `unavailable`, retry in a moment, not "gone".
+    async fn no_broadcaster(&self, stream: &StreamId) -> RouteError {
+        let req = pb::GetStreamRequest { id: stream.to_string() };
+        match self.registry.clone().get_stream(req).await {
+            Ok(s) if s.get_ref().state == i32::from(pb::StreamState::Live) => {
+                RouteError::RegistryUnavailable("the stream's broadcaster is reconnecting; retry in a moment".into())
+            }
+            Err(status) if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => {
+                RouteError::RegistryUnavailable("could not check the stream right now; retry".into())
+            }
+            _ => RouteError::NotFound(format!("stream {stream} is not live")),
+        }
     }
 
     /// Removes `peer` from the stream it watches, telling the broadcaster.
