@@ -144,3 +144,21 @@ async fn signals_a_peer_sends_into_its_draining_gateway_reach_their_recipient() 
     let b2 = resume(c.gateways[0].http, &b).await;
     assert_eq!(b2.peer_id, b.peer_id);
 }
+
+#[tokio::test]
+async fn signals_held_for_a_dropped_peer_follow_it_to_the_gateway_it_resumes_on() {
+    let c = Cluster::start(2, false).await;
+    let (b, mut w) = pair(&c).await;
+    let (peer, token) = (b.peer_id.clone(), b.token.clone());
+    b.drop_abruptly();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Held on gateway 0 (the peer's resume grace) ...
+    trickle(&mut w, &peer, "followed", 20).await;
+    // ... and the peer comes back through the *other* gateway (a load balancer's choice).
+    let (mut b2, refusal) = Ws::resume(c.gateways[1].http, &token).await;
+    assert!(refusal.is_none(), "{refusal:?}");
+    assert_eq!(b2.peer_id, peer);
+    assert_eq!(received(&mut b2, "followed", 20).await, all("followed", 20));
+    let log = c.signaling.proc.output();
+    assert!(log.contains("held frames forwarded"), "{log}");
+}

@@ -435,9 +435,28 @@ impl Hub {
             // Only relay nodes get relay assignments and session requests; replies came first.
             Event::Relay(_) | Event::SessionRequest(_) | Event::SessionReply(_) => return,
             Event::Evicted(_) => {
-                let slot = self.lock().remove(&to);
-                if let Some(Slot { tx: Some(tx), .. }) = slot {
+                let Some(slot) = self.lock().remove(&to) else { return };
+                if let Some(tx) = &slot.tx {
                     tx.send(Out::Close(4009, "session resumed on another connection"));
+                }
+                // What came for the peer while it was between sockets here follows it.
+                let frames: Vec<String> = slot
+                    .held
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        Out::Text(t) => Some(t),
+                        Out::Close(..) => None,
+                    })
+                    .collect();
+                if !frames.is_empty() {
+                    tracing::debug!(peer = %to, frames = frames.len(), "forwarding held frames to where the peer resumed");
+                    self.to_signaling(pb::node_message::Msg::Forward(pb::Forward { peer: to.to_string(), frames }));
+                }
+                return;
+            }
+            Event::Forwarded(f) => {
+                for text in f.frames {
+                    self.send_to(&to, Out::Text(text));
                 }
                 return;
             }
@@ -511,6 +530,7 @@ fn event_name(e: &pb::delivery::Event) -> &'static str {
         Event::Media(_) => "media",
         Event::SessionRequest(_) => "session_request",
         Event::SessionReply(_) => "session_reply",
+        Event::Forwarded(_) => "forwarded",
     }
 }
 

@@ -80,6 +80,13 @@ pub enum Action {
     SessionRequest(pb::SessionRequest),
     /// A relay's answer to one, for the gateway that asked.
     SessionReply(pb::SessionReply),
+    /// Frames a node held for `peer`, which resumed on another node: they go where it is now.
+    Forward {
+        /// The peer.
+        peer: PeerId,
+        /// Its frames, oldest first.
+        frames: Vec<String>,
+    },
 }
 
 impl TryFrom<pb::node_message::Msg> for Action {
@@ -106,6 +113,7 @@ impl TryFrom<pb::node_message::Msg> for Action {
             }
             Msg::SessionRequest(r) => Self::SessionRequest(r),
             Msg::SessionReply(r) => Self::SessionReply(r),
+            Msg::Forward(f) => Self::Forward { peer: parse("peer", &f.peer)?, frames: f.frames },
         })
     }
 }
@@ -267,6 +275,12 @@ impl Router {
             Action::Signal { from, to, kind, payload } => self.signal(from, to, kind, payload).await,
             Action::Reassert { peers } => self.reassert(node, peers).await,
             Action::SessionRequest(req) => self.session_request(node, req).await,
+            Action::Forward { peer, frames } => {
+                let n = frames.len();
+                self.deliver_to_peer(&peer, pb::delivery::Event::Forwarded(pb::Forwarded { frames })).await?;
+                tracing::debug!(%peer, from = %node, frames = n, "held frames forwarded to where the peer resumed");
+                Ok(())
+            }
             Action::SessionReply(reply) => {
                 let to: NodeId = parse("reply_to", &reply.reply_to)?;
                 self.deliver_to_node(&to, pb::delivery::Event::SessionReply(reply)).await;

@@ -53,6 +53,7 @@ fn raw_peer(msg: &pb::node_message::Msg) -> &str {
         // A session's requests stay in order; an error event names the request.
         Msg::SessionRequest(r) => &r.id,
         Msg::SessionReply(r) => &r.id,
+        Msg::Forward(f) => &f.peer,
     }
 }
 
@@ -71,6 +72,7 @@ fn describe(msg: &pb::node_message::Msg) -> (&'static str, &str) {
         Msg::Reassert(_) => ("reassert", ""),
         Msg::SessionRequest(r) => ("session_request", &r.stream_id),
         Msg::SessionReply(_) => ("session_reply", ""),
+        Msg::Forward(_) => ("forward", ""),
     }
 }
 
