@@ -261,17 +261,18 @@ impl Drop for Proc {
     }
 }
 
+/// The fields of `/proc/{pid}/stat` after the command name, from `state` on (the name, in
+/// parentheses, may hold spaces): index 1 is the parent's pid, 11 and 12 user and system ticks.
+fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().map(str::to_owned).collect()
+}
+
 /// The processes whose parent is `pid` (from /proc).
 fn children_of(pid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            // `pid (comm) state ppid …`: comm may hold spaces, so read after its closing parenthesis.
-            std::fs::read_to_string(format!("/proc/{p}/stat")).ok().is_some_and(|stat| {
-                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
-                    == Some(pid)
-            })
-        })
+        .filter(|p| stat_fields(*p).get(1).and_then(|pp| pp.parse::<u32>().ok()) == Some(pid))
         .collect()
 }
 
@@ -582,9 +583,7 @@ pub fn metric(exposition: &str, name: &str) -> Option<u64> {
 
 /// CPU time (user + system, in clock ticks) and RSS (KiB) of a process.
 pub fn proc_usage(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
+    let f = stat_fields(pid);
     let ticks = f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

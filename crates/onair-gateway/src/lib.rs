@@ -173,9 +173,8 @@ async fn ws(
         // Every send is flushed at once anyway (signaling is latency-bound): no write buffer to keep.
         .write_buffer_size(0)
         .on_upgrade(move |s| async move {
-            let tracked =
-                state.hub.sockets.track_future(socket::run(Arc::clone(&state.hub), s, resume, access, state.shutdown));
-            tracked.await;
+            let run = socket::run(Arc::clone(&state.hub), s, resume, access, state.shutdown);
+            state.hub.sockets.track_future(run).await;
             drop(slot);
         })
 }
