@@ -82,7 +82,7 @@ async fn pairs_signal_again_after_redis_restarts_empty_and_get_errors_while_it_i
     }
     assert!(refusals.len() < 5, "the watch was refused 5 times: {refusals:?}");
     println!("newcomer's watch refused {} time(s) before it joined", refusals.len());
-    assert!(c.signaling.proc.output().contains("re-asserted its peers"), "{}", c.signaling.proc.output());
+    c.signaling.proc.wait_output("re-asserted its peers", Duration::from_secs(2)).await;
 }
 
 #[tokio::test]

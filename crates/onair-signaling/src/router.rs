@@ -276,9 +276,8 @@ impl Router {
             Action::Reassert { peers } => self.reassert(node, peers).await,
             Action::SessionRequest(req) => self.session_request(node, req).await,
             Action::Forward { peer, frames } => {
-                let n = frames.len();
+                tracing::debug!(%peer, from = %node, frames = frames.len(), "held frames forwarded to where the peer resumed");
                 self.deliver_to_peer(&peer, pb::delivery::Event::Forwarded(pb::Forwarded { frames })).await?;
-                tracing::debug!(%peer, from = %node, frames = n, "held frames forwarded to where the peer resumed");
                 Ok(())
             }
             Action::SessionReply(reply) => {
