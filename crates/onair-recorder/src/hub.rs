@@ -32,6 +32,9 @@ pub const LEASE_TTL: Duration = Duration::from_secs(2);
 /// How often a recorder renews its claims (four times per [`LEASE_TTL`], so one late renewal under
 /// load loses nothing) and looks for live streams that nobody records.
 pub const CLAIM_EVERY: Duration = Duration::from_millis(500);
+/// How long after a part ended on a lost connection the recorder checks that the stream is still
+/// live before it records on into a new part.
+const RECORD_ON_AFTER: Duration = Duration::from_secs(1);
 
 fn lease_key(stream: &StreamId) -> String {
     format!("reclease:{stream}")
@@ -206,10 +209,31 @@ impl Hub {
         tokio::spawn(async move {
             let stream_id = params.stream.id.clone();
             let peer = params.peer.clone();
+            let asked = params.stop.clone();
             let fin = session::run(params).await;
+            // Complete without being asked to stop: the connection to the stream's media was lost
+            // (its relay failed or restarted, or this process stalled) while the stream may be live.
+            let lost = fin.state == RecordingState::Complete && !asked.is_cancelled();
             hub.finished(&stream_id, &peer, fin, done_tx);
+            if lost {
+                hub.record_on(stream_id).await;
+            }
         });
         Ok(recording)
+    }
+
+    /// After a part ended on a lost connection: if the stream is still live a moment later (an
+    /// ending broadcast has been heard of by then), records on into a new part.
+    async fn record_on(self: &Arc<Self>, stream: StreamId) {
+        tokio::time::sleep(RECORD_ON_AFTER).await;
+        let live = self.live.lock().get(&stream).cloned();
+        let Some(live) = live else { return };
+        if !self.held.lock().contains(&stream) || self.active.lock().contains_key(&stream) {
+            return;
+        }
+        tracing::info!(%stream, "lost the stream's media while it is live; recording on into a new part");
+        self.metrics.recorded_on.inc();
+        self.spawn_start(live);
     }
 
     /// With the stream's lease held: closes the part a lost recorder left open, creates the file

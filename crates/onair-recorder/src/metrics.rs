@@ -22,6 +22,8 @@ pub struct RecorderMetrics {
     pub skipped: Counter,
     /// Streams not recorded because the recordings volume was below --min-free-mib.
     pub refused_disk_full: Counter,
+    /// New parts started because a part lost its media connection while the stream stayed live.
+    pub recorded_on: Counter,
 }
 
 impl RecorderMetrics {
@@ -37,6 +39,11 @@ impl RecorderMetrics {
             "recorder_refused_disk_full",
             "Streams not recorded: the recordings volume had less than --min-free-mib free",
             self.refused_disk_full.clone(),
+        );
+        m.register(
+            "recorder_recorded_on",
+            "New parts started after a part lost its media connection while the stream stayed live",
+            self.recorded_on.clone(),
         );
         m.register("recorder_recordings_skipped", "Streams not recorded: at max concurrent", self.skipped.clone());
     }

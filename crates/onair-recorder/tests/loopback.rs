@@ -235,211 +235,333 @@ impl FakeNode {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_a_webrtc_broadcaster_end_to_end() {
-    let dir = std::env::temp_dir().join(format!("onair-rec-e2e-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    // The stream as sent, and the same pictures all intra-coded (what a keyframe request gets).
-    let (frames, intra) = (vp8_frames(&dir, GOP), vp8_frames(&dir, 1));
-    assert_eq!(frames.len(), intra.len());
-    let shutdown = CancellationToken::new();
-    let rec_shutdown = CancellationToken::new();
-    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
-    let admin = Admin::new(Metrics::new());
+/// Registry, signaling and the recorder in this process (LocalBus, memory stores), and the
+/// broadcaster's "gateway" node `gw1`, attached and ready.
+struct Stack {
+    dir: PathBuf,
+    rec_dir: PathBuf,
+    registry_url: String,
+    recorder_url: String,
+    shutdown: CancellationToken,
+    rec_shutdown: CancellationToken,
+    recorder: tokio::task::JoinHandle<Result<(), onair_ops::ServeError>>,
+    /// What signaling sends to `gw1`.
+    deliveries: onair_core::Subscription,
+    node: FakeNode,
+    /// The broadcaster's peer id on `gw1`.
+    me: PeerId,
+}
 
-    let (l, registry_url) = listener().await;
-    let store = Arc::new(onair_registry::LocalStore::memory());
-    let config = onair_registry::RegistryConfig {
-        ended_retention: Duration::from_secs(600),
-        access: onair_auth::Access::Open,
-        limits: onair_registry::Limits::default(),
-    };
-    tokio::spawn(onair_registry::serve(config, store, "memory-store", Arc::clone(&bus), &admin, l, shutdown.clone()));
-    let (l, signaling_url) = listener().await;
-    let dirc = Arc::new(MemoryDirectory::new());
-    let sconf = onair_signaling::SignalingConfig::default();
-    let (b, s, r) = (Arc::clone(&bus), shutdown.clone(), registry_url.clone());
-    tokio::spawn(onair_signaling::serve(sconf, dirc, b, r, &admin, l, s).unwrap());
+impl Stack {
+    async fn start(name: &str) -> Self {
+        // `RUST_LOG=debug` shows what the recorder, signaling and the registry do.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let dir = std::env::temp_dir().join(format!("onair-rec-{name}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let shutdown = CancellationToken::new();
+        let rec_shutdown = CancellationToken::new();
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
+        let admin = Admin::new(Metrics::new());
 
-    let rec_dir = dir.join("recordings");
-    let (l, recorder_url) = listener().await;
-    let rconf = RecorderConfig {
-        node: "rec1".parse().unwrap(),
-        recordings_dir: rec_dir.clone(),
-        max_concurrent: 4,
-        min_free_bytes: 0,
-        auto_record: true,
-        rtc: onair_recorder::RtcNetwork::only("127.0.0.1".parse().unwrap()),
-        registry_url: registry_url.clone(),
-        signaling_url: signaling_url.clone(),
-        security: onair_auth::Security::default(),
-    };
-    let leases = Arc::new(onair_core::MemoryLeases::new());
-    let recorder =
-        tokio::spawn(onair_recorder::serve(rconf, Arc::clone(&bus), leases, &admin, l, rec_shutdown.clone()).unwrap());
+        let (l, registry_url) = listener().await;
+        let store = Arc::new(onair_registry::LocalStore::memory());
+        let config = onair_registry::RegistryConfig {
+            ended_retention: Duration::from_secs(600),
+            access: onair_auth::Access::Open,
+            limits: onair_registry::Limits::default(),
+        };
+        let (b, s) = (Arc::clone(&bus), shutdown.clone());
+        tokio::spawn(onair_registry::serve(config, store, "memory-store", b, &admin, l, s));
+        let (l, signaling_url) = listener().await;
+        let dirc = Arc::new(MemoryDirectory::new());
+        let sconf = onair_signaling::SignalingConfig::default();
+        let (b, s, r) = (Arc::clone(&bus), shutdown.clone(), registry_url.clone());
+        tokio::spawn(onair_signaling::serve(sconf, dirc, b, r, &admin, l, s).unwrap());
 
-    // The "gateway" node of the broadcaster.
-    let gw: NodeId = "gw1".parse().unwrap();
-    let mut deliveries = bus.subscribe("onair:node:gw1").await.unwrap();
-    let mut registry = StreamRegistryClient::connect(registry_url.clone()).await.unwrap();
-    let mut signaling = SignalingClient::connect(signaling_url.clone()).await.unwrap();
-    signaling.heartbeat(pb::HeartbeatRequest { node: gw.to_string(), relay: None }).await.unwrap();
-    let me = PeerId::generate();
-    let node = FakeNode::open(&mut signaling, gw.clone()).await;
-    let attach = pb::Attach { peer: me.to_string(), resume_token: "t".into() };
-    node.send(pb::node_message::Msg::Attach(attach)).await;
+        let rec_dir = dir.join("recordings");
+        let (l, recorder_url) = listener().await;
+        let rconf = RecorderConfig {
+            node: "rec1".parse().unwrap(),
+            recordings_dir: rec_dir.clone(),
+            max_concurrent: 4,
+            min_free_bytes: 0,
+            auto_record: true,
+            rtc: onair_recorder::RtcNetwork::only("127.0.0.1".parse().unwrap()),
+            registry_url: registry_url.clone(),
+            signaling_url: signaling_url.clone(),
+            security: onair_auth::Security::default(),
+        };
+        let leases = Arc::new(onair_core::MemoryLeases::new());
+        let (b, s) = (Arc::clone(&bus), rec_shutdown.clone());
+        let recorder = tokio::spawn(onair_recorder::serve(rconf, b, leases, &admin, l, s).unwrap());
 
-    // Readiness follows the links.
-    let t0 = Instant::now();
-    while !admin.failures().await.is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "recorder never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let gw: NodeId = "gw1".parse().unwrap();
+        let deliveries = bus.subscribe("onair:node:gw1").await.unwrap();
+        let mut signaling = SignalingClient::connect(signaling_url.clone()).await.unwrap();
+        signaling.heartbeat(pb::HeartbeatRequest { node: gw.to_string(), relay: None }).await.unwrap();
+        // Heartbeats every second, as a gateway sends them: without, signaling would take the node
+        // for dead after its presence TTL and end its stream.
+        let (mut beats, beating, node_id) = (signaling.clone(), shutdown.clone(), gw.to_string());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            while beating.run_until_cancelled(tick.tick()).await.is_some() {
+                let _ = beats.heartbeat(pb::HeartbeatRequest { node: node_id.clone(), relay: None }).await;
+            }
+        });
+        let me = PeerId::generate();
+        let node = FakeNode::open(&mut signaling, gw).await;
+        let attach = pb::Attach { peer: me.to_string(), resume_token: "t".into() };
+        node.send(pb::node_message::Msg::Attach(attach)).await;
 
-    // Go live through signaling, as a gateway does; it answers on the node's bus channel.
-    node.send(pb::node_message::Msg::Publish(pb::Publish {
-        peer: me.to_string(),
-        title: "e2e".into(),
-        ..Default::default()
-    }))
-    .await;
-    // The stream's announcement reaches the recorder while signaling still answers us: the
-    // recorder's watcher_joined may come before our published.
-    let (mut stream, mut watcher) = (None, None);
-    while stream.is_none() || watcher.is_none() {
-        let d = next(&mut deliveries).await.expect("no published / watcher_joined");
-        match d.event {
-            Some(pb::delivery::Event::Published(s)) => stream = Some(s),
-            Some(pb::delivery::Event::WatcherJoined(p)) => watcher = Some(p),
-            _ => {}
+        // Readiness follows the links.
+        let t0 = Instant::now();
+        while !admin.failures().await.is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "recorder never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        Self { dir, rec_dir, registry_url, recorder_url, shutdown, rec_shutdown, recorder, deliveries, node, me }
     }
-    let (stream, watcher) = (stream.unwrap(), watcher.unwrap());
-    let watcher: PeerId = watcher.parse().unwrap();
 
-    // The broadcaster's peer connection.
-    let mut media = MediaEngine::default();
-    let vp8 = codec(MIME_TYPE_VP8, 90_000, 0, 96);
-    let opus = codec(MIME_TYPE_OPUS, 48_000, 2, 111);
-    media.register_codec(vp8.clone(), RtpCodecKind::Video).unwrap();
-    media.register_codec(opus.clone(), RtpCodecKind::Audio).unwrap();
-    let defaults = register_default_interceptors(Registry::new(), &mut media).unwrap();
-    // Last in the chain, so every interceptor has seen the inbound RTCP before it is narrowed.
-    let interceptors = defaults.with(Slot::from(14_000), KeyframeRequests::default());
-    let (etx, mut erx) = mpsc::unbounded_channel();
-    let pc: Arc<dyn PeerConnection> = Arc::new(
-        PeerConnectionBuilder::new()
-            .with_media_engine(media)
-            .with_interceptor_registry(interceptors)
-            .with_handler(Arc::new(H(etx)))
-            .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
-            .build()
-            .await
-            .unwrap(),
-    );
-    let (vtrack, vsender) = local_track(&pc, RtpCodecKind::Video, &vp8, 1111).await;
-    let (atrack, asender) = local_track(&pc, RtpCodecKind::Audio, &opus, 2222).await;
-    let offer = pc.create_offer(None).await.unwrap();
-    pc.set_local_description(offer).await.unwrap();
-    let sdp = pc.local_description().await.unwrap().sdp;
-    let signal = |kind: pb::SignalKind, payload: String| pb::Signal {
-        from: me.to_string(),
-        to: watcher.to_string(),
-        kind: kind.into(),
-        payload,
-    };
-    let offer_json = serde_json::json!({"type": "offer", "sdp": sdp}).to_string();
-    node.send(pb::node_message::Msg::Signal(signal(pb::SignalKind::Offer, offer_json))).await;
+    /// Goes live through signaling, as a gateway does: the stream, and the recorder's peer that
+    /// joined it.
+    async fn go_live(&mut self, title: &str) -> (pb::Stream, PeerId) {
+        let publish = pb::Publish { peer: self.me.to_string(), title: title.into(), ..Default::default() };
+        self.node.send(pb::node_message::Msg::Publish(publish)).await;
+        // The stream's announcement reaches the recorder while signaling still answers us: the
+        // recorder's watcher_joined may come before our published.
+        let (mut stream, mut watcher) = (None, None);
+        while stream.is_none() || watcher.is_none() {
+            let d = next(&mut self.deliveries).await.expect("no published / watcher_joined");
+            match d.event {
+                Some(pb::delivery::Event::Published(s)) => stream = Some(s),
+                Some(pb::delivery::Event::WatcherJoined(p)) => watcher = Some(p.parse().unwrap()),
+                _ => {}
+            }
+        }
+        (stream.unwrap(), watcher.unwrap())
+    }
 
-    // Exchange answer and candidates until connected.
-    let t0 = Instant::now();
-    let mut remote_set = false;
-    let mut queued = Vec::new();
-    loop {
-        assert!(t0.elapsed() < Duration::from_secs(10), "never connected");
-        tokio::select! {
-            Some(ev) = erx.recv() => match ev {
-                Ev::Candidate(c) => {
-                    let m = signal(pb::SignalKind::Candidate, serde_json::to_string(&c).unwrap());
-                    node.send(pb::node_message::Msg::Signal(m)).await;
-                }
-                Ev::State(RTCPeerConnectionState::Connected) => break,
-                Ev::State(s) => assert!(s != RTCPeerConnectionState::Failed, "broadcaster connection failed"),
-            },
-            d = next(&mut deliveries) => {
-                let Some(pb::delivery::Event::Signal(s)) = d.unwrap().event else { continue };
-                match pb::SignalKind::try_from(s.kind).unwrap() {
-                    pb::SignalKind::Answer => {
-                        let v: serde_json::Value = serde_json::from_str(&s.payload).unwrap();
-                        assert_eq!(v["type"], "answer");
-                        let answer = RTCSessionDescription::answer(v["sdp"].as_str().unwrap().to_owned()).unwrap();
-                        pc.set_remote_description(answer).await.unwrap();
-                        remote_set = true;
-                        for c in queued.drain(..) {
-                            pc.add_ice_candidate(c).await.unwrap();
-                        }
-                    }
-                    pb::SignalKind::Candidate => {
-                        let c: RTCIceCandidateInit = serde_json::from_str(&s.payload).unwrap();
-                        assert!(c.sdp_mid.as_deref().is_some_and(|m| !m.is_empty()), "candidate without sdpMid");
-                        if remote_set { pc.add_ice_candidate(c).await.unwrap() } else { queued.push(c) }
-                    }
-                    _ => {}
-                }
+    /// The next watcher that joins our stream (a recorder's new part).
+    async fn next_watcher(&mut self, within: Duration) -> PeerId {
+        let t0 = Instant::now();
+        loop {
+            assert!(t0.elapsed() < within, "no watcher joined within {within:?}");
+            if let Ok(pb::Delivery { event: Some(pb::delivery::Event::WatcherJoined(p)), .. }) =
+                next(&mut self.deliveries).await
+            {
+                return p.parse().unwrap();
             }
         }
     }
-    let connect_time = t0.elapsed();
 
-    // 3 s of media: 20 fps video, 50 fps audio.
-    let (vpt, apt) = (payload_type(&vsender).await, payload_type(&asender).await);
-    let vssrc = 1111;
-    let assrc = 2222;
-    let audio = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        for _ in 0..150 {
+    /// The recordings of `stream` once none is RECORDING, oldest first.
+    async fn finished_recordings(&self, stream: &str) -> Vec<pb::Recording> {
+        let mut registry = StreamRegistryClient::connect(self.registry_url.clone()).await.unwrap();
+        let t0 = Instant::now();
+        loop {
+            let req = pb::ListRecordingsRequest { stream_id: stream.into(), ..Default::default() };
+            let mut list = registry.list_recordings(req).await.unwrap().into_inner().recordings;
+            if !list.is_empty() && list.iter().all(|r| r.state() != pb::RecordingState::Recording) {
+                list.sort_by_key(|r| r.started_at.map(|t| (t.seconds, t.nanos)));
+                return list;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "recordings never finalized: {list:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn end_stream(&self, stream: &str) {
+        let mut registry = StreamRegistryClient::connect(self.registry_url.clone()).await.unwrap();
+        registry.end_stream(pb::EndStreamRequest { id: stream.into() }).await.unwrap();
+    }
+
+    async fn stop(self) {
+        self.rec_shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.recorder).await.unwrap().unwrap().unwrap();
+        self.shutdown.cancel();
+        std::fs::remove_dir_all(&self.dir).unwrap();
+    }
+}
+
+/// The broadcaster's peer connection: a VP8 and an Opus track, connected to one watcher.
+struct Broadcaster {
+    pc: Arc<dyn PeerConnection>,
+    vtrack: Arc<TrackLocalStaticSample>,
+    atrack: Arc<TrackLocalStaticSample>,
+    vpt: u8,
+    apt: u8,
+}
+
+const VIDEO_SSRC: u32 = 1111;
+const AUDIO_SSRC: u32 = 2222;
+
+impl Broadcaster {
+    /// Offers to `watcher` through signaling and exchanges answer and candidates until connected;
+    /// how long that took.
+    async fn connect(stack: &mut Stack, watcher: &PeerId) -> (Self, Duration) {
+        let mut media = MediaEngine::default();
+        let vp8 = codec(MIME_TYPE_VP8, 90_000, 0, 96);
+        let opus = codec(MIME_TYPE_OPUS, 48_000, 2, 111);
+        media.register_codec(vp8.clone(), RtpCodecKind::Video).unwrap();
+        media.register_codec(opus.clone(), RtpCodecKind::Audio).unwrap();
+        let defaults = register_default_interceptors(Registry::new(), &mut media).unwrap();
+        // Last in the chain, so every interceptor has seen the inbound RTCP before it is narrowed.
+        let interceptors = defaults.with(Slot::from(14_000), KeyframeRequests::default());
+        let (etx, mut erx) = mpsc::unbounded_channel();
+        let pc: Arc<dyn PeerConnection> = Arc::new(
+            PeerConnectionBuilder::new()
+                .with_media_engine(media)
+                .with_interceptor_registry(interceptors)
+                .with_handler(Arc::new(H(etx)))
+                .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+                .build()
+                .await
+                .unwrap(),
+        );
+        let (vtrack, vsender) = local_track(&pc, RtpCodecKind::Video, &vp8, VIDEO_SSRC).await;
+        let (atrack, asender) = local_track(&pc, RtpCodecKind::Audio, &opus, AUDIO_SSRC).await;
+        let offer = pc.create_offer(None).await.unwrap();
+        pc.set_local_description(offer).await.unwrap();
+        let sdp = pc.local_description().await.unwrap().sdp;
+        let (me, node) = (stack.me.clone(), &stack.node);
+        let signal = |kind: pb::SignalKind, payload: String| pb::Signal {
+            from: me.to_string(),
+            to: watcher.to_string(),
+            kind: kind.into(),
+            payload,
+        };
+        let offer_json = serde_json::json!({"type": "offer", "sdp": sdp}).to_string();
+        node.send(pb::node_message::Msg::Signal(signal(pb::SignalKind::Offer, offer_json))).await;
+
+        let t0 = Instant::now();
+        let mut remote_set = false;
+        let mut queued = Vec::new();
+        loop {
+            assert!(t0.elapsed() < Duration::from_secs(10), "never connected");
+            tokio::select! {
+                Some(ev) = erx.recv() => match ev {
+                    Ev::Candidate(c) => {
+                        let m = signal(pb::SignalKind::Candidate, serde_json::to_string(&c).unwrap());
+                        node.send(pb::node_message::Msg::Signal(m)).await;
+                    }
+                    Ev::State(RTCPeerConnectionState::Connected) => break,
+                    Ev::State(s) => assert!(s != RTCPeerConnectionState::Failed, "broadcaster connection failed"),
+                },
+                d = next(&mut stack.deliveries) => {
+                    let Some(pb::delivery::Event::Signal(s)) = d.unwrap().event else { continue };
+                    if s.from != watcher.to_string() {
+                        continue;
+                    }
+                    match pb::SignalKind::try_from(s.kind).unwrap() {
+                        pb::SignalKind::Answer => {
+                            let v: serde_json::Value = serde_json::from_str(&s.payload).unwrap();
+                            assert_eq!(v["type"], "answer");
+                            let sdp = v["sdp"].as_str().unwrap().to_owned();
+                            pc.set_remote_description(RTCSessionDescription::answer(sdp).unwrap()).await.unwrap();
+                            remote_set = true;
+                            for c in queued.drain(..) {
+                                pc.add_ice_candidate(c).await.unwrap();
+                            }
+                        }
+                        pb::SignalKind::Candidate => {
+                            let c: RTCIceCandidateInit = serde_json::from_str(&s.payload).unwrap();
+                            assert!(c.sdp_mid.as_deref().is_some_and(|m| !m.is_empty()), "candidate without sdpMid");
+                            if remote_set { pc.add_ice_candidate(c).await.unwrap() } else { queued.push(c) }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let connected = t0.elapsed();
+        let (vpt, apt) = (payload_type(&vsender).await, payload_type(&asender).await);
+        (Self { pc, vtrack, atrack, vpt, apt }, connected)
+    }
+
+    /// Sends `frames` at 20 fps with Opus at 50 fps beside them, answering keyframe requests with
+    /// the `intra` frames up to the next scheduled keyframe; the keyframe requests it got.
+    async fn send(&self, frames: &[Vec<u8>], intra: &[Vec<u8>]) -> u32 {
+        let (atrack, apt) = (Arc::clone(&self.atrack), self.apt);
+        let audio_frames = frames.len() * 5 / 2;
+        let audio = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            for _ in 0..audio_frames {
+                tick.tick().await;
+                let s = Sample {
+                    data: Bytes::from_static(&[0xfc, 0xff, 0xfe]),
+                    duration: Duration::from_millis(20),
+                    ..Sample::new(Instant::now())
+                };
+                let _ = atrack.sample_writer(AUDIO_SSRC, apt).write_sample(&s).await;
+            }
+        });
+        let (wanted, requests) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
+        let feedback = {
+            let (vtrack, wanted, requests) = (Arc::clone(&self.vtrack), Arc::clone(&wanted), Arc::clone(&requests));
+            tokio::spawn(async move {
+                while let Some(ev) = vtrack.poll().await {
+                    let TrackLocalEvent::OnRtcpPacket(packets) = ev else { continue };
+                    if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
+                        requests.fetch_add(1, Ordering::Relaxed);
+                        wanted.store(true, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut intra_until = 0;
+        for (i, f) in frames.iter().enumerate() {
             tick.tick().await;
+            if wanted.swap(false, Ordering::Relaxed) && i % GOP != 0 {
+                intra_until = (i / GOP + 1) * GOP;
+            }
+            let data = if i < intra_until { &intra[i] } else { f };
             let s = Sample {
-                data: Bytes::from_static(&[0xfc, 0xff, 0xfe]),
-                duration: Duration::from_millis(20),
+                data: Bytes::from(data.clone()),
+                duration: Duration::from_millis(50),
                 ..Sample::new(Instant::now())
             };
-            let _ = atrack.sample_writer(assrc, apt).write_sample(&s).await;
+            self.vtrack.sample_writer(VIDEO_SSRC, self.vpt).write_sample(&s).await.unwrap();
         }
-    });
-    // Keyframe requests, answered with intra frames up to the next scheduled keyframe.
-    let (wanted, requests) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
-    let feedback = {
-        let (vtrack, wanted, requests) = (Arc::clone(&vtrack), Arc::clone(&wanted), Arc::clone(&requests));
-        tokio::spawn(async move {
-            while let Some(ev) = vtrack.poll().await {
-                let TrackLocalEvent::OnRtcpPacket(packets) = ev else { continue };
-                if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
-                    requests.fetch_add(1, Ordering::Relaxed);
-                    wanted.store(true, Ordering::Relaxed);
-                }
-            }
-        })
-    };
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let mut intra_until = 0;
-    for (i, f) in frames.iter().enumerate() {
-        tick.tick().await;
-        if wanted.swap(false, Ordering::Relaxed) && i % GOP != 0 {
-            intra_until = (i / GOP + 1) * GOP;
-        }
-        let data = if i < intra_until { &intra[i] } else { f };
-        let s = Sample {
-            data: Bytes::from(data.clone()),
-            duration: Duration::from_millis(50),
-            ..Sample::new(Instant::now())
-        };
-        vtrack.sample_writer(vssrc, vpt).write_sample(&s).await.unwrap();
+        audio.await.unwrap();
+        feedback.abort();
+        requests.load(Ordering::Relaxed)
     }
-    audio.await.unwrap();
-    feedback.abort();
+}
 
-    let mut rc = RecorderClient::connect(recorder_url.clone()).await.unwrap();
+/// ffprobe's JSON of `file` (frames counted); fails on any ffprobe error.
+fn ffprobe(file: &Path) -> serde_json::Value {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json"])
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| panic!("this test needs ffprobe ({e}); install ffmpeg (e.g. `apt-get install ffmpeg`)"));
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The video frames ffprobe decodes in `file`.
+fn decoded_video_frames(v: &serde_json::Value) -> u64 {
+    let streams = v["streams"].as_array().unwrap();
+    let video = streams.iter().find(|s| s["codec_name"] == "vp8").expect("vp8 stream");
+    video["nb_read_frames"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_a_webrtc_broadcaster_end_to_end() {
+    let mut stack = Stack::start("e2e").await;
+    // The stream as sent, and the same pictures all intra-coded (what a keyframe request gets).
+    let (frames, intra) = (vp8_frames(&stack.dir, GOP), vp8_frames(&stack.dir, 1));
+    assert_eq!(frames.len(), intra.len());
+    let (stream, watcher) = stack.go_live("e2e").await;
+    let (b, connect_time) = Broadcaster::connect(&mut stack, &watcher).await;
+    // 3 s of media: 20 fps video, 50 fps audio.
+    let requests = b.send(&frames, &intra).await;
+
+    let mut rc = RecorderClient::connect(stack.recorder_url.clone()).await.unwrap();
     let active = rc.list_active(pb::ListActiveRequest {}).await.unwrap().into_inner().recordings;
     assert_eq!(active.len(), 1);
     assert!(active[0].bytes > 10_000, "{:?}", active[0]);
@@ -449,51 +571,67 @@ async fn records_a_webrtc_broadcaster_end_to_end() {
     assert_eq!(missing.code(), tonic::Code::NotFound);
 
     // The stream ends: the recorder finalizes.
-    registry.end_stream(pb::EndStreamRequest { id: stream.id.clone() }).await.unwrap();
-    let t0 = Instant::now();
-    let rec = loop {
-        let list = registry.list_recordings(pb::ListRecordingsRequest::default()).await.unwrap().into_inner();
-        if let Some(r) = list.recordings.into_iter().find(|r| r.state() != pb::RecordingState::Recording) {
-            break r;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "recording never finalized");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    stack.end_stream(&stream.id).await;
+    let recs = stack.finished_recordings(&stream.id).await;
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let rec = &recs[0];
     assert_eq!(rec.state(), pb::RecordingState::Complete, "{rec:?}");
     assert_eq!(rec.video_codec, "VP8");
     assert_eq!(rec.audio_codec, "OPUS");
     assert_eq!(rec.title, "e2e");
     assert!(rec.duration_ms > 2_000 && rec.duration_ms < 4_000, "{rec:?}");
-    let file: PathBuf = rec_dir.join(&rec.file_name);
+    let file: PathBuf = stack.rec_dir.join(&rec.file_name);
     assert_eq!(std::fs::metadata(&file).unwrap().len(), rec.bytes);
 
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json"])
-        .arg(&file)
-        .output()
-        .unwrap_or_else(|e| panic!("this test needs ffprobe ({e}); install ffmpeg (e.g. `apt-get install ffmpeg`)"));
-    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = ffprobe(&file);
     // A finished file has a duration (libwebm writes it at finalize).
     let duration: f64 = v["format"]["duration"].as_str().expect("a duration").parse().unwrap();
     assert!((duration * 1000.0 - rec.duration_ms as f64).abs() < 100.0, "{duration} s vs {rec:?}");
     let streams = v["streams"].as_array().unwrap();
     let video = streams.iter().find(|s| s["codec_name"] == "vp8").expect("vp8 stream");
     assert_eq!(video["width"], 160);
-    let decoded: u64 = video["nb_read_frames"].as_str().unwrap().parse().unwrap();
+    let decoded = decoded_video_frames(&v);
     assert!(decoded >= 40, "only {decoded} video frames decoded");
     let audio = streams.iter().find(|s| s["codec_name"] == "opus").expect("opus stream");
     assert_eq!(audio["sample_rate"], "48000");
     eprintln!(
-        "connected in {connect_time:?}; recorded {} bytes, {} ms, {decoded} video frames; {} keyframe requests",
-        rec.bytes,
-        rec.duration_ms,
-        requests.load(Ordering::Relaxed)
+        "connected in {connect_time:?}; recorded {} bytes, {} ms, {decoded} video frames; {requests} keyframe requests",
+        rec.bytes, rec.duration_ms,
     );
 
-    pc.close().await.unwrap();
-    rec_shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(15), recorder).await.unwrap().unwrap().unwrap();
-    shutdown.cancel();
-    std::fs::remove_dir_all(&dir).unwrap();
+    b.pc.close().await.unwrap();
+    stack.stop().await;
+}
+
+/// The recorder's connection to the media breaks while the stream stays live (here the
+/// broadcaster's connection closes without it leaving; in a cluster, a relay that failed or a
+/// stalled recorder): the recorder records on into a new part, which the broadcaster's next
+/// connection fills. Before, the recording ended there and the rest of the broadcast was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_while_the_stream_is_live_is_recorded_on_in_a_new_part() {
+    let mut stack = Stack::start("record-on").await;
+    let (frames, intra) = (vp8_frames(&stack.dir, GOP), vp8_frames(&stack.dir, 1));
+    let (stream, watcher) = stack.go_live("record on").await;
+    let (first, _) = Broadcaster::connect(&mut stack, &watcher).await;
+    first.send(&frames[..2 * GOP], &intra[..2 * GOP]).await;
+    first.pc.close().await.unwrap();
+    let lost = Instant::now();
+
+    let again = stack.next_watcher(Duration::from_secs(25)).await;
+    assert_ne!(again, watcher, "the new part is a new peer");
+    let rejoined = lost.elapsed();
+    let (second, _) = Broadcaster::connect(&mut stack, &again).await;
+    second.send(&frames[..2 * GOP], &intra[..2 * GOP]).await;
+    stack.end_stream(&stream.id).await;
+
+    let parts = stack.finished_recordings(&stream.id).await;
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    for (i, part) in parts.iter().enumerate() {
+        assert_eq!(part.state(), pb::RecordingState::Complete, "part {i}: {part:?}");
+        let decoded = decoded_video_frames(&ffprobe(&stack.rec_dir.join(&part.file_name)));
+        assert!(decoded >= 20, "part {i} decodes to only {decoded} frames: {part:?}");
+    }
+    eprintln!("the recorder joined again {rejoined:?} after the connection closed; parts {parts:?}");
+    second.pc.close().await.unwrap();
+    stack.stop().await;
 }
