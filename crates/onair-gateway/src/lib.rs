@@ -172,10 +172,16 @@ async fn ws(
         .read_buffer_size(socket::READ_BUFFER_BYTES)
         // Every send is flushed at once anyway (signaling is latency-bound): no write buffer to keep.
         .write_buffer_size(0)
-        .on_upgrade(move |s| async move {
-            let run = socket::run(Arc::clone(&state.hub), s, resume, access, state.shutdown);
-            state.hub.sockets.track_future(run).await;
-            drop(slot);
+        .on_upgrade({
+            let up = Box::new(socket::Upgrade {
+                hub: Arc::clone(&state.hub),
+                resume_token: resume,
+                access,
+                shutdown: state.shutdown,
+                ip_slot: slot,
+            });
+            let hub = state.hub;
+            move |s| hub.sockets.track_future(socket::run(up, s))
         })
 }
 

@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::access::SocketAccess;
 use crate::coalesce::Coalescer;
 use crate::hub::{Doing, Hub, Out, SocketTx};
+use crate::per_ip::IpSlot;
 use crate::protocol::{ClientFrame, ErrorCode, ServerFrame, SignalKind, parse};
-use crate::queue::{SEND_TIMEOUT, socket_queue};
+use crate::queue::{SEND_TIMEOUT, SocketRx, socket_queue};
 use crate::ratelimit::{RateLimiter, Verdict};
 
 /// Largest text frame a client may send.
@@ -23,8 +24,10 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const HARD_FRAME_LIMIT: usize = 1024 * 1024;
 /// A socket silent for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Initial capacity of a socket's read buffer (it grows for larger frames).
-pub const READ_BUFFER_BYTES: usize = 1024;
+/// Initial capacity of a socket's read buffer, and the most one read takes from the connection (the
+/// buffer grows to hold a larger frame). Every idle socket keeps it: 512 bytes hold a trickled
+/// candidate in one read; an offer of a few KiB takes several.
+pub const READ_BUFFER_BYTES: usize = 512;
 /// Rejected frames within [`STRIKE_WINDOW`] before the socket is closed with 4029.
 pub const MAX_STRIKES: u32 = 200;
 /// Window for counting strikes.
@@ -32,25 +35,23 @@ pub const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 /// How long the `Resume` call on the upgrade may take before the socket goes on as a new peer.
 pub const RESUME_DEADLINE: Duration = Duration::from_secs(3);
 
-struct Conn {
-    hub: Arc<Hub>,
+/// A socket's peer, as its frames are handled: borrowed from the socket task's own state.
+struct Conn<'a> {
+    hub: &'a Hub,
     peer: PeerId,
-    token: String,
     conn: u64,
-    access: SocketAccess,
+    access: &'a SocketAccess,
 }
 
-impl Conn {
-    fn error(&self, code: ErrorCode, message: &str) -> Option<String> {
-        self.hub.metrics.frames_rejected.inc();
-        Some(ServerFrame::Error { code, message }.to_json())
-    }
+/// An `error` frame (counted as a rejected frame).
+fn error_frame(hub: &Hub, code: ErrorCode, message: &str) -> Option<String> {
+    hub.metrics.frames_rejected.inc();
+    Some(ServerFrame::Error { code, message }.to_json())
+}
 
-    fn welcome(&self) -> String {
-        // Fresh TURN credentials on every welcome, so a resumed socket gets new ones too.
-        let ice_servers = self.hub.cfg.ice.for_peer(&self.peer, std::time::SystemTime::now());
-        ServerFrame::Welcome { peer_id: self.peer.as_str(), ice_servers: &ice_servers, resume_token: &self.token }
-            .to_json()
+impl Conn<'_> {
+    fn error(&self, code: ErrorCode, message: &str) -> Option<String> {
+        error_frame(self.hub, code, message)
     }
 
     /// Handles one parsed frame; returns frames to send back right away.
@@ -168,148 +169,258 @@ async fn send(socket: &mut WebSocket, hub: &Hub, text: String, too_slow: &Cancel
     }
 }
 
+/// Sends `texts` in order; stops at the first that cannot go out.
+async fn send_all(
+    socket: &mut WebSocket,
+    hub: &Hub,
+    texts: Vec<String>,
+    too_slow: &CancellationToken,
+) -> Result<(), SendError> {
+    for text in texts {
+        send(socket, hub, text, too_slow).await?;
+    }
+    Ok(())
+}
+
 const TOO_SLOW: (u16, &str) = (4008, "too slow: the client does not read what it is sent");
 
-/// Runs one socket until it closes, the client is evicted, or `shutdown` fires (close 1012).
-///
-/// `resume` is the token the client put on the upgrade (`/ws?resume=`): the socket takes that
-/// peer's id and stream if signaling accepts it, before anything is sent, so the client gets
-/// exactly one `welcome`. Otherwise it is a new peer, and the frame after `welcome` is the
-/// `error` saying why the token was not taken.
-/// `access` is what the socket's access token allows (everything when auth is off); a refused
-/// token is explained in an `error` frame right after `welcome`.
-pub async fn run(
-    hub: Arc<Hub>,
-    mut socket: WebSocket,
-    resume_token: Option<String>,
-    access: SocketAccess,
-    shutdown: CancellationToken,
-) {
-    hub.metrics.sockets.inc();
-    let (tx, mut rx) = socket_queue();
+/// What a socket's task takes over from the upgrade request. Boxed: the upgrade callback keeps
+/// what it captures for the socket's whole life (a future keeps room for its captures), so it
+/// should capture a pointer, not the values.
+pub struct Upgrade {
+    /// The gateway.
+    pub hub: Arc<Hub>,
+    /// The token the client put on the upgrade (`/ws?resume=`), if any.
+    pub resume_token: Option<String>,
+    /// What the socket's access token allows (everything when auth is off).
+    pub access: SocketAccess,
+    /// Fires when the gateway stops (the socket closes with 1012).
+    pub shutdown: CancellationToken,
+    /// Counts the socket against its client address's limit until the socket ends.
+    pub ip_slot: IpSlot,
+}
+
+/// A socket set up: its peer, its queue, and the frames to send first.
+struct Opened {
+    peer: PeerId,
+    conn: u64,
+    rx: SocketRx,
+    first: Vec<String>,
+}
+
+/// Takes the peer over (resume) or makes a new one, and the first frames: `welcome`, the errors
+/// explaining a refused resume or access token, and the live list.
+async fn open(hub: &Hub, resume_token: Option<String>, access: &SocketAccess) -> Opened {
+    let (tx, rx) = socket_queue();
     let resumed = match resume_token {
-        // Boxed: the gRPC call's future is large and lives only during the upgrade, so it stays out
-        // of the socket task's state, which every idle socket keeps for its whole life.
-        Some(token) => match Box::pin(resume(&hub, &token, &tx)).await {
+        Some(token) => match resume(hub, &token, &tx).await {
             Ok((peer, conn)) => Ok((peer, token, conn)),
             Err(refusal) => Err(Some(refusal)),
         },
         None => Err(None),
     };
-    let (peer, token, refusal, is_resumed, conn) = match resumed {
+    let (peer, token, refusal, conn) = match resumed {
         Ok((peer, token, conn)) => {
             // The hub holds the socket's queue now: the socket ends when the hub lets go of it.
             drop(tx);
-            (peer, token, None, true, conn)
+            tracing::info!(%peer, "resumed");
+            (peer, token, None, conn)
         }
         Err(refusal) => {
             let peer = PeerId::generate();
             let token = hub.cfg.tokens.mint(&peer);
             let conn = hub.attach(&peer, &token, tx, false, Doing::default());
-            (peer, token, refusal, false, conn)
+            (peer, token, refusal, conn)
         }
     };
-    let too_slow = rx.too_slow.clone();
-    let refused_token = access.refusal();
-    let c = Conn { hub: Arc::clone(&hub), peer, token, conn, access };
-    let mut list = hub.subscribe_list();
-    let mut limiter =
-        RateLimiter::new(hub.cfg.ws_rate.0, hub.cfg.ws_rate.1, MAX_STRIKES, STRIKE_WINDOW, std::time::Instant::now());
-    let mut deadline = Instant::now() + IDLE_TIMEOUT;
-    let mut changes = Coalescer::default();
-    let mut clean_close = false;
-    if is_resumed {
-        tracing::info!(peer = %c.peer, "resumed");
-    }
-    tracing::debug!(peer = %c.peer, "socket open");
-
-    let mut first = vec![c.welcome()];
-    first.extend(refusal.and_then(|(code, message)| c.error(code, message)));
-    first.extend(refused_token.and_then(|(code, message)| c.error(code, &message)));
+    tracing::debug!(%peer, "socket open");
+    // Fresh TURN credentials on every welcome, so a resumed socket gets new ones too.
+    let ice_servers = hub.cfg.ice.for_peer(&peer, std::time::SystemTime::now());
+    let mut first = vec![
+        ServerFrame::Welcome { peer_id: peer.as_str(), ice_servers: &ice_servers, resume_token: &token }.to_json(),
+    ];
+    first.extend(refusal.and_then(|(code, message)| error_frame(hub, code, message)));
+    first.extend(access.refusal().and_then(|(code, message)| error_frame(hub, code, &message)));
     first.push(hub.streams_frame());
-    let mut failed = None;
-    for text in first {
-        if let Err(e) = send(&mut socket, &hub, text, &too_slow).await {
-            failed = Some(e);
-            break;
-        }
-    }
-    let close: Option<(u16, &'static str)> = if let Some(e) = failed {
-        match e {
-            SendError::TooSlow => Some(TOO_SLOW),
-            SendError::Gone => None,
-        }
-    } else {
-        loop {
-            let replies: Vec<String> = tokio::select! {
-                () = shutdown.cancelled() => break Some((1012, "server restarting; reconnect")),
-                () = too_slow.cancelled() => break Some(TOO_SLOW),
-                () = tokio::time::sleep_until(deadline) => break Some((1001, "idle timeout")),
-                msg = socket.recv() => {
-                    let msg = match msg {
-                        Some(Ok(m)) => m,
-                        // A frame over HARD_FRAME_LIMIT is refused unread: say why (1009), not 1006.
-                        Some(Err(e)) => break too_big(e).then_some((1009, "frame too large")),
-                        None => break None,
-                    };
-                    deadline = Instant::now() + IDLE_TIMEOUT;
-                    match msg {
-                        Message::Text(text) => {
-                            hub.metrics.frames_in.inc();
-                            match limiter.check(std::time::Instant::now()) {
-                                Verdict::Allow => handle_text(&c, &text).await,
-                                Verdict::Reject => {
-                                    c.error(ErrorCode::RateLimited, "too many messages; slow down").into_iter().collect()
-                                }
-                                Verdict::Abuse => break Some((4029, "flooding")),
+    Opened { peer, conn, rx, first }
+}
+
+/// Runs one socket until it closes, the client is evicted, or `shutdown` fires (close 1012).
+///
+/// With a resume token (`/ws?resume=`) the socket takes that peer's id and stream if signaling
+/// accepts it, before anything is sent, so the client gets exactly one `welcome`. Otherwise it is a
+/// new peer, and the frame after `welcome` is the `error` saying why the token was not taken. A
+/// refused access token is explained in an `error` frame right after `welcome`.
+///
+/// Every idle socket keeps this future for its whole life, so it is kept small: an async block
+/// (an async fn's state would hold both its arguments and the locals they move into), with the
+/// work of setting up, handling a frame, sending and closing in boxed futures of their own.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn run(up: Box<Upgrade>, mut socket: WebSocket) -> impl Future<Output = ()> + Send {
+    async move {
+        let Upgrade { hub, resume_token, access, shutdown, ip_slot } = *up;
+        hub.metrics.sockets.inc();
+        let Opened { peer, conn, mut rx, first } = Box::pin(open(&hub, resume_token, &access)).await;
+        let c = Conn { hub: &hub, peer, conn, access: &access };
+        let too_slow = rx.too_slow.clone();
+        let mut list = hub.subscribe_list();
+        let mut limiter = RateLimiter::new(
+            hub.cfg.ws_rate.0,
+            hub.cfg.ws_rate.1,
+            MAX_STRIKES,
+            STRIKE_WINDOW,
+            std::time::Instant::now(),
+        );
+        let mut deadline = Instant::now() + IDLE_TIMEOUT;
+        let mut changes = Coalescer::default();
+        let mut clean_close = false;
+        let close: Option<(u16, &'static str)> = match Box::pin(send_all(&mut socket, &hub, first, &too_slow)).await {
+            Err(SendError::TooSlow) => Some(TOO_SLOW),
+            Err(SendError::Gone) => None,
+            Ok(()) => loop {
+                let at = changes.deadline().map_or(deadline, |d| d.min(deadline));
+                let replies: Vec<String> = match wake(&shutdown, &too_slow, &mut socket, &mut rx, &mut list, at).await {
+                    Wake::Shutdown => break Some((1012, "server restarting; reconnect")),
+                    Wake::TooSlow => break Some(TOO_SLOW),
+                    // One timer for both the idle deadline and the list's coalescing window.
+                    Wake::Timer => {
+                        let now = Instant::now();
+                        match changes.deadline() {
+                            Some(d) if d <= now && changes.overflowed() => {
+                                vec![changes.resync(hub.streams_frame(), now)]
+                            }
+                            Some(d) if d <= now => changes.tick(now).into_iter().collect(),
+                            _ if now >= deadline => break Some((1001, "idle timeout")),
+                            _ => vec![],
+                        }
+                    }
+                    Wake::Frame(msg) => {
+                        deadline = Instant::now() + IDLE_TIMEOUT;
+                        match Box::pin(on_frame(&c, &mut limiter, msg)).await {
+                            Step::Reply(replies) => replies,
+                            Step::Close(close) => break close,
+                            Step::Left => {
+                                clean_close = true;
+                                break None;
                             }
                         }
-                        Message::Binary(_) => c.error(ErrorCode::BadJson, "binary frames are not supported; send JSON text").into_iter().collect(),
-                        Message::Close(_) => {
-                            // A deliberate close (tab closed, Stop): no resume grace.
-                            clean_close = true;
-                            break None;
+                    }
+                    Wake::Queued(out) => match out {
+                        Some(Out::Text(t)) => vec![t],
+                        Some(Out::Close(code, reason)) => break Some((code, reason)),
+                        None => break None,
+                    },
+                    Wake::List(ev) => match ev {
+                        Ok(t) => changes.change(t, Instant::now()).into_iter().collect(),
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            vec![changes.resync(hub.streams_frame(), Instant::now())]
                         }
-                        Message::Ping(_) | Message::Pong(_) => vec![],
-                    }
+                        Err(broadcast::error::RecvError::Closed) => vec![],
+                    },
+                };
+                if replies.is_empty() {
+                    continue;
                 }
-                out = rx.recv() => match out {
-                    Some(Out::Text(t)) => vec![t],
-                    Some(Out::Close(code, reason)) => break Some((code, reason)),
-                    None => break None,
-                },
-                ev = list.recv() => match ev {
-                    Ok(t) => changes.change(t, Instant::now()).into_iter().collect(),
-                    Err(broadcast::error::RecvError::Lagged(_)) => vec![changes.resync(hub.streams_frame(), Instant::now())],
-                    Err(broadcast::error::RecvError::Closed) => vec![],
-                },
-                () = tokio::time::sleep_until(changes.deadline().unwrap_or(deadline)), if changes.deadline().is_some() => {
-                    if changes.overflowed() {
-                        vec![changes.resync(hub.streams_frame(), Instant::now())]
-                    } else {
-                        changes.tick(Instant::now()).into_iter().collect()
-                    }
+                match Box::pin(send_all(&mut socket, &hub, replies, &too_slow)).await {
+                    Ok(()) => {}
+                    Err(SendError::TooSlow) => break Some(TOO_SLOW),
+                    Err(SendError::Gone) => break None,
                 }
-            };
-            let mut stop = None;
-            for r in replies {
-                if let Err(e) = send(&mut socket, &hub, r, &too_slow).await {
-                    stop = Some(e);
-                    break;
+            },
+        };
+        if let Some(frame) = close {
+            Box::pin(close_handshake(&mut socket, &c, &mut limiter, frame)).await;
+        }
+        tracing::debug!(peer = %c.peer, ?close, clean_close, "socket closed");
+        if clean_close {
+            hub.detach_if_current(&c.peer, c.conn);
+        } else {
+            // Dropped without a close frame (network loss, crash): keep the peer for the resume grace.
+            hub.disconnected(&c.peer, c.conn);
+        }
+        hub.metrics.sockets.dec();
+        drop(ip_slot);
+    }
+}
+
+/// What a frame from the client leads to.
+enum Step {
+    /// Send these back.
+    Reply(Vec<String>),
+    /// Close, with this code and reason if any.
+    Close(Option<(u16, &'static str)>),
+    /// The client closed deliberately (tab closed, Stop): no resume grace.
+    Left,
+}
+
+/// Handles what the client sent (boxed by the caller, like everything an idle socket does not
+/// wait in).
+async fn on_frame(c: &Conn<'_>, limiter: &mut RateLimiter, msg: Option<Result<Message, axum::Error>>) -> Step {
+    let msg = match msg {
+        Some(Ok(m)) => m,
+        // A frame over HARD_FRAME_LIMIT is refused unread: say why (1009), not 1006.
+        Some(Err(e)) => return Step::Close(too_big(e).then_some((1009, "frame too large"))),
+        None => return Step::Close(None),
+    };
+    let replies = match msg {
+        Message::Text(text) => {
+            c.hub.metrics.frames_in.inc();
+            match limiter.check(std::time::Instant::now()) {
+                Verdict::Allow => handle_text(c, &text).await,
+                Verdict::Reject => {
+                    c.error(ErrorCode::RateLimited, "too many messages; slow down").into_iter().collect()
                 }
-            }
-            match stop {
-                None => {}
-                Some(SendError::TooSlow) => break Some(TOO_SLOW),
-                Some(SendError::Gone) => break None,
+                Verdict::Abuse => return Step::Close(Some((4029, "flooding"))),
             }
         }
+        Message::Binary(_) => {
+            c.error(ErrorCode::BadJson, "binary frames are not supported; send JSON text").into_iter().collect()
+        }
+        Message::Close(_) => return Step::Left,
+        Message::Ping(_) | Message::Pong(_) => vec![],
     };
-    let close_frame = |(code, reason): (u16, &str)| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+    Step::Reply(replies)
+}
+
+/// What woke an idle socket.
+enum Wake {
+    Shutdown,
+    TooSlow,
+    /// The idle deadline or the list's coalescing window.
+    Timer,
+    Frame(Option<Result<Message, axum::Error>>),
+    Queued(Option<Out>),
+    List(Result<Arc<str>, broadcast::error::RecvError>),
+}
+
+/// Waits for whatever comes first for an idle socket. Its own future, awaited in place: the
+/// waits are the one state an idle socket keeps, and this keeps them apart from the locals of
+/// handling what woke it.
+async fn wake(
+    shutdown: &CancellationToken,
+    too_slow: &CancellationToken,
+    socket: &mut WebSocket,
+    rx: &mut SocketRx,
+    list: &mut broadcast::Receiver<Arc<str>>,
+    at: Instant,
+) -> Wake {
+    tokio::select! {
+        () = shutdown.cancelled() => Wake::Shutdown,
+        () = too_slow.cancelled() => Wake::TooSlow,
+        () = tokio::time::sleep_until(at) => Wake::Timer,
+        msg = socket.recv() => Wake::Frame(msg),
+        out = rx.recv() => Wake::Queued(out),
+        ev = list.recv() => Wake::List(ev),
+    }
+}
+
+/// Closes with `frame` (code, reason) and finishes the closing handshake (boxed by the caller: it
+/// runs once, so its state stays out of the idle socket's).
+async fn close_handshake(socket: &mut WebSocket, c: &Conn<'_>, limiter: &mut RateLimiter, frame: (u16, &'static str)) {
+    let (code, reason) = frame;
+    let close = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
     // A client that does not read may never take the close frame either: bounded.
-    if let Some(frame) = close
-        && matches!(tokio::time::timeout(Duration::from_secs(1), socket.send(close_frame(frame))).await, Ok(Ok(())))
-    {
+    if matches!(tokio::time::timeout(Duration::from_secs(1), socket.send(close)).await, Ok(Ok(()))) {
         // Finish the closing handshake: read what the client still sends until its close frame,
         // so the client sees our close code instead of a connection reset. When the gateway is
         // restarting, what the client sent before it saw the 1012 is still its own: routed like
@@ -320,9 +431,9 @@ pub async fn run(
                 match m {
                     Message::Close(_) => break,
                     Message::Text(text) if restarting => {
-                        hub.metrics.frames_in.inc();
+                        c.hub.metrics.frames_in.inc();
                         if limiter.check(std::time::Instant::now()) == Verdict::Allow {
-                            let _ = handle_text(&c, &text).await;
+                            let _ = handle_text(c, &text).await;
                         }
                     }
                     _ => {}
@@ -331,14 +442,6 @@ pub async fn run(
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
     }
-    tracing::debug!(peer = %c.peer, ?close, clean_close, "socket closed");
-    if clean_close {
-        hub.detach_if_current(&c.peer, c.conn);
-    } else {
-        // Dropped without a close frame (network loss, crash): keep the peer for the resume grace.
-        hub.disconnected(&c.peer, c.conn);
-    }
-    hub.metrics.sockets.dec();
 }
 
 /// Whether a read failed because the client sent a frame or message over [`HARD_FRAME_LIMIT`].
@@ -347,7 +450,7 @@ fn too_big(e: axum::Error) -> bool {
     matches!(e.into_inner().downcast_ref::<Error>(), Some(Error::Capacity(_)))
 }
 
-async fn handle_text(c: &Conn, text: &str) -> Vec<String> {
+async fn handle_text(c: &Conn<'_>, text: &str) -> Vec<String> {
     if text.len() > MAX_FRAME_BYTES {
         return c
             .error(ErrorCode::TooLarge, &format!("frame is {} bytes; the limit is {MAX_FRAME_BYTES}", text.len()))

@@ -224,35 +224,47 @@ async fn signaling() {
     }
 }
 
-/// RSS of the all-in-one with N idle WebSockets open (each got its `welcome` and `streams`).
+/// RSS with N idle WebSockets open (each got its `welcome` and `streams`): of the all-in-one
+/// (which also keeps signaling's directory of the peers), and of one gateway of a cluster.
 async fn idle() {
     let counts: Vec<usize> = std::env::var("PROBE_IDLE_SOCKETS")
         .ok()
         .map_or_else(|| vec![1000, 5000], |v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
-    println!("\n### Idle WebSockets (all-in-one, memory store; RSS of the onair process)\n");
-    println!("| sockets | onair RSS (MiB) | RSS per socket (KiB) |\n|---|---|---|");
-    for n in counts {
+    println!("\n### Idle WebSockets (RSS of the process holding them)\n");
+    println!(
+        "| process | sockets | RSS idle (MiB) | RSS with the sockets (MiB) | RSS per socket (KiB) |\n|---|---|---|---|---|"
+    );
+    for &n in &counts {
         let aio = Onair::start("probe-idle", &["--store", "memory", "--max-sockets-per-ip", "0"]).await;
         aio.wait_ready().await;
-        let pid = aio.proc.pid().unwrap();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let (_, before) = proc_usage(pid);
-        let mut open = Vec::with_capacity(n);
-        for _ in 0..n {
-            let url = format!("ws://127.0.0.1:{}/ws", aio.http);
-            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
-            // welcome + streams: the server has set the socket up completely.
-            for _ in 0..2 {
-                let _ = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
-            }
-            open.push(ws);
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let (_, after) = proc_usage(pid);
-        let per = (after.saturating_sub(before)) as f64 / n as f64;
-        println!("| {n} | {:.1} | {per:.1} |", after as f64 / 1024.0);
-        drop(open);
+        idle_row("all-in-one", &aio, n).await;
     }
+    for &n in &counts {
+        let c = onair_tests::cluster::Cluster::start_tuned(1, false, false, None, &["--max-sockets-per-ip", "0"]).await;
+        c.gateways[0].wait_ready().await;
+        idle_row("cluster gateway", &c.gateways[0], n).await;
+    }
+}
+
+/// Opens `n` idle sockets to `o` and prints its RSS before and with them.
+async fn idle_row(what: &str, o: &Onair, n: usize) {
+    let pid = o.proc.pid().unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, before) = proc_usage(pid);
+    let mut open = Vec::with_capacity(n);
+    for _ in 0..n {
+        let url = format!("ws://127.0.0.1:{}/ws", o.http);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        // welcome + streams: the server has set the socket up completely.
+        for _ in 0..2 {
+            let _ = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+        }
+        open.push(ws);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, after) = proc_usage(pid);
+    let per = (after.saturating_sub(before)) as f64 / n as f64;
+    println!("| {what} | {n} | {:.1} | {:.1} | {per:.1} |", before as f64 / 1024.0, after as f64 / 1024.0);
 }
 
 /// CPU % of one core and RSS in MiB of `pid` over `window`.
