@@ -46,6 +46,10 @@ pub struct LoadConfig {
     /// The relay's process and admin port, to measure its CPU, memory and forwarded packets over
     /// the window.
     pub server: Option<(u32, u16)>,
+    /// Subscriber 0 goes silent this long into the window: its connection and UDP socket stop
+    /// answering (datagrams to it are read and dropped) while its WebSocket stays open, as when a
+    /// watcher's network vanishes.
+    pub silence_first_after: Option<Duration>,
 }
 
 /// The relay process over the measured window.
@@ -82,6 +86,8 @@ pub struct LoadReport {
     pub server: ServerUsage,
     /// Subscribers that received a frame at all (all of them once the window opened).
     pub playing: usize,
+    /// When subscriber 0 went silent, into the window (see [`LoadConfig::silence_first_after`]).
+    pub silenced_at: Option<Duration>,
 }
 
 async fn datagrams_out(admin: u16) -> u64 {
@@ -305,6 +311,12 @@ pub async fn run(port: u16, cfg: &LoadConfig) -> LoadReport {
             () = tokio::time::sleep(sleep) => {}
         }
         let now = Instant::now();
+        if let (Some(after), Some((since, _))) = (cfg.silence_first_after, window)
+            && now.duration_since(since) >= after
+            && peers.remove(&0).is_some()
+        {
+            report.silenced_at = Some(now.duration_since(since));
+        }
         for (idx, p) in &mut peers {
             if p.timeout <= now {
                 let _ = p.rtc.handle_input(Input::Timeout(now));

@@ -199,7 +199,14 @@ async fn a_hundred_thousand_hostile_datagrams_cost_little_and_a_watcher_keeps_pl
 #[tokio::test]
 async fn fifty_subscribers_of_a_synthetic_publisher_get_every_frame() {
     let gw = relayload::start_server("relay-load", &[]).await;
-    let cfg = LoadConfig { subscribers: 50, kbps: 1000, fps: 30, measure: Duration::from_secs(5), server: None };
+    let cfg = LoadConfig {
+        subscribers: 50,
+        kbps: 1000,
+        fps: 30,
+        measure: Duration::from_secs(5),
+        server: None,
+        silence_first_after: None,
+    };
     let r = relayload::run(gw.http, &cfg).await;
     println!(
         "50 subscribers: all had a frame {:.1?} after publishing; {} frames sent in the window; received min {} max {}; \
@@ -219,4 +226,46 @@ async fn fifty_subscribers_of_a_synthetic_publisher_get_every_frame() {
         assert_eq!(r.missing[i], 0, "subscriber {i} missed frames");
         assert!(r.longest_gap[i] < Duration::from_secs(1), "subscriber {i} stalled for {:?}", r.longest_gap[i]);
     }
+}
+
+/// A watcher whose network vanishes while its WebSocket stays (a laptop lid, a dead Wi-Fi, a tab
+/// frozen in the background) is dropped once its media connection has been silent for
+/// `--relay-drop-silent-after` (after str0m's ICE noticed, ~21 s): the relay stops forwarding into the
+/// void, and the others keep getting every frame. str0m never gives up on a connection by itself.
+#[tokio::test]
+async fn a_subscriber_whose_network_vanishes_is_dropped_and_the_others_keep_every_frame() {
+    let gw = relayload::start_server("relay-silent", &["--relay-drop-silent-after", "2s"]).await;
+    let cfg = LoadConfig {
+        subscribers: 3,
+        kbps: 500,
+        fps: 30,
+        // str0m declares a pair whose checks go unanswered disconnected after ~21 s: room for that
+        // under load, so the drop happens while the other subscribers are still measured.
+        measure: Duration::from_secs(35),
+        server: None,
+        silence_first_after: Some(Duration::from_secs(1)),
+    };
+    let port = gw.http;
+    let run = tokio::spawn(async move { relayload::run(port, &cfg).await });
+    let started = Instant::now();
+    wait_until(Duration::from_secs(60), "the relay to drop the silent subscriber", || async {
+        metric(&gw, "onair_relay_silent_dropped_total").await == 1 && metric(&gw, "onair_relay_subscribers").await == 2
+    })
+    .await;
+    let dropped = started.elapsed();
+    let r = run.await.unwrap();
+    let silenced = r.silenced_at.expect("subscriber 0 went silent");
+    println!(
+        "silent subscriber dropped {dropped:?} after the load started (silenced {silenced:?} into the window); \
+         received {:?} of {} frames, missing {:?}",
+        r.received, r.sent, r.missing
+    );
+    assert!(r.sent >= 600, "only {} frames sent", r.sent);
+    assert!(r.received[0] < r.sent / 2, "the silenced subscriber kept receiving: {:?}", r.received);
+    // The others keep playing through it (a loaded CI machine may drop the odd datagram).
+    for i in 1..3 {
+        assert!(r.received[i] * 100 >= r.sent * 95, "subscriber {i} got {} of {} frames", r.received[i], r.sent);
+        assert!(r.missing[i] * 100 <= r.sent, "subscriber {i} missed {} frames", r.missing[i]);
+    }
+    assert_eq!(metric(&gw, "onair_relay_subscribers").await, 2, "a subscriber was dropped that still answered");
 }

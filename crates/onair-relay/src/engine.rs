@@ -113,6 +113,8 @@ struct Client {
     mids: Vec<(Mid, MediaKind)>,
     created: Instant,
     connected: bool,
+    /// Since when ICE has had no working pair (reset when it works again, e.g. after a restart).
+    silent_since: Option<Instant>,
     timeout: Instant,
     /// Our ICE ufrag on this connection (the index of `by_ufrag`).
     ufrag: String,
@@ -147,6 +149,7 @@ pub struct Engine {
     link: NodeLink,
     metrics: RelayMetrics,
     max_subscribers: usize,
+    drop_silent_after: Duration,
     commands: mpsc::Receiver<Command>,
     clients: HashMap<ClientId, Client>,
     next_id: ClientId,
@@ -176,6 +179,7 @@ impl Engine {
             link,
             metrics,
             max_subscribers: config.max_subscribers,
+            drop_silent_after: config.drop_silent_after,
             commands,
             clients: HashMap::new(),
             next_id: 1,
@@ -258,6 +262,7 @@ impl Engine {
             mids: Vec::new(),
             created: now,
             connected: false,
+            silent_since: None,
             timeout: now,
             ufrag,
         };
@@ -593,15 +598,28 @@ impl Engine {
         for relay in wanted {
             self.request_keyframe(&relay, now);
         }
+        // str0m never gives up on a connection by itself: a subscriber whose network vanished while
+        // its WebSocket stayed (or whose leave never reached us) would be forwarded to forever.
+        let after = self.drop_silent_after;
+        let silent = move |c: &Client| {
+            c.role == Role::Subscriber && c.silent_since.is_some_and(|t| now.duration_since(t) > after)
+        };
         let dead: Vec<ClientId> = self
             .clients
             .iter()
-            .filter(|(_, c)| !c.rtc.is_alive() || (!c.connected && now.duration_since(c.created) > CONNECT_WITHIN))
+            .filter(|(_, c)| {
+                !c.rtc.is_alive() || (!c.connected && now.duration_since(c.created) > CONNECT_WITHIN) || silent(c)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in dead {
             if let Some(c) = self.clients.get(&id) {
-                tracing::debug!(peer = %c.remote, role = ?c.role, "peer connection gone");
+                if silent(c) {
+                    self.metrics.silent_dropped.inc();
+                    tracing::info!(peer = %c.remote, ?after, "subscriber silent; dropped");
+                } else {
+                    tracing::debug!(peer = %c.remote, role = ?c.role, "peer connection gone");
+                }
             }
             self.remove_client(id);
         }
@@ -676,6 +694,10 @@ impl Engine {
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 tracing::debug!(peer = %c.remote, ?role, "ICE disconnected");
+                c.silent_since.get_or_insert_with(Instant::now);
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Connected | IceConnectionState::Completed) => {
+                c.silent_since = None;
             }
             Event::MediaAdded(m) if role == Role::Publisher => {
                 if m.kind == MediaKind::Video

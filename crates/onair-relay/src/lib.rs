@@ -46,6 +46,9 @@ pub struct RelayConfig {
     pub public: Option<IpAddr>,
     /// Most subscribers (watchers and recorders) this relay forwards to; more get `error{full}`.
     pub max_subscribers: usize,
+    /// A subscriber whose ICE has had no working pair for this long is dropped (its WebSocket may
+    /// still be there: a network that vanished, a tab frozen in the background).
+    pub drop_silent_after: std::time::Duration,
     /// Registry gRPC URL (the relay follows the live list to drop ended streams).
     pub registry_url: String,
     /// Signaling gRPC URL.

@@ -28,6 +28,8 @@ pub struct RelayMetrics {
     pub keyframe_requests: Counter,
     /// Subscribers refused because the relay was at --relay-max-subscribers.
     pub refused_full: Counter,
+    /// Subscribers dropped after their media connection was silent for --relay-drop-silent-after.
+    pub silent_dropped: Counter,
 }
 
 impl RelayMetrics {
@@ -51,6 +53,11 @@ impl RelayMetrics {
             "relay_refused_full",
             "Subscribers refused: the relay was at --relay-max-subscribers",
             self.refused_full.clone(),
+        );
+        m.register(
+            "relay_silent_dropped",
+            "Subscribers dropped: their media connection was silent for --relay-drop-silent-after",
+            self.silent_dropped.clone(),
         );
     }
 }

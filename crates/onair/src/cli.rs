@@ -199,6 +199,10 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_RELAY_MAX_SUBSCRIBERS", default_value_t = 2000)]
     pub relay_max_subscribers: usize,
 
+    /// A relay subscriber whose media connection has been silent (no working ICE pair) this long is dropped.
+    #[arg(long, env = "ONAIR_RELAY_DROP_SILENT_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub relay_drop_silent_after: Duration,
+
     /// Most watchers one stream may have (signaling); more get `error{full}` (0: no limit).
     #[arg(long, env = "ONAIR_MAX_WATCHERS_PER_STREAM", default_value_t = 10_000)]
     pub max_watchers_per_stream: u32,

@@ -34,6 +34,7 @@ async fn main() {
             fps: 30,
             measure: Duration::from_secs(10),
             server: Some((pid, onair.admin)),
+            silence_first_after: None,
         };
         let r = relayload::run(onair.http, &cfg).await;
         if r.server.seconds == 0.0 {
