@@ -247,13 +247,10 @@ impl Proc {
     }
 
     /// Waits until the current run's output contains `needle` (a log line written by a task that
-    /// may still be running when the test sees its effect); panics with the output after `timeout`.
+    /// may still be running when the test sees its effect); panics after `timeout`.
     pub async fn wait_output(&self, needle: &str, timeout: Duration) {
-        let start = Instant::now();
-        while !self.output().contains(needle) {
-            assert!(start.elapsed() < timeout, "no {needle:?} in {timeout:?}:\n{}", self.output());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("{needle:?} in the output of {}", self.name);
+        wait_until(timeout, &what, || std::future::ready(self.output().contains(needle))).await;
     }
 
     /// Everything every run of the process printed.

@@ -290,10 +290,7 @@ async fn two_replicas_racing_to_create_a_broadcasters_stream_make_one_live_strea
         mongo_registry(&mongo, &redis, "registry-race-2", &[]).await,
     ];
     for r in &replicas {
-        wait_until(Duration::from_secs(10), "mongodb indexes", || async {
-            r.proc.output().contains("mongodb indexes ready")
-        })
-        .await;
+        r.proc.wait_output("mongodb indexes ready", Duration::from_secs(10)).await;
     }
     let clients = [client(&replicas[0].grpc_url()).await, client(&replicas[1].grpc_url()).await];
     for round in 0..5 {

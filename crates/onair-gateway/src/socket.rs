@@ -157,6 +157,16 @@ enum SendError {
     TooSlow,
 }
 
+impl SendError {
+    /// The close frame it calls for: 4008 for a client that does not read, none when it is gone.
+    fn close(&self) -> Option<(u16, &'static str)> {
+        match self {
+            Self::TooSlow => Some(TOO_SLOW),
+            Self::Gone => None,
+        }
+    }
+}
+
 async fn send(socket: &mut WebSocket, hub: &Hub, text: String, too_slow: &CancellationToken) -> Result<(), SendError> {
     hub.metrics.frames_out.inc();
     tokio::select! {
@@ -275,8 +285,7 @@ pub fn run(up: Box<Upgrade>, mut socket: WebSocket) -> impl Future<Output = ()> 
         let mut changes = Coalescer::default();
         let mut clean_close = false;
         let close: Option<(u16, &'static str)> = match Box::pin(send_all(&mut socket, &hub, first, &too_slow)).await {
-            Err(SendError::TooSlow) => Some(TOO_SLOW),
-            Err(SendError::Gone) => None,
+            Err(e) => e.close(),
             Ok(()) => loop {
                 let at = changes.deadline().map_or(deadline, |d| d.min(deadline));
                 let replies: Vec<String> = match wake(&shutdown, &too_slow, &mut socket, &mut rx, &mut list, at).await {
@@ -321,10 +330,8 @@ pub fn run(up: Box<Upgrade>, mut socket: WebSocket) -> impl Future<Output = ()> 
                 if replies.is_empty() {
                     continue;
                 }
-                match Box::pin(send_all(&mut socket, &hub, replies, &too_slow)).await {
-                    Ok(()) => {}
-                    Err(SendError::TooSlow) => break Some(TOO_SLOW),
-                    Err(SendError::Gone) => break None,
+                if let Err(e) = Box::pin(send_all(&mut socket, &hub, replies, &too_slow)).await {
+                    break e.close();
                 }
             },
         };
