@@ -130,7 +130,7 @@ impl Browser {
         );
         wait_port(port, "chromedriver").await;
         let profile = std::env::temp_dir().join(format!("onair-chrome-{name}-{}-{port}", std::process::id()));
-        Self::session(name, driver, Driver { port, netns: None }, profile.clone(), profile).await
+        Self::session(name, driver, Driver { port, netns: None }, profile.clone(), profile, &[]).await
     }
 
     /// Starts chromedriver, and so Chromium, inside the namespace `netns` (a NAT lab home), with
@@ -138,6 +138,12 @@ impl Browser {
     /// `ca_pem` as a trusted CA: HTTPS pages of a server with a certificate of that CA are a
     /// secure context, as on a real machine with a real certificate.
     pub async fn start_in(name: &str, netns: &Netns, ca_pem: &str) -> Self {
+        Self::start_in_with(name, netns, ca_pem, &[]).await
+    }
+
+    /// [`Browser::start_in`] with more Chromium flags (e.g. a camera file:
+    /// `--use-file-for-fake-video-capture=F`).
+    pub async fn start_in_with(name: &str, netns: &Netns, ca_pem: &str, flags: &[String]) -> Self {
         let id = format!("{name}-{}-{}", std::process::id(), crate::unique());
         let home = std::env::temp_dir().join(format!("onair-chrome-home-{id}"));
         trust_ca(&home, ca_pem);
@@ -155,12 +161,12 @@ impl Browser {
             assert!(start.elapsed() < Duration::from_secs(20), "chromedriver in {} did not listen", netns.name());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Self::session(name, driver, conn, home.join("profile"), home).await
+        Self::session(name, driver, conn, home.join("profile"), home, flags).await
     }
 
-    async fn session(name: &str, driver: Proc, conn: Driver, profile: PathBuf, dir: PathBuf) -> Self {
+    async fn session(name: &str, driver: Proc, conn: Driver, profile: PathBuf, dir: PathBuf, flags: &[String]) -> Self {
         std::fs::create_dir_all(&profile).unwrap();
-        let mut args: Vec<String> = CHROME_ARGS.iter().map(|s| (*s).to_owned()).collect();
+        let mut args: Vec<String> = CHROME_ARGS.iter().map(|s| (*s).to_owned()).chain(flags.iter().cloned()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",

@@ -19,7 +19,7 @@ pub mod turn;
 pub mod whip;
 pub mod ws;
 
-pub use procs::{Mongo, Onair, Proc, Redis, free_port, tools_dir, unique, wait_until};
+pub use procs::{Mongo, Onair, Proc, Redis, free_port, tools_dir, unique, wait_until, wait_until_value};
 
 /// This crate's directory (`tests/`) in the checkout being tested. Cargo and nextest set
 /// `CARGO_MANIFEST_DIR` when they run a test, which wins over the path compiled in: CI clones

@@ -60,3 +60,19 @@ pub fn decode(path: &Path) -> (String, u64) {
         .unwrap_or(0);
     (String::from_utf8_lossy(&out.stderr).into_owned(), frames)
 }
+
+/// Writes a moving test pattern (`width`x`height`, 30 fps, 3 s) to `path` as MJPEG, for
+/// Chromium's `--use-file-for-fake-video-capture` (it loops the file): a camera of a chosen size.
+pub fn test_pattern_mjpeg(path: &Path, width: u32, height: u32) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size={width}x{height}:rate=30"))
+        .args(["-t", "3", "-q:v", "6"])
+        .arg(path)
+        .output()
+        .expect("ffmpeg not installed (make deps installs it)");
+    assert!(out.status.success(), "ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -91,10 +91,24 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    wait_until_value(timeout, what, || {
+        let f = cond();
+        async move { f.await.then_some(()) }
+    })
+    .await;
+}
+
+/// Polls `value` every 20 ms until it gives something or `timeout` passes (panics with `what`
+/// then); returns what it gave.
+pub async fn wait_until_value<T, F, Fut>(timeout: Duration, what: &str, mut value: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let start = Instant::now();
     while start.elapsed() < timeout {
-        if cond().await {
-            return;
+        if let Some(v) = value().await {
+            return v;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

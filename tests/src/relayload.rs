@@ -124,6 +124,9 @@ struct Peer {
     /// Subscriber state.
     first: Option<u32>,
     last: Option<(u32, Instant)>,
+    /// The publisher was asked for a keyframe (the relay's PLI): its next frame is one, as an
+    /// encoder's would be.
+    keyframe_wanted: bool,
 }
 
 const PUBLISHER: usize = usize::MAX;
@@ -237,7 +240,7 @@ pub async fn run(port: u16, cfg: &LoadConfig) -> LoadReport {
                         let _ = reply.send(offer.to_sdp_string());
                     }
                     spawn_reader(PUBLISHER, Arc::clone(&socket), dgram_tx.clone());
-                    peers.insert(PUBLISHER, Peer { rtc, socket, local, timeout: now, first: None, last: None });
+                    peers.insert(PUBLISHER, Peer { rtc, socket, local, timeout: now, first: None, last: None, keyframe_wanted: false });
                 }
                 Some(Cmd::PublisherAnswer { sdp }) => {
                     if let (Some(p), Some(pending), Ok(answer)) =
@@ -258,7 +261,7 @@ pub async fn run(port: u16, cfg: &LoadConfig) -> LoadReport {
                         Err(e) => eprintln!("relay load: subscriber {idx} cannot take the relay's offer: {e}"),
                     }
                     spawn_reader(idx, Arc::clone(&socket), dgram_tx.clone());
-                    peers.insert(idx, Peer { rtc, socket, local, timeout: now, first: None, last: None });
+                    peers.insert(idx, Peer { rtc, socket, local, timeout: now, first: None, last: None, keyframe_wanted: false });
                 }
                 None => {}
             },
@@ -284,8 +287,10 @@ pub async fn run(port: u16, cfg: &LoadConfig) -> LoadReport {
                 {
                     frame_no += 1;
                     let mut data = vec![0u8; frame_bytes];
-                    // VP8 payload header byte: bit 0 clear = keyframe on the first frame, inter after.
-                    data[0] = u8::from(frame_no != 1);
+                    // VP8 payload header byte: bit 0 clear = keyframe (the first frame, and one
+                    // after each keyframe request), inter otherwise.
+                    let keyframe = frame_no == 1 || std::mem::take(&mut p.keyframe_wanted);
+                    data[0] = u8::from(!keyframe);
                     let sent = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                     data[1..9].copy_from_slice(&sent.to_be_bytes());
                     data[9..13].copy_from_slice(&frame_no.to_be_bytes());
@@ -405,6 +410,7 @@ fn drive(idx: usize, p: &mut Peer, report: &mut LoadReport, window: Option<(Inst
                 }
                 p.last = Some((no, now));
             }
+            Ok(Output::Event(Event::KeyframeRequest(_))) if idx == PUBLISHER => p.keyframe_wanted = true,
             Ok(Output::Event(_)) => {}
             Err(_) => return,
         }

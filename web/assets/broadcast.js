@@ -355,7 +355,12 @@ async function createPeer(id) {
   peers.set(id, peer);
   const pc = peer.pc;
   for (const track of media.getTracks()) {
-    const tr = pc.addTransceiver(track, { direction: 'sendonly', streams: [media] });
+    const init = { direction: 'sendonly', streams: [media] };
+    // To the relay, video goes in simulcast layers: it sends each viewer the best one its
+    // bandwidth allows. A viewer's browser (peer to peer) takes one layer only.
+    const layers = track.kind === 'video' && id === relayPeer ? simulcastLayers(track) : undefined;
+    if (layers) init.sendEncodings = layers;
+    const tr = pc.addTransceiver(track, init);
     // VP8 first: every browser and the recorder decode it.
     if (track.kind === 'video') preferCodec(tr, 'video', 'video/VP8');
   }
@@ -392,6 +397,21 @@ async function createPeer(id) {
     console.error('[onair] offer failed', err);
     showBanner({ kind: 'warn', title: 'Could not connect a viewer', message: err?.message || String(err), key: 'offer' });
   }
+}
+
+/**
+ * Simulcast layers for a camera track, lowest first (the relay ranks them by bitrate): full, half
+ * and quarter resolution as the camera's height allows (a 180p layer is the smallest worth sending).
+ */
+function simulcastLayers(track) {
+  const height = track.getSettings?.().height || 720;
+  const layers = [
+    { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+    { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+    { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 2_500_000 },
+  ];
+  const fitting = layers.filter((l) => height / l.scaleResolutionDownBy >= 180 || l.rid === 'f');
+  return fitting.length > 1 ? fitting : undefined;
 }
 
 /** One banner while any viewer cannot be reached: what failed and what to try. */

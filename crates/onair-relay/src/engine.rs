@@ -2,8 +2,9 @@
 //! from the sockets are routed to their peer by remote address (ICE ufrag for a new address), what
 //! the peers transmit goes out through the socket of their local candidate, and media frames of a
 //! stream's publisher are written to each of its subscribers (str0m repacketizes per subscriber,
-//! so SSRCs, sequence numbers and timestamps are each subscriber's own and a new publisher
-//! connection never breaks a subscriber's decoder).
+//! so SSRCs and sequence numbers are each subscriber's own; `layers` picks each subscriber's
+//! simulcast layer by its bandwidth estimate and keeps its timestamps continuous, so neither a
+//! layer switch nor a new publisher connection breaks a subscriber's decoder).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,26 +14,35 @@ use std::time::{Duration, Instant};
 use onair_core::{PeerId, StreamId};
 use onair_node::NodeLink;
 use onair_proto::v1 as pb;
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::RelayConfig;
+use crate::layers::{Accept, KeyframeRequests, LayerId, Layers, Selector};
 use crate::metrics::RelayMetrics;
 use crate::net::{RelaySockets, candidates};
 
-/// At most one keyframe request per second per stream goes to its broadcaster (however many
-/// subscribers ask), as mediasoup does.
+/// At most one keyframe request per second per layer goes to a stream's broadcaster (however
+/// many subscribers ask), as mediasoup does.
 const KEYFRAME_EVERY: Duration = Duration::from_secs(1);
+/// RTP clock of video.
+const VIDEO_CLOCK: u64 = 90_000;
 /// Datagrams waiting for the engine; more are dropped (and counted).
 const INBOUND_QUEUE: usize = 4096;
 /// A datagram larger than this is not WebRTC (MTU-sized packets are ~1200 bytes).
 const MAX_DATAGRAM: usize = 2048;
 /// A peer that has not connected within this long is dropped.
 const CONNECT_WITHIN: Duration = Duration::from_secs(30);
+/// A subscriber's bandwidth estimate starts here (it then follows TWCC feedback): enough for a
+/// browser's top simulcast layer of a typical camera, so most start on it.
+const INITIAL_ESTIMATE_BPS: u64 = 1_500_000;
+/// How often subscribers' estimators are told the rate of the stream's top layer (what they probe for).
+const DESIRED_EVERY: Duration = Duration::from_secs(1);
 
 /// What the hub asks the engine to do.
 #[derive(Debug)]
@@ -118,6 +128,8 @@ struct Client {
     timeout: Instant,
     /// Our ICE ufrag on this connection (the index of `by_ufrag`).
     ufrag: String,
+    /// A subscriber's video layer and timeline.
+    video: Selector,
 }
 
 /// The video codec a stream is published in (what its subscribers are offered).
@@ -138,8 +150,11 @@ struct StreamState {
     subscribers: HashMap<PeerId, ClientId>,
     /// The publisher's incoming video media (for keyframe requests).
     video_in: Option<Mid>,
-    last_keyframe_request: Option<Instant>,
-    keyframe_wanted: bool,
+    /// The publisher's video layers (one, `None`, without simulcast).
+    layers: Layers,
+    /// Whether the publisher's offer has simulcast (its subscribers then estimate bandwidth).
+    simulcast: bool,
+    keyframes: KeyframeRequests,
 }
 
 /// The relay's media engine.
@@ -157,6 +172,8 @@ pub struct Engine {
     by_ufrag: HashMap<String, ClientId>,
     streams: HashMap<PeerId, StreamState>,
     crypto: Arc<str0m::config::CryptoProvider>,
+    /// When subscribers' estimators were last told what to probe for.
+    desired_at: Instant,
     /// The remote peer of every connection removed (the hub ends a WHIP/WHEP session with it).
     gone: mpsc::UnboundedSender<PeerId>,
 }
@@ -187,6 +204,7 @@ impl Engine {
             by_ufrag: HashMap::new(),
             streams: HashMap::new(),
             crypto: Arc::new(str0m::crypto::from_feature_flags()),
+            desired_at: Instant::now(),
             gone,
         };
         (engine, tx, gone_rx)
@@ -232,14 +250,19 @@ impl Engine {
         readers.abort_all();
     }
 
-    /// A new connection with Opus and `video` (`None`: VP8 and H.264, for offers we answer).
-    fn rtc(&self, video: Option<VideoCodec>) -> Rtc {
+    /// A new connection with Opus and `video` (`None`: VP8 and H.264, for offers we answer); with
+    /// `estimate`, it estimates its bandwidth (TWCC), which picks a subscriber's simulcast layer.
+    /// Only then: with one layer there is nothing to pick, and str0m paces what it sends to the
+    /// estimate (added latency, and CPU for every feedback report).
+    fn rtc(&self, video: Option<VideoCodec>, estimate: bool) -> Rtc {
+        let estimate = estimate.then(|| Bitrate::bps(INITIAL_ESTIMATE_BPS));
         let mut rtc = Rtc::builder()
             .set_crypto_provider(Arc::clone(&self.crypto))
             .clear_codecs()
             .enable_vp8(video != Some(VideoCodec::H264))
             .enable_h264(video != Some(VideoCodec::Vp8))
             .enable_opus(true, false)
+            .enable_bwe(estimate)
             .build(Instant::now());
         for c in &self.local {
             rtc.add_local_candidate(c.clone());
@@ -265,6 +288,7 @@ impl Engine {
             silent_since: None,
             timeout: now,
             ufrag,
+            video: Selector::new(VIDEO_CLOCK),
         };
         self.clients.insert(id, client);
         id
@@ -314,8 +338,9 @@ impl Engine {
                         publisher: None,
                         subscribers: HashMap::new(),
                         video_in: None,
-                        last_keyframe_request: None,
-                        keyframe_wanted: false,
+                        layers: Layers::default(),
+                        simulcast: false,
+                        keyframes: KeyframeRequests::default(),
                     },
                 );
             }
@@ -409,7 +434,7 @@ impl Engine {
         if let Some(id) = current {
             self.remove_client(id);
         }
-        let Some((rtc, answer)) = self.accept(&sdp, from, None) else { return };
+        let Some((rtc, answer)) = self.accept(&sdp, from, None, false) else { return };
         let id = self.add_client(rtc, relay, from, Role::Publisher);
         self.learn_candidates(id, sdp_candidates(&sdp));
         let answer = answer.to_sdp_string();
@@ -417,8 +442,16 @@ impl Engine {
             Some(s) => {
                 s.publisher = Some(id);
                 s.video_in = None;
-                s.keyframe_wanted = !s.subscribers.is_empty();
+                // Its layers are its own: subscribers wait for its first keyframe (it starts with one).
+                s.layers = Layers::default();
+                s.keyframes.clear();
+                for sub in s.subscribers.values() {
+                    if let Some(c) = self.clients.get_mut(sub) {
+                        c.video.restart();
+                    }
+                }
                 s.video = Some(answered_video(&answer));
+                s.simulcast = sdp.lines().any(|l| l.trim().starts_with("a=simulcast:"));
                 std::mem::take(&mut s.waiting)
             }
             None => Vec::new(),
@@ -458,9 +491,9 @@ impl Engine {
 
     /// A new connection (with `video`, see [`Engine::rtc`]) that accepted `sdp`, an offer of
     /// `from`, and its answer.
-    fn accept(&self, sdp: &str, from: &PeerId, video: Option<VideoCodec>) -> Option<(Rtc, SdpAnswer)> {
+    fn accept(&self, sdp: &str, from: &PeerId, video: Option<VideoCodec>, estimate: bool) -> Option<(Rtc, SdpAnswer)> {
         let offer = SdpOffer::from_sdp_string(sdp).ok()?;
-        let mut rtc = self.rtc(video);
+        let mut rtc = self.rtc(video, estimate);
         match rtc.sdp_api().accept_offer(offer) {
             Ok(answer) => Some((rtc, answer)),
             Err(e) => {
@@ -500,7 +533,7 @@ impl Engine {
         }
         let Some(s) = self.streams.get(relay) else { return };
         let msid = s.stream.to_string();
-        let mut rtc = self.rtc(Some(video));
+        let mut rtc = self.rtc(Some(video), s.simulcast);
         let mut api = rtc.sdp_api();
         let video =
             api.add_media(MediaKind::Video, Direction::SendOnly, Some(msid.clone()), Some("video".into()), None);
@@ -534,8 +567,8 @@ impl Engine {
             return;
         }
         // The stream's codec when known, so the watcher's answer cannot pick one it is not sent in.
-        let video = self.streams.get(relay).and_then(|s| s.video);
-        let Some((rtc, answer)) = self.accept(&sdp, watcher, video) else { return };
+        let (video, simulcast) = self.streams.get(relay).map_or((None, false), |s| (s.video, s.simulcast));
+        let Some((rtc, answer)) = self.accept(&sdp, watcher, video, simulcast) else { return };
         let id = self.add_client(rtc, relay, watcher, Role::Subscriber);
         self.learn_candidates(id, sdp_candidates(&sdp));
         if let Some(s) = self.streams.get_mut(relay) {
@@ -591,12 +624,15 @@ impl Engine {
         let wanted: Vec<PeerId> = self
             .streams
             .iter()
-            .filter(|(_, s)| s.keyframe_wanted && s.video_in.is_some())
-            .filter(|(_, s)| s.last_keyframe_request.is_none_or(|t| now.duration_since(t) >= KEYFRAME_EVERY))
+            .filter(|(_, s)| s.keyframes.any_wanted() && s.video_in.is_some())
             .map(|(r, _)| r.clone())
             .collect();
         for relay in wanted {
-            self.request_keyframe(&relay, now);
+            self.request_keyframes(&relay, now);
+        }
+        if now.saturating_duration_since(self.desired_at) >= DESIRED_EVERY {
+            self.desired_at = now;
+            self.tell_desired(now);
         }
         // str0m never gives up on a connection by itself: a subscriber whose network vanished while
         // its WebSocket stayed (or whose leave never reached us) would be forwarded to forever.
@@ -625,17 +661,48 @@ impl Engine {
         }
     }
 
-    fn request_keyframe(&mut self, relay: &PeerId, now: Instant) {
+    /// Sends the keyframe requests of `relay`'s stream that are due (per layer, see
+    /// [`KeyframeRequests`]) to its publisher.
+    fn request_keyframes(&mut self, relay: &PeerId, now: Instant) {
         let Some(s) = self.streams.get_mut(relay) else { return };
         let (Some(publisher), Some(mid)) = (s.publisher, s.video_in) else { return };
-        s.keyframe_wanted = false;
-        s.last_keyframe_request = Some(now);
-        if let Some(c) = self.clients.get_mut(&publisher)
-            && let Some(mut writer) = c.rtc.writer(mid)
-            && writer.request_keyframe(None, KeyframeRequestKind::Pli).is_ok()
-        {
-            self.metrics.keyframe_requests.inc();
-            self.poll(publisher);
+        let due = s.keyframes.due(now, KEYFRAME_EVERY);
+        let Some(c) = self.clients.get_mut(&publisher) else { return };
+        for layer in due {
+            if let Some(mut writer) = c.rtc.writer(mid)
+                && writer.request_keyframe(layer, KeyframeRequestKind::Pli).is_ok()
+            {
+                self.metrics.keyframe_requests.inc();
+            }
+        }
+        self.poll(publisher);
+    }
+
+    /// Tells every subscriber's bandwidth estimator the bitrate of its stream's top layer: it
+    /// probes up to that, so a subscriber whose link allows it climbs back to the top layer.
+    fn tell_desired(&mut self, now: Instant) {
+        for s in self.streams.values() {
+            let desired = s.layers.desired_bps(now);
+            if desired == 0 {
+                continue;
+            }
+            for id in s.subscribers.values() {
+                if let Some(c) = self.clients.get_mut(id) {
+                    c.rtc.bwe().set_desired_bitrate(Bitrate::bps(desired));
+                }
+            }
+        }
+    }
+
+    /// Re-decides `id`'s layer (its estimate changed, or it connected) and asks the publisher for
+    /// a keyframe of a new one.
+    fn choose_layer(&mut self, id: ClientId, now: Instant) {
+        let Some(c) = self.clients.get_mut(&id) else { return };
+        let Some(s) = self.streams.get_mut(&c.relay) else { return };
+        let ranked = s.layers.ranked(now);
+        if let Some(layer) = c.video.choose(&ranked, now) {
+            tracing::debug!(peer = %c.remote, ?layer, estimate = ?c.video.estimate(), layers = ?ranked.0, "subscriber wants a new layer");
+            s.keyframes.want(layer);
         }
     }
 
@@ -686,10 +753,8 @@ impl Engine {
             Event::Connected => {
                 c.connected = true;
                 tracing::debug!(peer = %c.remote, ?role, "peer connected");
-                if role == Role::Subscriber
-                    && let Some(s) = self.streams.get_mut(&relay)
-                {
-                    s.keyframe_wanted = true;
+                if role == Role::Subscriber {
+                    self.choose_layer(id, Instant::now());
                 }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
@@ -716,39 +781,78 @@ impl Engine {
             }
             Event::MediaData(data) if role == Role::Publisher => self.forward(&relay, &data),
             Event::KeyframeRequest(_) if role == Role::Subscriber => {
-                if let Some(s) = self.streams.get_mut(&relay) {
-                    s.keyframe_wanted = true;
+                let layer = c.video.current().or(c.video.target());
+                if let (Some(layer), Some(s)) = (layer, self.streams.get_mut(&relay)) {
+                    s.keyframes.want(layer);
                 }
+            }
+            Event::EgressBitrateEstimate(
+                ref kind @ (BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. }),
+            ) if role == Role::Subscriber => {
+                tracing::trace!(peer = %c.remote, estimate = estimate.as_u64(), ?kind, "bandwidth estimate");
+                c.video.set_estimate(estimate.as_u64());
+                self.choose_layer(id, Instant::now());
             }
             _ => {}
         }
     }
 
-    /// Writes one frame of the publisher to every subscriber of its stream.
+    /// Writes one frame of the publisher to every subscriber of its stream (a video frame to
+    /// those its layer is chosen for, on their own timeline).
     fn forward(&mut self, relay: &PeerId, data: &MediaData) {
         self.metrics.frames_in.inc();
         let Some(s) = self.streams.get_mut(relay) else { return };
         let kind = if s.video_in == Some(data.mid) { MediaKind::Video } else { MediaKind::Audio };
+        let layer: LayerId = data.rid;
+        let keyframe = kind == MediaKind::Video && data.is_keyframe();
+        let ranked = (kind == MediaKind::Video).then(|| {
+            s.layers.on_frame(layer, data.data.len(), data.network_time);
+            s.layers.ranked(data.network_time)
+        });
         if kind == MediaKind::Video && !data.contiguous {
-            s.keyframe_wanted = true;
+            s.keyframes.want(layer);
         }
         let targets: Vec<ClientId> = s.subscribers.values().copied().collect();
         let payload = &data.data;
+        let mut wanted: Vec<LayerId> = Vec::new();
         for id in targets {
             let Some(c) = self.clients.get_mut(&id) else { continue };
             if !c.connected {
                 continue;
             }
+            let time = match &ranked {
+                None => data.time,
+                Some(ranked) => {
+                    if let Some(want) = c.video.choose(ranked, data.network_time) {
+                        tracing::debug!(peer = %c.remote, layer = ?want, estimate = ?c.video.estimate(), layers = ?ranked.0, "subscriber wants a new layer");
+                        wanted.push(want);
+                    }
+                    match c.video.accept(layer, keyframe, data.time.numer(), data.network_time) {
+                        Accept::Skip => continue,
+                        Accept::Send(t) => MediaTime::new(t, data.time.frequency()),
+                        Accept::Switch(t) => {
+                            self.metrics.layer_switches.inc();
+                            tracing::debug!(peer = %c.remote, ?layer, estimate = ?c.video.estimate(), "subscriber on a new layer");
+                            MediaTime::new(t, data.time.frequency())
+                        }
+                    }
+                }
+            };
             let Some(mid) = c.mids.iter().find(|(_, k)| *k == kind).map(|(m, _)| *m) else { continue };
             let Some(writer) = c.rtc.writer(mid) else { continue };
             let Some(pt) = writer.match_params(data.params) else { continue };
-            match writer.write(pt, data.network_time, data.time, Arc::clone(payload)) {
+            match writer.write(pt, data.network_time, time, Arc::clone(payload)) {
                 Ok(()) => {
                     self.metrics.frames_out.inc();
                 }
                 Err(e) => tracing::debug!(error = %e, "subscriber write failed"),
             }
             self.poll(id);
+        }
+        if let Some(s) = self.streams.get_mut(relay) {
+            for layer in wanted {
+                s.keyframes.want(layer);
+            }
         }
     }
 }

@@ -11,6 +11,7 @@
 mod demux;
 mod engine;
 mod hub;
+mod layers;
 mod metrics;
 mod net;
 mod sessions;

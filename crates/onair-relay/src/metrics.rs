@@ -26,6 +26,8 @@ pub struct RelayMetrics {
     pub dropped_out: Counter,
     /// Keyframe requests sent to broadcasters.
     pub keyframe_requests: Counter,
+    /// Subscribers moved to another video layer (simulcast), or to a new publisher connection.
+    pub layer_switches: Counter,
     /// Subscribers refused because the relay was at --relay-max-subscribers.
     pub refused_full: Counter,
     /// Subscribers dropped after their media connection was silent for --relay-drop-silent-after.
@@ -49,6 +51,11 @@ impl RelayMetrics {
         );
         m.register("relay_dropped_out", "Datagrams not sent: socket buffer full", self.dropped_out.clone());
         m.register("relay_keyframe_requests", "Keyframe requests sent to broadcasters", self.keyframe_requests.clone());
+        m.register(
+            "relay_layer_switches",
+            "Subscribers moved to another video layer (simulcast, by bandwidth) or publisher connection",
+            self.layer_switches.clone(),
+        );
         m.register(
             "relay_refused_full",
             "Subscribers refused: the relay was at --relay-max-subscribers",
