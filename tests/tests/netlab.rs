@@ -12,7 +12,8 @@
 //! onair runs the way the README tells an operator to serve other machines: one all-in-one process
 //! with `--public-addr A --tls-cert C --tls-key K`, whose embedded TURN server is the lab's relay.
 //! A second lab runs the same command with the media relay (the default): behind two symmetric NATs,
-//! with TURN down, the broadcaster uploads once to the relay's public port and the watcher plays.
+//! with TURN down, the broadcaster uploads once to the relay's public port and the watcher plays; a
+//! watcher in a home that drops all UDP plays over ICE-TCP to the relay's TCP port.
 //! A third shows simulcast: one watcher's home downlink is throttled (`tc`), and the relay moves it
 //! to a lower layer while the other keeps the top one.
 #![allow(clippy::unwrap_used)]
@@ -186,12 +187,17 @@ async fn open_secure(b: &Browser, url: &str) {
 
 #[test]
 fn browsers_behind_symmetric_nats_play_through_the_relay_without_turn() {
-    let lab = Lab::builder().home("bcast", &[Router::symmetric()]).home("watch", &[Router::symmetric()]).build();
+    let lab = Lab::builder()
+        .home("bcast", &[Router::symmetric()])
+        .home("watch", &[Router::symmetric()])
+        .home("noudp", &[Router::symmetric().blocking_udp()])
+        .build();
     let ca = TestCa::new();
     let dir = std::env::temp_dir().join(format!("onair-netlab-relay-{}-{}", std::process::id(), onair_tests::unique()));
     let (cert, key) = ca.issue(&[&PUBLIC_IP.to_string()], "onair lab").write_to(&dir.join("tls"));
     let ca_pem = ca.pem();
     let (bcast, watch_home) = (lab.home("bcast").host.clone(), lab.home("watch").host.clone());
+    let noudp = lab.home("noudp").host.clone();
     let public = lab.public();
     lab.public().block_on(|| async move {
         let onair = start_onair(&dir.join("data"), &cert, &key, "relay").await;
@@ -211,6 +217,19 @@ fn browsers_behind_symmetric_nats_play_through_the_relay_without_turn() {
         // One upload: the broadcaster's only connection is the relay's (the recorder receives from it).
         let pcs = b.eval("return window.onair.pcs().length").await;
         assert_eq!(pcs, json!(1), "the broadcaster should hold one peer connection");
+        // A home that lets no UDP out: ICE-TCP to the relay's passive TCP candidate.
+        let t = Browser::start_in("lab-relay-noudp", &noudp, &ca_pem).await;
+        t.goto(&format!("{base}/watcher")).await;
+        let (p50, all) = first_frames(&t).await;
+        let pair = watcher_pair(&t).await;
+        println!("relay lab, UDP blocked: first frame p50 {p50:.0} ms {all:.0?}; pair {pair}");
+        assert_eq!(
+            (pair["protocol"].as_str(), pair["remoteAddress"].as_str()),
+            (Some("tcp"), Some(PUBLIC_IP.to_string().as_str())),
+            "{pair}"
+        );
+        assert_ne!(pair["local"].as_str(), Some("relay"), "{pair}");
+        leave(&t).await;
         let reg = onair.grpc_url();
         wait_until(LONG, "the recording (from the relay) to hold media", || async {
             recordings_of(&reg, &sid).await.first().is_some_and(|r| r.bytes > 50_000)

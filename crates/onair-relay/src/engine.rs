@@ -35,7 +35,7 @@ const VIDEO_CLOCK: u64 = 90_000;
 /// Datagrams waiting for the engine; more are dropped (and counted).
 const INBOUND_QUEUE: usize = 4096;
 /// A datagram larger than this is not WebRTC (MTU-sized packets are ~1200 bytes).
-const MAX_DATAGRAM: usize = 2048;
+pub(crate) const MAX_DATAGRAM: usize = 2048;
 /// A peer that has not connected within this long is dropped.
 const CONNECT_WITHIN: Duration = Duration::from_secs(30);
 /// A subscriber's bandwidth estimate starts here (it then follows TWCC feedback): enough for a
@@ -97,11 +97,13 @@ pub enum Command {
     },
 }
 
-struct Datagram {
-    data: Vec<u8>,
-    source: SocketAddr,
-    destination: SocketAddr,
-    at: Instant,
+/// A packet from a peer: a UDP datagram, or an ICE-TCP frame (`tcp.rs`).
+pub(crate) struct Datagram {
+    pub(crate) data: Vec<u8>,
+    pub(crate) source: SocketAddr,
+    pub(crate) destination: SocketAddr,
+    pub(crate) at: Instant,
+    pub(crate) proto: Protocol,
 }
 
 type ClientId = u64;
@@ -174,6 +176,8 @@ pub struct Engine {
     crypto: Arc<str0m::config::CryptoProvider>,
     /// When subscribers' estimators were last told what to probe for.
     desired_at: Instant,
+    /// Open ICE-TCP connections.
+    tcp: crate::tcp::TcpConns,
     /// The remote peer of every connection removed (the hub ends a WHIP/WHEP session with it).
     gone: mpsc::UnboundedSender<PeerId>,
 }
@@ -205,6 +209,7 @@ impl Engine {
             streams: HashMap::new(),
             crypto: Arc::new(str0m::crypto::from_feature_flags()),
             desired_at: Instant::now(),
+            tcp: crate::tcp::TcpConns::default(),
             gone,
         };
         (engine, tx, gone_rx)
@@ -216,6 +221,10 @@ impl Engine {
         let mut readers = tokio::task::JoinSet::new();
         for (addr, socket) in &self.sockets.sockets {
             readers.spawn(read_socket(*addr, Arc::clone(socket), dtx.clone(), self.metrics.clone(), stop.clone()));
+        }
+        for (addr, listener) in &self.sockets.listeners {
+            let (conns, metrics) = (self.tcp.clone(), self.metrics.clone());
+            readers.spawn(crate::tcp::accept(Arc::clone(listener), *addr, conns, dtx.clone(), metrics, stop.clone()));
         }
         drop(dtx);
         loop {
@@ -585,10 +594,8 @@ impl Engine {
             self.metrics.dropped_in.inc();
             return;
         };
-        let input = Input::Receive(
-            d.at,
-            Receive { proto: Protocol::Udp, source: d.source, destination: d.destination, contents },
-        );
+        let input =
+            Input::Receive(d.at, Receive { proto: d.proto, source: d.source, destination: d.destination, contents });
         // The peer using this address, else the one a STUN request's USERNAME names: one lookup
         // each, so datagrams from made-up addresses or with made-up ufrags cost no scan.
         let accepts = |id: &ClientId| self.clients.get(id).is_some_and(|c| c.rtc.accepts(&input));
@@ -725,6 +732,14 @@ impl Engine {
                 Output::Timeout(t) => {
                     c.timeout = t;
                     return;
+                }
+                Output::Transmit(t) if t.proto == Protocol::Tcp => {
+                    if self.tcp.send(t.destination, &t.contents) {
+                        self.metrics.datagrams_out.inc();
+                        self.metrics.bytes_out.inc_by(t.contents.len() as u64);
+                    } else {
+                        self.metrics.dropped_out.inc();
+                    }
                 }
                 Output::Transmit(t) => self.transmit(t.source, t.destination, &t.contents),
                 Output::Event(e) => self.event(id, e),
@@ -880,7 +895,7 @@ async fn read_socket(
             metrics.dropped_in.inc();
             continue;
         }
-        let d = Datagram { data: buf[..n].to_vec(), source, destination, at: Instant::now() };
+        let d = Datagram { data: buf[..n].to_vec(), source, destination, at: Instant::now(), proto: Protocol::Udp };
         if tx.try_send(d).is_err() {
             metrics.dropped_in.inc();
         }

@@ -15,6 +15,7 @@ mod layers;
 mod metrics;
 mod net;
 mod sessions;
+mod tcp;
 
 use std::net::IpAddr;
 use std::sync::Arc;

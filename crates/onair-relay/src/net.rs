@@ -1,18 +1,22 @@
 //! The relay's sockets: one UDP socket per local address, all on the same port, so every peer of
 //! the process shares them (str0m is told each datagram's destination, which the socket it came in
-//! on gives without `IP_PKTINFO`), and the ICE candidates announced for them.
+//! on gives without `IP_PKTINFO`), a TCP listener beside each (ICE-TCP, `tcp.rs`), and the ICE
+//! candidates announced for them.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use str0m::Candidate;
-use tokio::net::UdpSocket;
+use str0m::net::TcpType;
+use tokio::net::{TcpListener, UdpSocket};
 
-/// The bound UDP sockets of a relay (one port, one socket per address).
+/// The bound sockets of a relay: one port, a UDP socket and a TCP listener per address.
 #[derive(Debug, Clone)]
 pub struct RelaySockets {
     /// Each socket with its local address (read once: the send path picks a socket per datagram).
     pub(crate) sockets: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    /// The ICE-TCP listeners, on the same addresses and port.
+    pub(crate) listeners: Vec<(SocketAddr, Arc<TcpListener>)>,
     port: u16,
 }
 
@@ -29,6 +33,7 @@ impl RelaySockets {
             let head_addr = head.local_addr()?;
             let chosen = head_addr.port();
             let mut sockets = vec![(head_addr, Arc::new(head))];
+            let mut listeners = Vec::new();
             let mut failed = None;
             for ip in rest {
                 let bound = UdpSocket::bind(SocketAddr::new(*ip, chosen)).await;
@@ -40,8 +45,19 @@ impl RelaySockets {
                     }
                 }
             }
+            // ICE-TCP on the same port of every address.
+            for ip in ips {
+                if failed.is_some() {
+                    break;
+                }
+                let bound = TcpListener::bind(SocketAddr::new(*ip, chosen)).await;
+                match bound.and_then(|l| Ok((l.local_addr()?, Arc::new(l)))) {
+                    Ok(pair) => listeners.push(pair),
+                    Err(e) => failed = Some(e),
+                }
+            }
             match failed {
-                None => return Ok(Self { sockets, port: chosen }),
+                None => return Ok(Self { sockets, listeners, port: chosen }),
                 Some(e) if attempts == 0 => return Err(e),
                 Some(_) => {}
             }
@@ -53,20 +69,21 @@ impl RelaySockets {
         self.port
     }
 
-    /// The local addresses bound.
+    /// The local addresses bound (UDP and TCP alike).
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.sockets.iter().map(|(a, _)| *a).collect()
     }
 }
 
-/// The candidates every peer announces: a host candidate per socket, and with a public address a
-/// server-reflexive one at it for each non-loopback socket (the NAT forwards to that socket).
+/// The candidates every peer announces: a UDP host candidate per socket and a TCP passive one per
+/// listener, and with a public address server-reflexive twins at it for each non-loopback address
+/// (the NAT forwards to that socket). Browsers try TCP only when UDP fails: its priority is lower.
 pub(crate) fn candidates(addrs: &[SocketAddr], public: Option<IpAddr>) -> Vec<Candidate> {
     let mut out = Vec::new();
     for a in addrs {
-        match Candidate::host(*a, "udp") {
-            Ok(c) => out.push(c),
-            Err(e) => tracing::warn!(addr = %a, error = %e, "no host candidate for this address"),
+        match (Candidate::host(*a, "udp"), Candidate::builder().tcp().host(*a).tcptype(TcpType::Passive).build()) {
+            (Ok(u), Ok(t)) => out.extend([u, t]),
+            (Err(e), _) | (_, Err(e)) => tracing::warn!(addr = %a, error = %e, "no host candidate for this address"),
         }
     }
     if let Some(ip) = public {
@@ -75,7 +92,12 @@ pub(crate) fn candidates(addrs: &[SocketAddr], public: Option<IpAddr>) -> Vec<Ca
             if is_local {
                 break;
             }
-            if let Ok(c) = Candidate::server_reflexive(SocketAddr::new(ip, base.port()), *base, "udp") {
+            let public = SocketAddr::new(ip, base.port());
+            if let Ok(c) = Candidate::server_reflexive(public, *base, "udp") {
+                out.push(c);
+            }
+            if let Ok(c) = Candidate::builder().tcp().server_reflexive(public, *base).tcptype(TcpType::Passive).build()
+            {
                 out.push(c);
             }
         }
@@ -92,13 +114,21 @@ mod tests {
         let addrs: Vec<SocketAddr> = vec!["127.0.0.1:4000".parse().unwrap(), "10.0.0.5:4000".parse().unwrap()];
         let c = candidates(&addrs, Some("198.51.100.7".parse().unwrap()));
         let sdp: Vec<String> = c.iter().map(Candidate::to_sdp_string).collect();
-        assert_eq!(c.len(), 3, "{sdp:?}");
-        assert!(sdp[2].contains("198.51.100.7 4000 typ srflx"), "{sdp:?}");
+        assert_eq!(c.len(), 6, "UDP and TCP host candidates for both, reflexive twins of one: {sdp:?}");
+        assert!(sdp[4].contains("udp") && sdp[4].contains("198.51.100.7 4000 typ srflx"), "{sdp:?}");
+        assert!(sdp[5].contains("tcp") && sdp[5].contains("198.51.100.7 4000 typ srflx"), "{sdp:?}");
+        for tcp in [&sdp[1], &sdp[3], &sdp[5]] {
+            assert!(tcp.contains("tcptype passive"), "{sdp:?}");
+        }
     }
 
     #[test]
     fn a_public_address_that_is_local_adds_nothing() {
         let addrs: Vec<SocketAddr> = vec!["198.51.100.7:4000".parse().unwrap()];
-        assert_eq!(candidates(&addrs, Some("198.51.100.7".parse().unwrap())).len(), 1);
+        assert_eq!(
+            candidates(&addrs, Some("198.51.100.7".parse().unwrap())).len(),
+            2,
+            "its UDP and TCP host candidates"
+        );
     }
 }

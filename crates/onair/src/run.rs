@@ -488,6 +488,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         })?;
         let shown: Vec<String> = sockets.addrs().iter().map(ToString::to_string).collect();
         println!("onair: relay media on UDP {}", shown.join(", "));
+        println!("onair: relay ICE-TCP (passive) on TCP {}", shown.join(", "));
         let relay_node = if target == Target::All {
             format!("{node}-relay").parse().map_err(|e| RunError::Config(format!("--node-id: {e}")))?
         } else {
