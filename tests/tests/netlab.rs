@@ -533,6 +533,10 @@ fn a_throttled_watcher_drops_to_a_lower_simulcast_layer_and_keeps_playing() {
         wait_height(&wf, "the open link on the top layer", Duration::from_secs(20), |h| h == top).await;
         assert_advancing(&ws, Duration::from_millis(1000)).await;
         ws.screenshot("simulcast-throttled").await;
+        // The throttle dropped packets; the watcher asked for them again (the relay resends them).
+        let nacks = onair.metric("onair_relay_nacks_received_total").await;
+        println!("NACKs from subscribers so far: {nacks}");
+        assert!(nacks > 0, "no NACK counted although the throttled link lost packets");
 
         throttle(&slow_router, None);
         let freed_at = Instant::now();

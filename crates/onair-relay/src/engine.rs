@@ -32,6 +32,8 @@ use crate::net::{RelaySockets, candidates};
 const KEYFRAME_EVERY: Duration = Duration::from_secs(1);
 /// RTP clock of video.
 const VIDEO_CLOCK: u64 = 90_000;
+/// How often each connection reports its RTP statistics (NACK counts for the metrics).
+const STATS_EVERY: Duration = Duration::from_secs(2);
 /// Datagrams waiting for the engine; more are dropped (and counted).
 const INBOUND_QUEUE: usize = 4096;
 /// A datagram larger than this is not WebRTC (MTU-sized packets are ~1200 bytes).
@@ -132,6 +134,8 @@ struct Client {
     ufrag: String,
     /// A subscriber's video layer and timeline.
     video: Selector,
+    /// NACKs counted so far per media and layer (str0m's statistics are totals).
+    nacks: Vec<(Mid, LayerId, u64)>,
 }
 
 /// The video codec a stream is published in (what its subscribers are offered).
@@ -272,6 +276,7 @@ impl Engine {
             .enable_h264(video != Some(VideoCodec::Vp8))
             .enable_opus(true, false)
             .enable_bwe(estimate)
+            .set_stats_interval(Some(STATS_EVERY))
             .build(Instant::now());
         for c in &self.local {
             rtc.add_local_candidate(c.clone());
@@ -298,6 +303,7 @@ impl Engine {
             timeout: now,
             ufrag,
             video: Selector::new(VIDEO_CLOCK),
+            nacks: Vec::new(),
         };
         self.clients.insert(id, client);
         id
@@ -801,6 +807,15 @@ impl Engine {
                     s.keyframes.want(layer);
                 }
             }
+            // NACKs a subscriber sent us (str0m resends from its buffer), NACKs we sent a publisher.
+            Event::MediaEgressStats(st) => {
+                let new = count_nacks(&mut c.nacks, st.mid, st.rid, st.nacks);
+                self.metrics.nacks_received.inc_by(new);
+            }
+            Event::MediaIngressStats(st) => {
+                let new = count_nacks(&mut c.nacks, st.mid, st.rid, st.nacks);
+                self.metrics.nacks_sent.inc_by(new);
+            }
             Event::EgressBitrateEstimate(
                 ref kind @ (BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. }),
             ) if role == Role::Subscriber => {
@@ -902,6 +917,21 @@ async fn read_socket(
     }
 }
 
+/// Records `total`, the NACK count str0m reports for `mid`/`rid` so far, in `seen`; returns how
+/// many are new since the last report.
+fn count_nacks(seen: &mut Vec<(Mid, LayerId, u64)>, mid: Mid, rid: LayerId, total: u64) -> u64 {
+    if let Some(e) = seen.iter_mut().find(|(m, r, _)| *m == mid && *r == rid) {
+        let new = total.saturating_sub(e.2);
+        e.2 = e.2.max(total);
+        return new;
+    }
+    // A connection has a few media (audio, video, each simulcast layer): bounded by its SDP.
+    if seen.len() < 16 {
+        seen.push((mid, rid, total));
+    }
+    total
+}
+
 /// The video codec an answer of ours chose (the first payload type of its video section); VP8
 /// when it has none.
 fn answered_video(sdp: &str) -> VideoCodec {
@@ -966,6 +996,18 @@ mod tests {
         let vp8 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 108\r\na=rtpmap:108 H264/90000\r\na=rtpmap:96 VP8/90000\r\n";
         assert_eq!(answered_video(vp8), VideoCodec::Vp8);
         assert_eq!(answered_video("v=0\r\nm=audio 9 RTP 111\r\n"), VideoCodec::Vp8, "audio only");
+    }
+
+    #[test]
+    fn nack_totals_become_increments_per_media_and_layer() {
+        let mut seen = Vec::new();
+        let (a, v) = (Mid::from("0"), Mid::from("1"));
+        assert_eq!(count_nacks(&mut seen, v, None, 3), 3);
+        assert_eq!(count_nacks(&mut seen, v, None, 5), 2);
+        assert_eq!(count_nacks(&mut seen, a, None, 1), 1, "another media counts apart");
+        assert_eq!(count_nacks(&mut seen, v, Some("f".into()), 4), 4, "so does another layer");
+        assert_eq!(count_nacks(&mut seen, v, None, 5), 0);
+        assert_eq!(count_nacks(&mut seen, v, None, 2), 0, "a total never goes back");
     }
 
     #[test]

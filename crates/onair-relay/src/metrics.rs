@@ -28,6 +28,10 @@ pub struct RelayMetrics {
     pub keyframe_requests: Counter,
     /// Subscribers moved to another video layer (simulcast), or to a new publisher connection.
     pub layer_switches: Counter,
+    /// NACKs (packets asked again) received from subscribers; str0m resends from its buffer.
+    pub nacks_received: Counter,
+    /// NACKs sent to broadcasters for packets lost on their uplink.
+    pub nacks_sent: Counter,
     /// Subscribers refused because the relay was at --relay-max-subscribers.
     pub refused_full: Counter,
     /// Subscribers dropped after their media connection was silent for --relay-drop-silent-after.
@@ -55,6 +59,16 @@ impl RelayMetrics {
             "relay_layer_switches",
             "Subscribers moved to another video layer (simulcast, by bandwidth) or publisher connection",
             self.layer_switches.clone(),
+        );
+        m.register(
+            "relay_nacks_received",
+            "NACKs (packets asked again) received from subscribers, answered from the send buffer",
+            self.nacks_received.clone(),
+        );
+        m.register(
+            "relay_nacks_sent",
+            "NACKs sent to broadcasters for packets lost on their uplink",
+            self.nacks_sent.clone(),
         );
         m.register(
             "relay_refused_full",
