@@ -18,7 +18,8 @@ LoadBalancer) and with the relay off, then checks every rendered object against 
   ONAIR_RELAY_PORT == containerPort "relay-udp"); ports named *-udp are UDP, the others TCP;
 - the relay: a Deployment with Redis, the registry and signaling URLs, the cluster secret and a fixed
   relay port; ONAIR_RTC_IP from status.podIP on the pod network and unset with hostNetwork; its media
-  port (UDP only) behind a Service only without hostNetwork, with one replica behind a load balancer;
+  port (UDP, and relay-tcp on the same port for ICE-TCP) behind a Service only without hostNetwork,
+  with one replica behind a load balancer; its NetworkPolicy lets both in;
 - writable paths (data dir, the recorder's recordings dir) are on writable mounted volumes;
 - recordings: the recorder (read-write) and the gateway (read-only) mount one shared PersistentVolumeClaim
   at the same ONAIR_RECORDINGS_DIR; the chart's claim is ReadWriteMany; the recorder StatefulSet has no
@@ -554,13 +555,20 @@ def check_services(res, variant, docs, pods):
         for p in s["spec"].get("ports", []):
             name = p.get("name") or ""
             if relay:
-                # The relay: its admin port (TCP), or its media port (UDP) on a Service of its own.
-                res.check(f"{tag}: port {name} is admin or relay-udp", name in ("admin", "relay-udp"))
+                # The relay: its admin port (TCP), or its media port (UDP, and the same port over TCP
+                # for ICE-TCP) on a Service of its own.
+                res.check(f"{tag}: port {name} is admin, relay-udp or relay-tcp",
+                          name in ("admin", "relay-udp", "relay-tcp"))
                 want = "UDP" if name == "relay-udp" else "TCP"
                 res.check(f"{tag}: port {name} is {want}", p.get("protocol", "TCP") == want, f"{p.get('protocol')}")
                 if name == "relay-udp":
-                    others = [q.get("name") for q in s["spec"].get("ports", []) if q.get("name") != name]
-                    res.check(f"{tag}: the relay's media Service carries only relay-udp", not others, f"{others}")
+                    all_ports = s["spec"].get("ports", [])
+                    others = [q.get("name") for q in all_ports if q.get("name") not in (name, "relay-tcp")]
+                    res.check(f"{tag}: the relay's media Service carries only relay-udp and relay-tcp", not others,
+                              f"{others}")
+                    tcp = [q for q in all_ports if q.get("name") == "relay-tcp"]
+                    res.check(f"{tag}: relay-tcp (ICE-TCP) is on relay-udp's port", len(tcp) == 1
+                              and tcp[0].get("port") == p.get("port"), f"{tcp}")
             elif turn:
                 # TURN: its port over TCP and UDP, and the relay ports (UDP, numbered targets).
                 res.check(f"{tag}: port {name} is turn, turn-udp or relay-N",
@@ -688,6 +696,9 @@ def check_policies(res, variant, docs, pods, services, values_np, off=frozenset(
                 udp = [r for r in np["spec"].get("ingress", [])
                        if any(p.get("port") == "relay-udp" and p.get("protocol") == "UDP" for p in r.get("ports", []))]
                 res.check(f"{tag}: lets relay-udp (UDP) in", bool(udp))
+                tcp = [r for r in np["spec"].get("ingress", [])
+                       if any(p.get("port") == "relay-tcp" and p.get("protocol") == "TCP" for p in r.get("ports", []))]
+                res.check(f"{tag}: lets relay-tcp (ICE-TCP) in", bool(tcp))
                 res.check(f"{tag}: no gRPC rule (the relay has no gRPC API)", "grpc" not in allowed)
                 for r in udp:
                     # The recorder receives from the relay: this release's pods may always send to it.

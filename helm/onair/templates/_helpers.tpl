@@ -310,6 +310,12 @@ spec:
         - name: {{ $port }}-udp
           containerPort: {{ index $root.Values.ports $port }}
           protocol: UDP
+        {{- if eq $port "relay" }}
+        # ICE-TCP, for browsers whose network blocks UDP: the same port over TCP.
+        - name: relay-tcp
+          containerPort: {{ index $root.Values.ports $port }}
+          protocol: TCP
+        {{- end }}
         {{- end }}
       livenessProbe:
         httpGet:
