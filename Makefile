@@ -76,6 +76,7 @@ bench: deps
 	ONAIR_BIN=$(CARGO_TARGET_DIR)/release/onair $(CARGO_TARGET_DIR)/release/probe all | tee bench-latest.md
 	ONAIR_BIN=$(CARGO_TARGET_DIR)/release/onair $(CARGO_TARGET_DIR)/release/versus | tee -a bench-latest.md
 	ONAIR_BIN=$(CARGO_TARGET_DIR)/release/onair $(CARGO_TARGET_DIR)/release/relay_bench | tee -a bench-latest.md
+	ONAIR_BIN=$(CARGO_TARGET_DIR)/release/onair $(CARGO_TARGET_DIR)/release/firstframe | tee -a bench-latest.md
 
 clean:
 	cargo clean
