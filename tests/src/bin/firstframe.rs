@@ -18,6 +18,43 @@ use onair_tests::procs::{Proc, free_port, wait_port};
 const WATCHES: usize = 5;
 const TITLE: &str = "First frame";
 
+/// Installed in both pages before the watches: notes when each step of the watch flow happens (an
+/// absolute time, so the two pages' steps line up) by wrapping the WebRTC and WebSocket calls the
+/// pages make. `window.__steps` holds `[step, ms]`.
+const STEPS: &str = "if (window.__stepsOn) return true; window.__stepsOn = true; window.__steps = []; \
+    const note = (s) => window.__steps.push([s, performance.timeOrigin + performance.now()]); \
+    const send = WebSocket.prototype.send; WebSocket.prototype.send = function (d) { \
+      if (typeof d === 'string' && /\"(watch)\"/.test(d)) note('watch sent'); return send.call(this, d); }; \
+    const P = RTCPeerConnection.prototype; \
+    const co = P.createOffer; P.createOffer = function (...a) { note('offer created (broadcaster)'); return co.apply(this, a); }; \
+    const sl = P.setLocalDescription; P.setLocalDescription = async function (...a) { const r = await sl.apply(this, a); \
+      note(this.localDescription.type === 'offer' ? 'offer set (broadcaster)' : 'answer set (watcher)'); return r; }; \
+    const sr = P.setRemoteDescription; P.setRemoteDescription = async function (...a) { \
+      const offer = (a[0] && a[0].type) === 'offer'; if (offer) note('offer at the watcher'); const r = await sr.apply(this, a); \
+      if (!offer) note('answer at the broadcaster'); \
+      this.addEventListener('iceconnectionstatechange', () => { if (this.iceConnectionState === 'connected') note(offer ? 'ICE connected (watcher)' : 'ICE connected (broadcaster)'); }); \
+      this.addEventListener('connectionstatechange', () => { if (this.connectionState === 'connected') note(offer ? 'DTLS connected (watcher)' : 'DTLS connected (broadcaster)'); }); \
+      return r; }; return true;";
+
+/// Clears the watcher's steps and notes the click.
+const CLICK: &str = "window.__steps = [['click', performance.timeOrigin + performance.now()]]";
+
+/// Both pages' steps of the last watch, in order, in ms after the click, with the first frame.
+async fn steps(b: &Browser, w: &Browser, first: f64) -> String {
+    let (sb, sw) = (b.eval("return window.__steps").await, w.eval("return window.__steps").await);
+    let mut all: Vec<(String, f64)> = [sb, sw]
+        .iter()
+        .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+        .filter_map(|s| Some((s[0].as_str()?.to_owned(), s[1].as_f64()?)))
+        .collect();
+    let click = all.iter().find(|(s, _)| s == "click").map_or(0.0, |(_, t)| *t);
+    all.retain(|(s, _)| s != "click");
+    all.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut out: Vec<String> = all.iter().map(|(s, t)| format!("{s} {:.0}", t - click)).collect();
+    out.push(format!("first frame {first:.0}"));
+    out.join(" → ")
+}
+
 async fn fixture() -> Vec<f64> {
     let port = free_port();
     let script = repo_root().join("bench/signaling/firstframe.js").display().to_string();
@@ -31,10 +68,16 @@ async fn fixture() -> Vec<f64> {
     w.goto(&format!("{base}/watch")).await;
     w.wait_for("the fixture's socket", Duration::from_secs(20), "return window.ready === true").await;
     let mut times = Vec::new();
+    for page in [&b, &w] {
+        page.eval(STEPS).await;
+    }
     for _ in 0..WATCHES {
-        w.eval("watch(); return true").await;
+        b.eval("window.__steps = []; return true").await;
+        w.eval(&format!("{CLICK}; watch(); return true")).await;
         let first = w.wait_for("the fixture's first frame", Duration::from_secs(20), "return window.__first").await;
-        times.push(first.as_f64().unwrap());
+        let first = first.as_f64().unwrap();
+        eprintln!("baseline: {}", steps(&b, &w, first).await);
+        times.push(first);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     times
@@ -54,6 +97,9 @@ async fn onair(relay: bool) -> Vec<f64> {
     }
     let w = Browser::start("ff-onair-watcher").await;
     w.goto(&format!("{base}/watcher")).await;
+    for page in [&b, &w] {
+        page.eval(STEPS).await;
+    }
     let mut times = Vec::new();
     for i in 0..WATCHES {
         if i > 0 {
@@ -61,7 +107,11 @@ async fn onair(relay: bool) -> Vec<f64> {
             w.wait_for("the player to stop", Duration::from_secs(20), "return document.getElementById('stage').hidden")
                 .await;
         }
-        times.push(watch(&w, TITLE).await);
+        b.eval("window.__steps = []; return true").await;
+        w.eval(&format!("{CLICK}; return true")).await;
+        let first = watch(&w, TITLE).await;
+        eprintln!("onair ({}): {}", if relay { "relay" } else { "p2p" }, steps(&b, &w, first).await);
+        times.push(first);
     }
     times
 }
