@@ -76,3 +76,15 @@ pub fn test_pattern_mjpeg(path: &Path, width: u32, height: u32) {
         .expect("ffmpeg not installed (make deps installs it)");
     assert!(out.status.success(), "ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The width of the last video frame of `path` (0 when it has none): a recording's resolution at
+/// its end, after any layer switch.
+pub fn last_frame_width(path: &Path) -> u64 {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "frame=width", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe not installed (make deps installs ffmpeg)");
+    assert!(out.status.success(), "ffprobe failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().rev().find_map(|l| l.trim().parse().ok()).unwrap_or(0)
+}

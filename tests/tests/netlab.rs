@@ -479,7 +479,7 @@ fn a_throttled_watcher_drops_to_a_lower_simulcast_layer_and_keeps_playing() {
         let flags = [format!("--use-file-for-fake-video-capture={}", camera.display())];
         let b = Browser::start_in_with("lab-sim-broadcaster", &bcast, &ca_pem, &flags).await;
         open_secure(&b, &format!("{base}/broadcast")).await;
-        b.go_live(&base, TITLE).await;
+        let sid = b.go_live(&base, TITLE).await;
         let layers = wait_until_value(LONG, "the broadcaster to send two layers", || async {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let l = sent_layers(&b).await;
@@ -545,5 +545,12 @@ fn a_throttled_watcher_drops_to_a_lower_simulcast_layer_and_keeps_playing() {
         assert_advancing(&ws, Duration::from_millis(1000)).await;
         let switches = onair.metric("onair_relay_layer_switches_total").await;
         assert!(switches >= 4, "first layers, down and up again: {switches} switches");
+        // The recorder, a subscriber too, records the top layer whatever its estimate.
+        let reg = onair.grpc_url();
+        b.stop_broadcast().await;
+        let rec = finished_recording(&reg, &sid, LONG).await;
+        assert_eq!(rec.state(), pb::RecordingState::Complete, "{rec:?}");
+        let width = media::last_frame_width(&dir.join("data").join("recordings").join(&rec.file_name));
+        assert_eq!(width, 640, "the recording should end on the top layer");
     });
 }

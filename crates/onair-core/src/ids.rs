@@ -108,6 +108,23 @@ id_type!(
     RecordingId
 );
 
+/// What starts the id of a recorder's peer ([`PeerId::recorder`]); generated ids never do (hex).
+const RECORDER_PREFIX: &str = "rec-";
+
+impl PeerId {
+    /// A fresh id for a recorder's peer: relays send such a subscriber a stream's top simulcast
+    /// layer whatever its bandwidth estimate (a recording should be the best copy). Only the
+    /// recorder makes these: browsers and WHIP/WHEP sessions get ids the server generates.
+    pub fn recorder() -> Self {
+        Self(format!("{RECORDER_PREFIX}{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    /// Whether this is a recorder's peer ([`PeerId::recorder`]).
+    pub fn is_recorder(&self) -> bool {
+        self.0.starts_with(RECORDER_PREFIX)
+    }
+}
+
 impl NodeId {
     /// The node's bus channel, `onair:node:{id}`: signaling publishes its deliveries there.
     pub fn channel(&self) -> String {
@@ -125,6 +142,16 @@ mod tests {
         let b = StreamId::generate();
         assert_ne!(a, b);
         assert_eq!(a.as_str().parse::<StreamId>().as_ref(), Ok(&a));
+    }
+
+    #[test]
+    fn recorder_peers_are_valid_ids_that_say_so_and_no_generated_one_does() {
+        let r = PeerId::recorder();
+        assert!(r.is_recorder());
+        assert_eq!(r.as_str().parse::<PeerId>().as_ref(), Ok(&r));
+        for _ in 0..100 {
+            assert!(!PeerId::generate().is_recorder());
+        }
     }
 
     #[test]

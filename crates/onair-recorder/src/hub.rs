@@ -185,7 +185,8 @@ impl Hub {
         }
         self.metrics.started.inc();
         self.metrics.active.inc();
-        let peer = PeerId::generate();
+        // A recorder's peer: a relay sends it the top simulcast layer.
+        let peer = PeerId::recorder();
         let (inbox_tx, inbox) = mpsc::channel(256);
         let token = uuid::Uuid::new_v4().simple().to_string();
         let entry = SessionPeer { inbox: inbox_tx, token: token.clone(), stream: stream.id.clone() };

@@ -548,7 +548,8 @@ impl Engine {
         }
         let Some(s) = self.streams.get(relay) else { return };
         let msid = s.stream.to_string();
-        let mut rtc = self.rtc(Some(video), s.simulcast);
+        // A recorder gets the top layer whatever its bandwidth: no estimate, so nothing picks lower.
+        let mut rtc = self.rtc(Some(video), s.simulcast && !watcher.is_recorder());
         let mut api = rtc.sdp_api();
         let video =
             api.add_media(MediaKind::Video, Direction::SendOnly, Some(msid.clone()), Some("video".into()), None);

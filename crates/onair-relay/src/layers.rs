@@ -195,6 +195,8 @@ impl Selector {
                 self.higher_since = None;
                 best.min(t.saturating_sub(1))
             }
+            // No estimate (a recorder): nothing oscillates, the top layer at once.
+            Some(t) if best > t && self.estimate.is_none() => best,
             // A higher layer fits: up once it has fitted for a while.
             Some(t) if best > t => {
                 let since = *self.higher_since.get_or_insert(now);
@@ -385,6 +387,16 @@ mod tests {
         s.choose(&r, t0 + Duration::from_millis(4500));
         s.set_estimate(5_000_000);
         assert_eq!(s.choose(&r, t0 + Duration::from_millis(5000)), None, "the wait started again");
+    }
+
+    #[test]
+    fn without_an_estimate_the_top_layer_at_once() {
+        let t0 = Instant::now();
+        let mut s = Selector::new(90_000);
+        let one = Ranked(vec![(rid("h"), 100_000)]);
+        assert_eq!(s.choose(&one, t0), Some(rid("h")), "the only layer seen yet");
+        let two = Ranked(vec![(rid("h"), 100_000), (rid("f"), 1_200_000)]);
+        assert_eq!(s.choose(&two, t0), Some(rid("f")), "no hold: nothing to smooth");
     }
 
     #[test]

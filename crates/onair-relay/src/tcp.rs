@@ -6,8 +6,9 @@
 //! goes back through the connection of its destination.
 //!
 //! Bounded like the UDP path: at most [`MAX_CONNECTIONS`] at once, a connection must frame its first
-//! packet within [`FIRST_PACKET_WITHIN`], a frame longer than a datagram closes it, and a peer that
-//! does not read has its packets dropped once [`WRITE_QUEUE`] wait (as a full UDP buffer would).
+//! packet within [`FIRST_PACKET_WITHIN`] and then one at least every [`IDLE_WITHIN`] (a live ICE pair
+//! sends consent checks every few seconds), a frame longer than a datagram closes it, and a peer
+//! that does not read has its packets dropped once [`WRITE_QUEUE`] wait (as a full UDP buffer would).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +28,8 @@ use crate::metrics::RelayMetrics;
 pub const MAX_CONNECTIONS: usize = 4096;
 /// A connection that has not framed a packet within this long is closed.
 const FIRST_PACKET_WITHIN: Duration = Duration::from_secs(5);
+/// A connection silent this long after that is closed (its peer is gone).
+const IDLE_WITHIN: Duration = Duration::from_secs(30);
 /// Packets waiting to be written to one connection; more are dropped.
 const WRITE_QUEUE: usize = 512;
 
@@ -104,17 +107,16 @@ async fn connection(
         let mut first = true;
         loop {
             let mut len = [0u8; 2];
-            let read = rd.read_exact(&mut len);
-            let read = if first {
-                tokio::time::timeout(FIRST_PACKET_WITHIN, read).await.unwrap_or_else(|_| {
-                    metrics.dropped_in.inc();
-                    Err(std::io::ErrorKind::TimedOut.into())
-                })
-            } else {
-                read.await
-            };
-            if read.is_err() {
-                return;
+            let within = if first { FIRST_PACKET_WITHIN } else { IDLE_WITHIN };
+            match tokio::time::timeout(within, rd.read_exact(&mut len)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    if first {
+                        metrics.dropped_in.inc();
+                    }
+                    return;
+                }
             }
             first = false;
             let n = usize::from(u16::from_be_bytes(len));
