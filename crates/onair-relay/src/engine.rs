@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::RelayConfig;
-use crate::layers::{Accept, KeyframeRequests, LayerId, Layers, Selector};
+use crate::layers::{Accept, KeyframeRequests, LayerId, Layers, Ranked, Selector};
 use crate::metrics::RelayMetrics;
 use crate::net::{RelaySockets, candidates};
 
@@ -681,6 +681,9 @@ impl Engine {
         let Some(s) = self.streams.get_mut(relay) else { return };
         let (Some(publisher), Some(mid)) = (s.publisher, s.video_in) else { return };
         let due = s.keyframes.due(now, KEYFRAME_EVERY);
+        if due.is_empty() {
+            return;
+        }
         let Some(c) = self.clients.get_mut(&publisher) else { return };
         for layer in due {
             if let Some(mut writer) = c.rtc.writer(mid)
@@ -713,9 +716,7 @@ impl Engine {
     fn choose_layer(&mut self, id: ClientId, now: Instant) {
         let Some(c) = self.clients.get_mut(&id) else { return };
         let Some(s) = self.streams.get_mut(&c.relay) else { return };
-        let ranked = s.layers.ranked(now);
-        if let Some(layer) = c.video.choose(&ranked, now) {
-            tracing::debug!(peer = %c.remote, ?layer, estimate = ?c.video.estimate(), layers = ?ranked.0, "subscriber wants a new layer");
+        if let Some(layer) = rechoose(c, &s.layers.ranked(now), now) {
             s.keyframes.want(layer);
         }
     }
@@ -740,31 +741,27 @@ impl Engine {
                     c.timeout = t;
                     return;
                 }
-                Output::Transmit(t) if t.proto == Protocol::Tcp => {
-                    if self.tcp.send(t.destination, &t.contents) {
-                        self.metrics.datagrams_out.inc();
-                        self.metrics.bytes_out.inc_by(t.contents.len() as u64);
-                    } else {
-                        self.metrics.dropped_out.inc();
-                    }
-                }
-                Output::Transmit(t) => self.transmit(t.source, t.destination, &t.contents),
+                Output::Transmit(t) => self.transmit(t.proto, t.source, t.destination, &t.contents),
                 Output::Event(e) => self.event(id, e),
             }
         }
     }
 
-    fn transmit(&self, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
-        let socket = self.sockets.sockets.iter().find(|(a, _)| *a == source).or_else(|| self.sockets.sockets.first());
-        let Some((_, socket)) = socket else { return };
-        match socket.try_send_to(data, destination) {
-            Ok(n) => {
-                self.metrics.datagrams_out.inc();
-                self.metrics.bytes_out.inc_by(n as u64);
-            }
-            Err(_) => {
-                self.metrics.dropped_out.inc();
-            }
+    /// Sends `data` to `destination`: over UDP from the socket of `source`, or over the ICE-TCP
+    /// connection from `destination`; counted either way.
+    fn transmit(&self, proto: Protocol, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
+        let sent = if proto == Protocol::Tcp {
+            self.tcp.send(destination, data)
+        } else {
+            let socket =
+                self.sockets.sockets.iter().find(|(a, _)| *a == source).or_else(|| self.sockets.sockets.first());
+            socket.is_some_and(|(_, socket)| socket.try_send_to(data, destination).is_ok())
+        };
+        if sent {
+            self.metrics.datagrams_out.inc();
+            self.metrics.bytes_out.inc_by(data.len() as u64);
+        } else {
+            self.metrics.dropped_out.inc();
         }
     }
 
@@ -854,10 +851,7 @@ impl Engine {
             let time = match &ranked {
                 None => data.time,
                 Some(ranked) => {
-                    if let Some(want) = c.video.choose(ranked, data.network_time) {
-                        tracing::debug!(peer = %c.remote, layer = ?want, estimate = ?c.video.estimate(), layers = ?ranked.0, "subscriber wants a new layer");
-                        wanted.push(want);
-                    }
+                    wanted.extend(rechoose(c, ranked, data.network_time));
                     match c.video.accept(layer, keyframe, data.time.numer(), data.network_time) {
                         Accept::Skip => continue,
                         Accept::Send(t) => MediaTime::new(t, data.time.frequency()),
@@ -916,6 +910,13 @@ async fn read_socket(
             metrics.dropped_in.inc();
         }
     }
+}
+
+/// Re-decides `c`'s video layer among `ranked`: the new one it wants (a keyframe of it is needed).
+fn rechoose(c: &mut Client, ranked: &Ranked, now: Instant) -> Option<LayerId> {
+    let layer = c.video.choose(ranked, now)?;
+    tracing::debug!(peer = %c.remote, ?layer, estimate = ?c.video.estimate(), layers = ?ranked.0, "subscriber wants a new layer");
+    Some(layer)
 }
 
 /// Records `total`, the NACK count str0m reports for `mid`/`rid` so far, in `seen`; returns how

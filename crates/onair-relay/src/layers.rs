@@ -20,7 +20,7 @@ const WINDOW: Duration = Duration::from_secs(1);
 const INACTIVE_AFTER: Duration = Duration::from_millis(1500);
 /// A subscriber moves up a layer only once its estimate has allowed it for this long (a
 /// bandwidth estimate oscillates; moving down happens at once).
-pub const UP_AFTER: Duration = Duration::from_secs(2);
+const UP_AFTER: Duration = Duration::from_secs(2);
 /// A subscriber moves up to a layer when its estimate covers the layer's bitrate plus this share
 /// (in percent) ...
 const UP_HEADROOM_PERCENT: u64 = 15;
