@@ -364,6 +364,12 @@ pub async fn watch(w: &Browser, title: &str) -> f64 {
     first.as_f64().unwrap()
 }
 
+/// Clicks Leave on the watcher page and waits for the player to close.
+pub async fn leave(w: &Browser) {
+    w.eval("document.getElementById('leave').click(); return true").await;
+    w.wait_for("the player to stop", Duration::from_secs(30), "return document.getElementById('stage').hidden").await;
+}
+
 /// The median.
 pub fn p50(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

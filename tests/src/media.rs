@@ -4,15 +4,21 @@ use std::path::Path;
 
 use serde_json::Value;
 
-/// `ffprobe -show_streams -show_format` as JSON.
-pub fn probe(path: &Path) -> Value {
+/// `ffprobe -v error ARGS path`'s output; panics saying why when it fails.
+fn ffprobe(args: &[&str], path: &Path) -> Vec<u8> {
     let out = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-show_streams", "-show_format", "-of", "json"])
+        .args(["-v", "error"])
+        .args(args)
         .arg(path)
         .output()
         .expect("ffprobe not installed (make deps installs ffmpeg)");
     assert!(out.status.success(), "ffprobe failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    out.stdout
+}
+
+/// `ffprobe -show_streams -show_format` as JSON.
+pub fn probe(path: &Path) -> Value {
+    serde_json::from_slice(&ffprobe(&["-show_streams", "-show_format", "-of", "json"], path)).unwrap()
 }
 
 /// Codec names of the streams, e.g. `["vp8", "opus"]` (sorted).
@@ -80,11 +86,6 @@ pub fn test_pattern_mjpeg(path: &Path, width: u32, height: u32) {
 /// The width of the last video frame of `path` (0 when it has none): a recording's resolution at
 /// its end, after any layer switch.
 pub fn last_frame_width(path: &Path) -> u64 {
-    let out = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "frame=width", "-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .expect("ffprobe not installed (make deps installs ffmpeg)");
-    assert!(out.status.success(), "ffprobe failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().rev().find_map(|l| l.trim().parse().ok()).unwrap_or(0)
+    let out = ffprobe(&["-select_streams", "v:0", "-show_entries", "frame=width", "-of", "csv=p=0"], path);
+    String::from_utf8_lossy(&out).lines().rev().find_map(|l| l.trim().parse().ok()).unwrap_or(0)
 }

@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use onair_proto::v1 as pb;
-use onair_tests::browser::Browser;
+use onair_tests::browser::{Browser, leave};
 use onair_tests::netlab::{Lab, Netns, PUBLIC_IP, Router};
 use onair_tests::registry::{finished_recording, recordings_of};
 use onair_tests::tls::TestCa;
@@ -123,11 +123,6 @@ async fn assert_advancing(w: &Browser, over: Duration) {
     assert!(t2 > t1, "{}: currentTime does not advance ({t1} → {t2})", w.name);
 }
 
-async fn leave(w: &Browser) {
-    w.eval("document.getElementById('leave').click(); return true").await;
-    w.wait_for("the player to stop", LONG, "return document.getElementById('stage').hidden").await;
-}
-
 /// Three watches (click → first frame), the p50 and all of them.
 async fn first_frames(w: &Browser) -> (f64, Vec<f64>) {
     let mut times = vec![];
@@ -170,6 +165,26 @@ async fn start_onair(data: &std::path::Path, cert: &std::path::Path, key: &std::
     onair
 }
 
+/// A fresh working directory (`<tag>-<pid>-<n>`) holding a certificate for the public host issued by a
+/// new test CA: the directory, the certificate and key files, and the CA's PEM (for the browsers).
+fn lab_tls(tag: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf, String) {
+    let ca = TestCa::new();
+    let dir = std::env::temp_dir().join(format!("{tag}-{}-{}", std::process::id(), onair_tests::unique()));
+    let (cert, key) = ca.issue(&[&PUBLIC_IP.to_string()], "onair lab").write_to(&dir.join("tls"));
+    (dir, cert, key, ca.pem())
+}
+
+/// A Chromium in `home` opens the watcher page and watches three times ([`first_frames`]); prints
+/// `what` with the first frames and the selected pair, and returns the browser and that pair.
+async fn watcher_in(name: &str, home: &Netns, ca_pem: &str, base: &str, what: &str) -> (Browser, Value) {
+    let w = Browser::start_in(name, home, ca_pem).await;
+    w.goto(&format!("{base}/watcher")).await;
+    let (p50, all) = first_frames(&w).await;
+    let pair = watcher_pair(&w).await;
+    println!("{what}: first frame p50 {p50:.0} ms {all:.0?}; pair {pair}");
+    (w, pair)
+}
+
 /// Opens `page` on a fresh Chromium in a home; the first navigation can race the home's network
 /// set-up on a loaded machine (an error page), so it is retried before the context is judged.
 async fn open_secure(b: &Browser, url: &str) {
@@ -192,10 +207,7 @@ fn browsers_behind_symmetric_nats_play_through_the_relay_without_turn() {
         .home("watch", &[Router::symmetric()])
         .home("noudp", &[Router::symmetric().blocking_udp()])
         .build();
-    let ca = TestCa::new();
-    let dir = std::env::temp_dir().join(format!("onair-netlab-relay-{}-{}", std::process::id(), onair_tests::unique()));
-    let (cert, key) = ca.issue(&[&PUBLIC_IP.to_string()], "onair lab").write_to(&dir.join("tls"));
-    let ca_pem = ca.pem();
+    let (dir, cert, key, ca_pem) = lab_tls("onair-netlab-relay");
     let (bcast, watch_home) = (lab.home("bcast").host.clone(), lab.home("watch").host.clone());
     let noudp = lab.home("noudp").host.clone();
     let public = lab.public();
@@ -207,22 +219,15 @@ fn browsers_behind_symmetric_nats_play_through_the_relay_without_turn() {
         let b = Browser::start_in("lab-relay-broadcaster", &bcast, &ca_pem).await;
         open_secure(&b, &format!("{base}/broadcast")).await;
         let sid = b.go_live(&base, TITLE).await;
-        let w = Browser::start_in("lab-relay-watcher", &watch_home, &ca_pem).await;
-        w.goto(&format!("{base}/watcher")).await;
-        let (p50, all) = first_frames(&w).await;
-        let pair = watcher_pair(&w).await;
-        println!("relay lab (symmetric NAT → relay → symmetric NAT, TURN down): first frame p50 {p50:.0} ms {all:.0?}; pair {pair}");
+        let what = "relay lab (symmetric NAT → relay → symmetric NAT, TURN down)";
+        let (_w, pair) = watcher_in("lab-relay-watcher", &watch_home, &ca_pem, &base, what).await;
         assert_eq!(pair["remoteAddress"].as_str(), Some(PUBLIC_IP.to_string().as_str()), "{pair}");
         assert_ne!(pair["local"].as_str(), Some("relay"), "{pair}");
         // One upload: the broadcaster's only connection is the relay's (the recorder receives from it).
         let pcs = b.eval("return window.onair.pcs().length").await;
         assert_eq!(pcs, json!(1), "the broadcaster should hold one peer connection");
         // A home that lets no UDP out: ICE-TCP to the relay's passive TCP candidate.
-        let t = Browser::start_in("lab-relay-noudp", &noudp, &ca_pem).await;
-        t.goto(&format!("{base}/watcher")).await;
-        let (p50, all) = first_frames(&t).await;
-        let pair = watcher_pair(&t).await;
-        println!("relay lab, UDP blocked: first frame p50 {p50:.0} ms {all:.0?}; pair {pair}");
+        let (t, pair) = watcher_in("lab-relay-noudp", &noudp, &ca_pem, &base, "relay lab, UDP blocked").await;
         assert_eq!(
             (pair["protocol"].as_str(), pair["remoteAddress"].as_str()),
             (Some("tcp"), Some(PUBLIC_IP.to_string().as_str())),
@@ -249,10 +254,7 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
         .home("noudp", &[Router::symmetric().blocking_udp()])
         .home("roam", &[Router::symmetric(), Router::symmetric()])
         .build();
-    let ca = TestCa::new();
-    let dir = std::env::temp_dir().join(format!("onair-netlab-{}-{}", std::process::id(), onair_tests::unique()));
-    let (cert, key) = ca.issue(&[&PUBLIC_IP.to_string()], "onair lab").write_to(&dir.join("tls"));
-    let ca_pem = ca.pem();
+    let (dir, cert, key, ca_pem) = lab_tls("onair-netlab");
     let homes = |name: &str| lab.home(name).host.clone();
     let (bcast, watch_home, noudp, roam) = (homes("bcast"), homes("watch"), homes("noudp"), homes("roam"));
     let lab_ref = &lab;
@@ -272,11 +274,8 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
         let reg = onair.grpc_url();
 
         // 1. A watcher behind symmetric NAT 2 plays, through the relay.
-        let w = Browser::start_in("lab-watcher", &watch_home, &ca_pem).await;
-        w.goto(&format!("{base}/watcher")).await;
-        let (p50, all) = first_frames(&w).await;
-        let pair = watcher_pair(&w).await;
-        println!("case 1 (symmetric NAT ↔ symmetric NAT): first frame p50 {p50:.0} ms {all:.0?}; pair {pair}");
+        let what = "case 1 (symmetric NAT ↔ symmetric NAT)";
+        let (w, pair) = watcher_in("lab-watcher", &watch_home, &ca_pem, &base, what).await;
         assert!(
             pair["local"] == "relay" || pair["remote"] == "relay",
             "two symmetric NATs connected without the relay: {pair}"
@@ -299,22 +298,15 @@ fn browsers_behind_nats_play_record_and_roam_through_turn() {
         drop(w);
 
         // 3. A watcher in the UDP-blocked home: TURN over TCP.
-        let w = Browser::start_in("lab-noudp", &noudp, &ca_pem).await;
-        w.goto(&format!("{base}/watcher")).await;
-        let (p50, all) = first_frames(&w).await;
-        let pair = watcher_pair(&w).await;
-        println!("case 3 (UDP blocked): first frame p50 {p50:.0} ms {all:.0?}; pair {pair}");
+        let (w, pair) = watcher_in("lab-noudp", &noudp, &ca_pem, &base, "case 3 (UDP blocked)").await;
         assert_eq!((pair["local"].as_str(), pair["relayProtocol"].as_str()), (Some("relay"), Some("tcp")), "{pair}");
         leave(&w).await;
         let no_udp = w;
         println!("cases 1-3 done at {:.0} s", started.elapsed().as_secs_f64());
 
         // 4. A watcher whose network changes mid-stream keeps playing after an ICE restart.
-        let w = Browser::start_in("lab-roamer", &roam, &ca_pem).await;
-        w.goto(&format!("{base}/watcher")).await;
-        let (p50, all) = first_frames(&w).await;
-        let before = watcher_pair(&w).await;
-        println!("case 4 (roaming), before the move: first frame p50 {p50:.0} ms {all:.0?}; pair {before}");
+        let what = "case 4 (roaming), before the move";
+        let (w, before) = watcher_in("lab-roamer", &roam, &ca_pem, &base, what).await;
         w.screenshot("roam-before").await;
         let restarts = w.eval("return window.onair.state.iceRestarts").await.as_u64().unwrap();
         println!("case 4: ICE restarts before the move: {restarts}; ICE states: {}", w.eval("return window.__ice").await);
@@ -462,10 +454,7 @@ fn a_throttled_watcher_drops_to_a_lower_simulcast_layer_and_keeps_playing() {
         .home("fast", &[Router::cone()])
         .home("slow", &[Router::cone()])
         .build();
-    let ca = TestCa::new();
-    let dir = std::env::temp_dir().join(format!("onair-netlab-sim-{}-{}", std::process::id(), onair_tests::unique()));
-    let (cert, key) = ca.issue(&[&PUBLIC_IP.to_string()], "onair lab").write_to(&dir.join("tls"));
-    let ca_pem = ca.pem();
+    let (dir, cert, key, ca_pem) = lab_tls("onair-netlab-sim");
     let homes = |name: &str| lab.home(name).host.clone();
     let (bcast, fast, slow) = (homes("bcast"), homes("fast"), homes("slow"));
     let slow_router = lab.home("slow").routers[0].clone();

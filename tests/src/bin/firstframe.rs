@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use onair_tests::browser::{Browser, p50, watch};
+use onair_tests::browser::{Browser, leave, p50, watch};
 use onair_tests::cluster::{Cluster, repo_root};
 use onair_tests::procs::{Proc, free_port, wait_port};
 
@@ -103,9 +103,7 @@ async fn onair(relay: bool) -> Vec<f64> {
     let mut times = Vec::new();
     for i in 0..WATCHES {
         if i > 0 {
-            w.eval("document.getElementById('leave').click(); return true").await;
-            w.wait_for("the player to stop", Duration::from_secs(20), "return document.getElementById('stage').hidden")
-                .await;
+            leave(&w).await;
         }
         b.eval("window.__steps = []; return true").await;
         w.eval(&format!("{CLICK}; return true")).await;
