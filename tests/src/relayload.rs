@@ -59,6 +59,8 @@ pub struct ServerUsage {
     pub cpu_seconds: f64,
     /// Datagrams it sent in the window (`onair_relay_datagrams_out_total`).
     pub datagrams_out: u64,
+    /// System calls those took (`onair_relay_send_calls_total`: a segmented send carries several).
+    pub send_calls: u64,
     /// Its RSS before the first subscriber, KiB.
     pub rss_before_kib: u64,
     /// Its RSS at the end of the window, KiB.
@@ -90,9 +92,11 @@ pub struct LoadReport {
     pub silenced_at: Option<Duration>,
 }
 
-async fn datagrams_out(admin: u16) -> u64 {
+/// The relay's datagrams sent and the system calls they took, so far.
+async fn datagrams_out(admin: u16) -> (u64, u64) {
     let (_, body) = crate::procs::http_get(admin, "/metrics").await;
-    crate::procs::metric(&body, "onair_relay_datagrams_out_total").unwrap_or(0)
+    let count = |name| crate::procs::metric(&body, name).unwrap_or(0);
+    (count("onair_relay_datagrams_out_total"), count("onair_relay_send_calls_total"))
 }
 
 impl LoadReport {
@@ -158,7 +162,7 @@ fn new_rtc(local: SocketAddr) -> Rtc {
 pub async fn run(port: u16, cfg: &LoadConfig) -> LoadReport {
     let (cmd_tx, mut cmds) = mpsc::channel::<Cmd>(1024);
     let rss_before = cfg.server.map_or(0, |(pid, _)| crate::procs::proc_usage(pid).1);
-    let mut window_start_usage = (0u64, 0u64);
+    let mut window_start_usage = (0u64, (0u64, 0u64));
     let (dgram_tx, mut dgrams) = mpsc::channel::<(usize, Vec<u8>, SocketAddr, Instant)>(65_536);
 
     // The publisher's signaling.
@@ -333,9 +337,11 @@ pub async fn run(port: u16, cfg: &LoadConfig) -> LoadReport {
         let (ticks, rss) = crate::procs::proc_usage(pid);
         #[allow(clippy::cast_precision_loss)]
         let cpu_seconds = ticks.saturating_sub(window_start_usage.0) as f64 / 100.0;
+        let (datagrams, calls) = datagrams_out(admin).await;
         report.server = ServerUsage {
             cpu_seconds,
-            datagrams_out: datagrams_out(admin).await.saturating_sub(window_start_usage.1),
+            datagrams_out: datagrams.saturating_sub(window_start_usage.1.0),
+            send_calls: calls.saturating_sub(window_start_usage.1.1),
             rss_before_kib: rss_before,
             rss_after_kib: rss,
             seconds: since.elapsed().as_secs_f64(),

@@ -18,6 +18,7 @@ use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,7 @@ use crate::RelayConfig;
 use crate::layers::{Accept, KeyframeRequests, LayerId, Layers, Ranked, Selector};
 use crate::metrics::RelayMetrics;
 use crate::net::{RelaySockets, candidates};
+use crate::outbox::Outbox;
 
 /// At most one keyframe request per second per layer goes to a stream's broadcaster (however
 /// many subscribers ask), as mediasoup does.
@@ -43,6 +45,10 @@ const CONNECT_WITHIN: Duration = Duration::from_secs(30);
 /// A subscriber's bandwidth estimate starts here (it then follows TWCC feedback): enough for a
 /// browser's top simulcast layer of a typical camera, so most start on it.
 const INITIAL_ESTIMATE_BPS: u64 = 1_500_000;
+/// Video packets each subscriber's connection keeps to answer NACKs from (str0m's default, 1 000,
+/// is 8 s of a 1 Mbit/s stream and most of a subscriber's memory); 400 is over a second of a
+/// 3 Mbit/s top layer, many round trips.
+const SEND_BUFFER_VIDEO: usize = 400;
 /// How often subscribers' estimators are told the rate of the stream's top layer (what they probe for).
 const DESIRED_EVERY: Duration = Duration::from_secs(1);
 
@@ -182,6 +188,8 @@ pub struct Engine {
     desired_at: Instant,
     /// Open ICE-TCP connections.
     tcp: crate::tcp::TcpConns,
+    /// What the peer being polled transmits, sent when its poll ends.
+    outbox: Outbox,
     /// The remote peer of every connection removed (the hub ends a WHIP/WHEP session with it).
     gone: mpsc::UnboundedSender<PeerId>,
 }
@@ -214,6 +222,7 @@ impl Engine {
             crypto: Arc::new(str0m::crypto::from_feature_flags()),
             desired_at: Instant::now(),
             tcp: crate::tcp::TcpConns::default(),
+            outbox: Outbox::default(),
             gone,
         };
         (engine, tx, gone_rx)
@@ -256,26 +265,41 @@ impl Engine {
                 () = tokio::time::sleep(sleep) => {}
             }
             self.tick(Instant::now());
+            self.flush();
         }
         for c in self.clients.values_mut() {
             c.rtc.disconnect();
         }
+        self.flush();
         readers.abort_all();
     }
 
     /// A new connection with Opus and `video` (`None`: VP8 and H.264, for offers we answer); with
     /// `estimate`, it estimates its bandwidth (TWCC), which picks a subscriber's simulcast layer.
     /// Only then: with one layer there is nothing to pick, and str0m paces what it sends to the
-    /// estimate (added latency, and CPU for every feedback report).
-    fn rtc(&self, video: Option<VideoCodec>, estimate: bool) -> Rtc {
+    /// estimate (added latency, and CPU for every feedback report). A subscriber that does not
+    /// estimate is not offered transport-wide sequence numbers, so it sends no feedback to
+    /// process; a publisher is (the broadcaster's encoder adapts to our feedback).
+    fn rtc(&self, video: Option<VideoCodec>, role: Role, estimate: bool) -> Rtc {
+        let mut builder = Rtc::builder();
+        if role == Role::Subscriber && !estimate {
+            let mut exts = ExtensionMap::empty();
+            for (id, ext) in ExtensionMap::standard().iter() {
+                if *ext != Extension::TransportSequenceNumber {
+                    exts.set(id, ext.clone());
+                }
+            }
+            builder = builder.set_extension_map(exts);
+        }
         let estimate = estimate.then(|| Bitrate::bps(INITIAL_ESTIMATE_BPS));
-        let mut rtc = Rtc::builder()
+        let mut rtc = builder
             .set_crypto_provider(Arc::clone(&self.crypto))
             .clear_codecs()
             .enable_vp8(video != Some(VideoCodec::H264))
             .enable_h264(video != Some(VideoCodec::Vp8))
             .enable_opus(true, false)
             .enable_bwe(estimate)
+            .set_send_buffer_video(SEND_BUFFER_VIDEO)
             .set_stats_interval(Some(STATS_EVERY))
             .build(Instant::now());
         for c in &self.local {
@@ -449,7 +473,7 @@ impl Engine {
         if let Some(id) = current {
             self.remove_client(id);
         }
-        let Some((rtc, answer)) = self.accept(&sdp, from, None, false) else { return };
+        let Some((rtc, answer)) = self.accept(&sdp, from, None, Role::Publisher, false) else { return };
         let id = self.add_client(rtc, relay, from, Role::Publisher);
         self.learn_candidates(id, sdp_candidates(&sdp));
         let answer = answer.to_sdp_string();
@@ -506,9 +530,16 @@ impl Engine {
 
     /// A new connection (with `video`, see [`Engine::rtc`]) that accepted `sdp`, an offer of
     /// `from`, and its answer.
-    fn accept(&self, sdp: &str, from: &PeerId, video: Option<VideoCodec>, estimate: bool) -> Option<(Rtc, SdpAnswer)> {
+    fn accept(
+        &self,
+        sdp: &str,
+        from: &PeerId,
+        video: Option<VideoCodec>,
+        role: Role,
+        estimate: bool,
+    ) -> Option<(Rtc, SdpAnswer)> {
         let offer = SdpOffer::from_sdp_string(sdp).ok()?;
-        let mut rtc = self.rtc(video, estimate);
+        let mut rtc = self.rtc(video, role, estimate);
         match rtc.sdp_api().accept_offer(offer) {
             Ok(answer) => Some((rtc, answer)),
             Err(e) => {
@@ -549,7 +580,7 @@ impl Engine {
         let Some(s) = self.streams.get(relay) else { return };
         let msid = s.stream.to_string();
         // A recorder gets the top layer whatever its bandwidth: no estimate, so nothing picks lower.
-        let mut rtc = self.rtc(Some(video), s.simulcast && !watcher.is_recorder());
+        let mut rtc = self.rtc(Some(video), Role::Subscriber, s.simulcast && !watcher.is_recorder());
         let mut api = rtc.sdp_api();
         let video =
             api.add_media(MediaKind::Video, Direction::SendOnly, Some(msid.clone()), Some("video".into()), None);
@@ -584,7 +615,7 @@ impl Engine {
         }
         // The stream's codec when known, so the watcher's answer cannot pick one it is not sent in.
         let (video, simulcast) = self.streams.get(relay).map_or((None, false), |s| (s.video, s.simulcast));
-        let Some((rtc, answer)) = self.accept(&sdp, watcher, video, simulcast) else { return };
+        let Some((rtc, answer)) = self.accept(&sdp, watcher, video, Role::Subscriber, simulcast) else { return };
         let id = self.add_client(rtc, relay, watcher, Role::Subscriber);
         self.learn_candidates(id, sdp_candidates(&sdp));
         if let Some(s) = self.streams.get_mut(relay) {
@@ -721,8 +752,22 @@ impl Engine {
         }
     }
 
-    /// Sends what a peer transmits and handles its events, until it only has a timeout left.
+    /// Queues what a peer transmits (sent at the end of the engine's turn, or when the outbox is
+    /// full) and handles its events, until it only has a timeout left.
     fn poll(&mut self, id: ClientId) {
+        self.drive(id);
+        if self.outbox.len() >= crate::outbox::FLUSH_AT {
+            self.flush();
+        }
+    }
+
+    /// Sends what the peers transmitted.
+    fn flush(&mut self) {
+        self.outbox.flush(&self.sockets, &self.tcp, &self.metrics);
+    }
+
+    /// [`Engine::poll`] without the flush.
+    fn drive(&mut self, id: ClientId) {
         for _ in 0..10_000 {
             let Some(c) = self.clients.get_mut(&id) else { return };
             if !c.rtc.is_alive() {
@@ -741,27 +786,9 @@ impl Engine {
                     c.timeout = t;
                     return;
                 }
-                Output::Transmit(t) => self.transmit(t.proto, t.source, t.destination, &t.contents),
+                Output::Transmit(t) => self.outbox.push(t.proto, t.source, t.destination, t.contents.into()),
                 Output::Event(e) => self.event(id, e),
             }
-        }
-    }
-
-    /// Sends `data` to `destination`: over UDP from the socket of `source`, or over the ICE-TCP
-    /// connection from `destination`; counted either way.
-    fn transmit(&self, proto: Protocol, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
-        let sent = if proto == Protocol::Tcp {
-            self.tcp.send(destination, data)
-        } else {
-            let socket =
-                self.sockets.sockets.iter().find(|(a, _)| *a == source).or_else(|| self.sockets.sockets.first());
-            socket.is_some_and(|(_, socket)| socket.try_send_to(data, destination).is_ok())
-        };
-        if sent {
-            self.metrics.datagrams_out.inc();
-            self.metrics.bytes_out.inc_by(data.len() as u64);
-        } else {
-            self.metrics.dropped_out.inc();
         }
     }
 

@@ -14,6 +14,7 @@ mod hub;
 mod layers;
 mod metrics;
 mod net;
+mod outbox;
 mod sessions;
 mod tcp;
 

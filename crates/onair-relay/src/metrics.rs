@@ -20,6 +20,8 @@ pub struct RelayMetrics {
     pub datagrams_out: Counter,
     /// Bytes sent.
     pub bytes_out: Counter,
+    /// System calls that sent datagrams (one segmented UDP send carries several).
+    pub send_calls: Counter,
     /// Datagrams dropped on arrival: unparsable, or from an address and ufrag no peer knows.
     pub dropped_in: Counter,
     /// Datagrams not sent because the socket's buffer was full.
@@ -48,6 +50,11 @@ impl RelayMetrics {
         m.register("relay_datagrams_in", "UDP datagrams received", self.datagrams_in.clone());
         m.register("relay_datagrams_out", "UDP datagrams sent", self.datagrams_out.clone());
         m.register("relay_bytes_out", "Bytes sent", self.bytes_out.clone());
+        m.register(
+            "relay_send_calls",
+            "System calls that sent datagrams (one segmented UDP send carries several)",
+            self.send_calls.clone(),
+        );
         m.register(
             "relay_dropped_in",
             "Datagrams dropped on arrival (unparsable, or no peer has their address or ufrag)",
