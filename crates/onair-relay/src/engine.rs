@@ -45,10 +45,17 @@ const CONNECT_WITHIN: Duration = Duration::from_secs(30);
 /// A subscriber's bandwidth estimate starts here (it then follows TWCC feedback): enough for a
 /// browser's top simulcast layer of a typical camera, so most start on it.
 const INITIAL_ESTIMATE_BPS: u64 = 1_500_000;
-/// Video packets each subscriber's connection keeps to answer NACKs from (str0m's default, 1 000,
-/// is 8 s of a 1 Mbit/s stream and most of a subscriber's memory); 400 is over a second of a
-/// 3 Mbit/s top layer, many round trips.
+/// Video packets a subscriber's connection keeps to answer NACKs from, at most (str0m's default
+/// is 1 000); 400 is over a second of a 3 Mbit/s stream.
 const SEND_BUFFER_VIDEO: usize = 400;
+/// Audio packets kept for NACKs (str0m's default: a second of 20 ms frames).
+const SEND_BUFFER_AUDIO: usize = 50;
+/// How long a sent packet is kept for NACKs (str0m's default, 3 s, is most of a subscriber's
+/// memory): a packet not asked again within a second is for a frame the watcher's jitter buffer
+/// has given up on (it asks for a keyframe instead).
+const NACK_WINDOW: Duration = Duration::from_secs(1);
+/// str0m's default: queued resends are dropped when they pass this share of what is sent.
+const RTX_RATIO_CAP: f32 = 0.15;
 /// How often subscribers' estimators are told the rate of the stream's top layer (what they probe for).
 const DESIRED_EVERY: Duration = Duration::from_secs(1);
 
@@ -169,6 +176,14 @@ struct StreamState {
     keyframes: KeyframeRequests,
 }
 
+impl StreamState {
+    /// Whether `watcher`'s connection estimates its bandwidth: on a simulcast stream, to pick its
+    /// layer; a recorder gets the top layer whatever its bandwidth, so nothing picks lower.
+    fn estimates_for(&self, watcher: &PeerId) -> bool {
+        self.simulcast && !watcher.is_recorder()
+    }
+}
+
 /// The relay's media engine.
 pub struct Engine {
     sockets: RelaySockets,
@@ -265,7 +280,6 @@ impl Engine {
                 () = tokio::time::sleep(sleep) => {}
             }
             self.tick(Instant::now());
-            self.flush();
         }
         for c in self.clients.values_mut() {
             c.rtc.disconnect();
@@ -299,7 +313,6 @@ impl Engine {
             .enable_h264(video != Some(VideoCodec::Vp8))
             .enable_opus(true, false)
             .enable_bwe(estimate)
-            .set_send_buffer_video(SEND_BUFFER_VIDEO)
             .set_stats_interval(Some(STATS_EVERY))
             .build(Instant::now());
         for c in &self.local {
@@ -579,8 +592,7 @@ impl Engine {
         }
         let Some(s) = self.streams.get(relay) else { return };
         let msid = s.stream.to_string();
-        // A recorder gets the top layer whatever its bandwidth: no estimate, so nothing picks lower.
-        let mut rtc = self.rtc(Some(video), Role::Subscriber, s.simulcast && !watcher.is_recorder());
+        let mut rtc = self.rtc(Some(video), Role::Subscriber, s.estimates_for(watcher));
         let mut api = rtc.sdp_api();
         let video =
             api.add_media(MediaKind::Video, Direction::SendOnly, Some(msid.clone()), Some("video".into()), None);
@@ -614,8 +626,8 @@ impl Engine {
             return;
         }
         // The stream's codec when known, so the watcher's answer cannot pick one it is not sent in.
-        let (video, simulcast) = self.streams.get(relay).map_or((None, false), |s| (s.video, s.simulcast));
-        let Some((rtc, answer)) = self.accept(&sdp, watcher, video, Role::Subscriber, simulcast) else { return };
+        let (video, estimate) = self.streams.get(relay).map_or((None, false), |s| (s.video, s.estimates_for(watcher)));
+        let Some((rtc, answer)) = self.accept(&sdp, watcher, video, Role::Subscriber, estimate) else { return };
         let id = self.add_client(rtc, relay, watcher, Role::Subscriber);
         self.learn_candidates(id, sdp_candidates(&sdp));
         if let Some(s) = self.streams.get_mut(relay) {
@@ -752,13 +764,10 @@ impl Engine {
         }
     }
 
-    /// Queues what a peer transmits (sent at the end of the engine's turn, or when the outbox is
-    /// full) and handles its events, until it only has a timeout left.
+    /// Sends what a peer transmits and handles its events, until it only has a timeout left.
     fn poll(&mut self, id: ClientId) {
         self.drive(id);
-        if self.outbox.len() >= crate::outbox::FLUSH_AT {
-            self.flush();
-        }
+        self.flush();
     }
 
     /// Sends what the peers transmitted.
@@ -766,7 +775,7 @@ impl Engine {
         self.outbox.flush(&self.sockets, &self.tcp, &self.metrics);
     }
 
-    /// [`Engine::poll`] without the flush.
+    /// [`Engine::poll`], but what the peer transmits stays in the outbox.
     fn drive(&mut self, id: ClientId) {
         for _ in 0..10_000 {
             let Some(c) = self.clients.get_mut(&id) else { return };
@@ -799,6 +808,16 @@ impl Engine {
             Event::Connected => {
                 c.connected = true;
                 tracing::debug!(peer = %c.remote, ?role, "peer connected");
+                // str0m's bandwidth probes resend from the cache: an estimating subscriber keeps the default.
+                let estimates = self.streams.get(&relay).is_some_and(|s| s.estimates_for(&c.remote));
+                if role == Role::Subscriber && !estimates {
+                    for (mid, kind) in c.mids.clone() {
+                        let size = if kind == MediaKind::Video { SEND_BUFFER_VIDEO } else { SEND_BUFFER_AUDIO };
+                        if let Some(tx) = c.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                            tx.set_rtx_cache(size, NACK_WINDOW, Some(RTX_RATIO_CAP));
+                        }
+                    }
+                }
                 if role == Role::Subscriber {
                     self.choose_layer(id, Instant::now());
                 }
@@ -899,8 +918,13 @@ impl Engine {
                 }
                 Err(e) => tracing::debug!(error = %e, "subscriber write failed"),
             }
-            self.poll(id);
+            // Every subscriber's copy goes out together (one sendmmsg), once all are written.
+            self.drive(id);
+            if self.outbox.len() >= crate::outbox::FLUSH_AT {
+                self.flush();
+            }
         }
+        self.flush();
         if let Some(s) = self.streams.get_mut(relay) {
             for layer in wanted {
                 s.keyframes.want(layer);
