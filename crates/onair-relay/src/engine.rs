@@ -669,6 +669,8 @@ impl Engine {
     /// Drives time in every peer that is due, requests keyframes that are due, drops dead peers.
     fn tick(&mut self, now: Instant) {
         let due: Vec<ClientId> = self.clients.iter().filter(|(_, c)| c.timeout <= now).map(|(id, _)| *id).collect();
+        // A frame written to every subscriber goes out here (str0m sends queued media once time
+        // moves): all their copies together, as in `forward`.
         for id in due {
             if let Some(c) = self.clients.get_mut(&id)
                 && let Err(e) = c.rtc.handle_input(Input::Timeout(now))
@@ -676,8 +678,12 @@ impl Engine {
                 tracing::debug!(error = %e, "peer failed on timeout");
                 c.rtc.disconnect();
             }
-            self.poll(id);
+            self.drive(id);
+            if self.outbox.len() >= crate::outbox::FLUSH_AT {
+                self.flush();
+            }
         }
+        self.flush();
         let wanted: Vec<PeerId> = self
             .streams
             .iter()

@@ -1,5 +1,6 @@
 //! What the peers transmit, sent in as few system calls as the kernel allows. Datagrams queue
-//! until the engine has polled a peer, or written a frame to every subscriber, then:
+//! until the engine has polled a peer, or all peers whose timers were due (str0m sends a frame
+//! written to every subscriber once time moves), then:
 //! consecutive UDP datagrams from one socket to one destination, all one size but a shorter last
 //! one (the packets of a video frame to one subscriber), become one segmented message (Linux UDP
 //! GSO, `UDP_SEGMENT`: the kernel walks its send path once and splits the datagrams as late as it
@@ -28,7 +29,7 @@ const MAX_SEGMENTS: usize = 64;
 const MAX_BYTES: usize = 65_000;
 /// At most this many messages in one `sendmmsg` (the kernel takes up to 1024).
 const MAX_BATCH: usize = 256;
-/// A frame's fan-out flushes whenever this many datagrams are queued.
+/// A fan-out to many peers flushes whenever this many datagrams are queued.
 pub(crate) const FLUSH_AT: usize = 2048;
 
 /// A datagram waiting for the flush.
