@@ -226,6 +226,12 @@ async fn fifty_subscribers_of_a_synthetic_publisher_get_every_frame() {
         assert_eq!(r.missing[i], 0, "subscriber {i} missed frames");
         assert!(r.longest_gap[i] < Duration::from_secs(1), "subscriber {i} stalled for {:?}", r.longest_gap[i]);
     }
+    // Every subscriber's send queue was observed (every 2 s) and none backed up.
+    let observed = metric(&gw, "onair_relay_subscriber_queue_packets_count").await;
+    let deepest = metric(&gw, "onair_relay_subscriber_queue_max").await;
+    println!("send queues: {observed} observations, the deepest {deepest} packets");
+    assert!(observed >= 50, "{observed} queue observations of 50 subscribers");
+    assert!(deepest < 64, "a subscriber's queue held {deepest} packets on an open link");
 }
 
 /// A watcher whose network vanishes while its WebSocket stays (a laptop lid, a dead Wi-Fi, a tab

@@ -201,6 +201,8 @@ pub struct Engine {
     crypto: Arc<str0m::config::CryptoProvider>,
     /// When subscribers' estimators were last told what to probe for.
     desired_at: Instant,
+    /// When subscribers' send queues were last observed.
+    queues_at: Instant,
     /// Open ICE-TCP connections.
     tcp: crate::tcp::TcpConns,
     /// What the peer being polled transmits, sent when its poll ends.
@@ -236,6 +238,7 @@ impl Engine {
             streams: HashMap::new(),
             crypto: Arc::new(str0m::crypto::from_feature_flags()),
             desired_at: Instant::now(),
+            queues_at: Instant::now(),
             tcp: crate::tcp::TcpConns::default(),
             outbox: Outbox::default(),
             gone,
@@ -697,6 +700,10 @@ impl Engine {
             self.desired_at = now;
             self.tell_desired(now);
         }
+        if now.saturating_duration_since(self.queues_at) >= STATS_EVERY {
+            self.queues_at = now;
+            self.observe_queues();
+        }
         // str0m never gives up on a connection by itself: a subscriber whose network vanished while
         // its WebSocket stayed (or whose leave never reached us) would be forwarded to forever.
         let after = self.drop_silent_after;
@@ -742,6 +749,24 @@ impl Engine {
             }
         }
         self.poll(publisher);
+    }
+
+    /// Observes every connected subscriber's send-queue depth: the packets str0m holds for it
+    /// (paced to its bandwidth estimate; without an estimate, what a poll has not sent yet).
+    fn observe_queues(&mut self) {
+        let mut deepest = 0;
+        for c in self.clients.values_mut().filter(|c| c.role == Role::Subscriber && c.connected) {
+            let mut depth = 0;
+            for (mid, _) in &c.mids {
+                if let Some(q) = c.rtc.direct_api().stream_tx_by_mid(*mid, None).and_then(|tx| tx.queue_info()) {
+                    depth += q.packet_count();
+                }
+            }
+            #[allow(clippy::cast_precision_loss)]
+            self.metrics.subscriber_queue.0.observe(depth as f64);
+            deepest = deepest.max(depth);
+        }
+        self.metrics.subscriber_queue_max.set(i64::try_from(deepest).unwrap_or(i64::MAX));
     }
 
     /// Tells every subscriber's bandwidth estimator the bitrate of its stream's top layer: it

@@ -2,6 +2,17 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+/// Packets waiting in one subscriber's send queues (1, 2, 4 … 2 048).
+#[derive(Debug, Clone)]
+pub struct QueueDepth(pub Histogram);
+
+impl Default for QueueDepth {
+    fn default() -> Self {
+        Self(Histogram::new(exponential_buckets(1.0, 2.0, 12)))
+    }
+}
 
 /// Relay metrics.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +49,10 @@ pub struct RelayMetrics {
     pub refused_full: Counter,
     /// Subscribers dropped after their media connection was silent for --relay-drop-silent-after.
     pub silent_dropped: Counter,
+    /// Every subscriber's send-queue depth, observed every 2 s.
+    pub subscriber_queue: QueueDepth,
+    /// The deepest subscriber send queue at the last observation, packets.
+    pub subscriber_queue_max: Gauge,
 }
 
 impl RelayMetrics {
@@ -86,6 +101,16 @@ impl RelayMetrics {
             "relay_silent_dropped",
             "Subscribers dropped: their media connection was silent for --relay-drop-silent-after",
             self.silent_dropped.clone(),
+        );
+        m.register(
+            "relay_subscriber_queue_packets",
+            "Packets waiting in a subscriber's send queues (paced to its bandwidth estimate), per subscriber every 2 s",
+            self.subscriber_queue.0.clone(),
+        );
+        m.register(
+            "relay_subscriber_queue_max",
+            "The deepest subscriber send queue at the last observation, packets",
+            self.subscriber_queue_max.clone(),
         );
     }
 }
