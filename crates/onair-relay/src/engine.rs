@@ -205,7 +205,7 @@ pub struct Engine {
     queues_at: Instant,
     /// Open ICE-TCP connections.
     tcp: crate::tcp::TcpConns,
-    /// What the peer being polled transmits, sent when its poll ends.
+    /// What the peers transmitted since the last flush (see `outbox`).
     outbox: Outbox,
     /// The remote peer of every connection removed (the hub ends a WHIP/WHEP session with it).
     gone: mpsc::UnboundedSender<PeerId>,
@@ -681,10 +681,7 @@ impl Engine {
                 tracing::debug!(error = %e, "peer failed on timeout");
                 c.rtc.disconnect();
             }
-            self.drive(id);
-            if self.outbox.len() >= crate::outbox::FLUSH_AT {
-                self.flush();
-            }
+            self.drive_batched(id);
         }
         self.flush();
         let wanted: Vec<PeerId> = self
@@ -804,6 +801,15 @@ impl Engine {
     /// Sends what the peers transmitted.
     fn flush(&mut self) {
         self.outbox.flush(&self.sockets, &self.tcp, &self.metrics);
+    }
+
+    /// [`Engine::drive`] in a fan-out to many peers: the outbox is sent only when it is full (the
+    /// caller flushes at the end).
+    fn drive_batched(&mut self, id: ClientId) {
+        self.drive(id);
+        if self.outbox.len() >= crate::outbox::FLUSH_AT {
+            self.flush();
+        }
     }
 
     /// [`Engine::poll`], but what the peer transmits stays in the outbox.
@@ -950,10 +956,7 @@ impl Engine {
                 Err(e) => tracing::debug!(error = %e, "subscriber write failed"),
             }
             // Every subscriber's copy goes out together (one sendmmsg), once all are written.
-            self.drive(id);
-            if self.outbox.len() >= crate::outbox::FLUSH_AT {
-                self.flush();
-            }
+            self.drive_batched(id);
         }
         self.flush();
         if let Some(s) = self.streams.get_mut(relay) {
