@@ -93,7 +93,7 @@ pub struct LoadReport {
 }
 
 /// The relay's datagrams sent and the system calls they took, so far.
-async fn datagrams_out(admin: u16) -> (u64, u64) {
+async fn send_counters(admin: u16) -> (u64, u64) {
     let (_, body) = crate::procs::http_get(admin, "/metrics").await;
     let count = |name| crate::procs::metric(&body, name).unwrap_or(0);
     (count("onair_relay_datagrams_out_total"), count("onair_relay_send_calls_total"))
@@ -162,7 +162,7 @@ fn new_rtc(local: SocketAddr) -> Rtc {
 pub async fn run(port: u16, cfg: &LoadConfig) -> LoadReport {
     let (cmd_tx, mut cmds) = mpsc::channel::<Cmd>(1024);
     let rss_before = cfg.server.map_or(0, |(pid, _)| crate::procs::proc_usage(pid).1);
-    let mut window_start_usage = (0u64, (0u64, 0u64));
+    let mut window_start_usage = (0u64, 0u64, 0u64);
     let (dgram_tx, mut dgrams) = mpsc::channel::<(usize, Vec<u8>, SocketAddr, Instant)>(65_536);
 
     // The publisher's signaling.
@@ -312,7 +312,8 @@ pub async fn run(port: u16, cfg: &LoadConfig) -> LoadReport {
                 {
                     report.all_connected_after = started.elapsed();
                     if let Some((pid, admin)) = cfg.server {
-                        window_start_usage = (crate::procs::proc_usage(pid).0, datagrams_out(admin).await);
+                        let (datagrams, calls) = send_counters(admin).await;
+                        window_start_usage = (crate::procs::proc_usage(pid).0, datagrams, calls);
                     }
                     window = Some((Instant::now(), frame_no));
                 }
@@ -337,11 +338,11 @@ pub async fn run(port: u16, cfg: &LoadConfig) -> LoadReport {
         let (ticks, rss) = crate::procs::proc_usage(pid);
         #[allow(clippy::cast_precision_loss)]
         let cpu_seconds = ticks.saturating_sub(window_start_usage.0) as f64 / 100.0;
-        let (datagrams, calls) = datagrams_out(admin).await;
+        let (datagrams, calls) = send_counters(admin).await;
         report.server = ServerUsage {
             cpu_seconds,
-            datagrams_out: datagrams.saturating_sub(window_start_usage.1.0),
-            send_calls: calls.saturating_sub(window_start_usage.1.1),
+            datagrams_out: datagrams.saturating_sub(window_start_usage.1),
+            send_calls: calls.saturating_sub(window_start_usage.2),
             rss_before_kib: rss_before,
             rss_after_kib: rss,
             seconds: since.elapsed().as_secs_f64(),

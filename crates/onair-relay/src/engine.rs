@@ -287,7 +287,6 @@ impl Engine {
         for c in self.clients.values_mut() {
             c.rtc.disconnect();
         }
-        self.flush();
         readers.abort_all();
     }
 
@@ -848,9 +847,9 @@ impl Engine {
                 // str0m's bandwidth probes resend from the cache: an estimating subscriber keeps the default.
                 let estimates = self.streams.get(&relay).is_some_and(|s| s.estimates_for(&c.remote));
                 if role == Role::Subscriber && !estimates {
-                    for (mid, kind) in c.mids.clone() {
-                        let size = if kind == MediaKind::Video { SEND_BUFFER_VIDEO } else { SEND_BUFFER_AUDIO };
-                        if let Some(tx) = c.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                    for (mid, kind) in &c.mids {
+                        let size = if *kind == MediaKind::Video { SEND_BUFFER_VIDEO } else { SEND_BUFFER_AUDIO };
+                        if let Some(tx) = c.rtc.direct_api().stream_tx_by_mid(*mid, None) {
                             tx.set_rtx_cache(size, NACK_WINDOW, Some(RTX_RATIO_CAP));
                         }
                     }

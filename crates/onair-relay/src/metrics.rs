@@ -31,7 +31,7 @@ pub struct RelayMetrics {
     pub datagrams_out: Counter,
     /// Bytes sent.
     pub bytes_out: Counter,
-    /// System calls that sent datagrams (one segmented UDP send carries several).
+    /// Sends that carried datagrams: UDP system calls (one may carry several), ICE-TCP frames.
     pub send_calls: Counter,
     /// Datagrams dropped on arrival: unparsable, or from an address and ufrag no peer knows.
     pub dropped_in: Counter,
@@ -67,7 +67,7 @@ impl RelayMetrics {
         m.register("relay_bytes_out", "Bytes sent", self.bytes_out.clone());
         m.register(
             "relay_send_calls",
-            "System calls that sent datagrams (one segmented UDP send carries several)",
+            "Sends that carried datagrams: UDP system calls (one may carry several), ICE-TCP frames",
             self.send_calls.clone(),
         );
         m.register(
