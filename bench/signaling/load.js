@@ -143,12 +143,14 @@ async function main() {
   const stop = start();
   await sleep(o.warmup * 1000);
   const cpu0 = totalCpu(o.pids);
+  const each0 = o.pids.map(cpuSeconds);
   measuring = true;
   const t0 = Date.now();
   await sleep(o.seconds * 1000);
   measuring = false;
   const t1 = Date.now();
   const cpu = totalCpu(o.pids) - cpu0;
+  const each = o.pids.map((p, i) => cpuSeconds(p) - each0[i]);
   running = false;
   stop();
   // Whatever was sent in the window and is not back within 2 s is lost.
@@ -162,6 +164,8 @@ async function main() {
     stack: o.stack, pairs: o.pairs, rate: o.rate, window: o.window, sent, delivered, lost,
     delivered_per_s: delivered / secs, p50_ms: q(0.5), p99_ms: q(0.99), max_ms: rtts.length ? rtts[rtts.length - 1] : null,
     cpu_s: cpu, cpu_us_per_msg: delivered ? (cpu * 1e6) / delivered : null,
+    // Per process, in the order of --pids.
+    cpu_us_per_msg_each: each.map((c) => (delivered ? (c * 1e6) / delivered : null)),
   }));
   for (const [a, b] of pairs) { a.close(); b.close(); }
   setTimeout(() => process.exit(0), 200);

@@ -144,15 +144,31 @@ impl Browser {
     /// [`Browser::start_in`] with more Chromium flags (e.g. a camera file:
     /// `--use-file-for-fake-video-capture=F`).
     pub async fn start_in_with(name: &str, netns: &Netns, ca_pem: &str, flags: &[String]) -> Self {
+        Self::start_in_niced(name, netns, ca_pem, flags, 0).await
+    }
+
+    /// [`Browser::start_in_with`] at scheduling niceness `nice` (0: as this process): on two cores
+    /// shared by several Chromiums, a niced broadcaster (whose encoder adapts) leaves the watchers
+    /// the CPU their receive timestamps need, which bandwidth estimates are made of.
+    pub async fn start_in_niced(name: &str, netns: &Netns, ca_pem: &str, flags: &[String], nice: i32) -> Self {
         let id = format!("{name}-{}-{}", std::process::id(), crate::unique());
         let home = std::env::temp_dir().join(format!("onair-chrome-home-{id}"));
         trust_ca(&home, ca_pem);
         // Only this process's browsers listen inside the home: one port each.
         let port = 9515 + u16::try_from(crate::unique() % 1000).unwrap();
+        let ip_netns = vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            netns.name().into(),
+            "chromedriver".into(),
+            format!("--port={port}"),
+        ];
+        let args: Vec<String> = ["-n".to_owned(), nice.to_string()].into_iter().chain(ip_netns).collect();
         let driver = Proc::spawn(
             &format!("chromedriver-{name}"),
-            "ip",
-            vec!["netns".into(), "exec".into(), netns.name().into(), "chromedriver".into(), format!("--port={port}")],
+            "nice",
+            args,
             vec![("HOME".into(), home.display().to_string())],
         );
         let conn = Driver { port, netns: Some(netns.clone()) };

@@ -157,6 +157,15 @@ fn new_rtc(local: SocketAddr) -> Rtc {
     rtc
 }
 
+/// A publisher's offer (VP8 video, send-only, a host candidate on `local`), as the load client's
+/// synthetic publisher makes it: enough for the relay to learn the stream's codec.
+pub fn publisher_offer(local: SocketAddr) -> String {
+    let mut rtc = new_rtc(local);
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    api.apply().map(|(offer, _)| offer.to_sdp_string()).expect("an offer")
+}
+
 /// Runs the load against the gateway on `port` (an all-in-one with a relay): publishes, joins
 /// `subscribers`, sends frames until every subscriber got one, then measures for `measure`.
 pub async fn run(port: u16, cfg: &LoadConfig) -> LoadReport {

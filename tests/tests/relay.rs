@@ -10,7 +10,9 @@ use onair_tests::browser::{Browser, p50, watch};
 use onair_tests::cluster::Cluster;
 use onair_tests::registry::finished_recording;
 use onair_tests::relayload::{self, LoadConfig};
+use onair_tests::ws::Ws;
 use onair_tests::{Onair, media, procs, wait_until};
+use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -232,6 +234,35 @@ async fn fifty_subscribers_of_a_synthetic_publisher_get_every_frame() {
     println!("send queues: {observed} observations, the deepest {deepest} packets");
     assert!(observed >= 50, "{observed} queue observations of 50 subscribers");
     assert!(deepest < 64, "a subscriber's queue held {deepest} packets on an open link");
+}
+
+/// A relay at `--relay-max-subscribers` refuses the next watcher plainly: `error{full}` on its socket
+/// (not an offer that never comes), the refusal counted, and its watch ended (the broadcaster counts
+/// only the watcher being served).
+#[tokio::test]
+async fn a_full_relay_tells_the_next_watcher_so_and_ends_its_watch() {
+    let gw = relayload::start_server("relay-full", &["--relay-max-subscribers", "1"]).await;
+    let mut b = Ws::connect(gw.http).await;
+    let stream = b.publish("full relay").await["id"].as_str().unwrap().to_owned();
+    let relay = b.expect("watcher_joined").await["peer"].clone();
+    let offer = relayload::publisher_offer("127.0.0.1:9".parse().unwrap());
+    let payload = json!({"type": "offer", "sdp": offer});
+    b.send(json!({"type": "signal", "to": relay, "kind": "offer", "payload": payload})).await;
+    b.expect_where("signal", |v| v["kind"] == "answer").await;
+
+    let mut w1 = Ws::connect(gw.http).await;
+    w1.send(json!({"type": "watch", "stream_id": stream})).await;
+    w1.expect_where("signal", |v| v["kind"] == "offer").await;
+    let mut w2 = Ws::connect(gw.http).await;
+    w2.send(json!({"type": "watch", "stream_id": stream})).await;
+    let err = w2.expect_error("full").await;
+    println!("the second watcher: {err}");
+    assert!(err["message"].as_str().unwrap().contains("full"), "{err}");
+    assert_eq!(metric(&gw, "onair_relay_refused_full_total").await, 1);
+    b.expect_where("viewers", |v| v["count"] == 2).await;
+    let last = b.expect_where("viewers", |v| v["count"] == 1).await;
+    println!("the broadcaster counts {last}");
+    w2.expect_none_within("signal", Duration::from_millis(500), |v| v["kind"] == "offer").await;
 }
 
 /// A watcher whose network vanishes while its WebSocket stays (a laptop lid, a dead Wi-Fi, a tab

@@ -526,6 +526,16 @@ sock.on('error', (msg) => {
     endWatch('gone');
     return;
   }
+  if (current && msg.code === 'too_slow') {
+    // The relay let us go: our network cannot carry even the stream's lowest quality.
+    teardownPeer();
+    setStatus(els.status, 'error', 'Your connection is too slow');
+    playerOverlay('Your connection is too slow for this stream',
+      'Even its lowest quality did not get through. Try a faster network (or close other downloads), then try again.',
+      { spinner: false, retry: true });
+    els.overlay.dataset.reason = 'too_slow';
+    return;
+  }
   if (current && !current.peer && (msg.code === 'forbidden' || msg.code === 'unauthenticated' || msg.code === 'full' || msg.code === 'unavailable' || msg.code === 'bad_request')) {
     // Shown on the player and in the status; no banner repeating it.
     setStatus(els.status, 'error', msg.message || 'Could not watch this stream');

@@ -34,10 +34,13 @@ pub enum ErrorCode {
     Limited,
     /// A backend is unavailable; retry.
     Unavailable,
+    /// The client's network cannot carry even the lowest quality of the stream: the relay stopped
+    /// sending it (a better network, then a new watch, helps).
+    TooSlow,
 }
 
 impl ErrorCode {
-    const ALL: [Self; 12] = [
+    const ALL: [Self; 13] = [
         Self::BadJson,
         Self::UnknownType,
         Self::BadRequest,
@@ -50,6 +53,7 @@ impl ErrorCode {
         Self::Full,
         Self::Limited,
         Self::Unavailable,
+        Self::TooSlow,
     ];
 
     /// The wire spelling, e.g. `not_found`.
@@ -67,6 +71,7 @@ impl ErrorCode {
             Self::Full => "full",
             Self::Limited => "limited",
             Self::Unavailable => "unavailable",
+            Self::TooSlow => "too_slow",
         }
     }
 
@@ -81,7 +86,7 @@ impl ErrorCode {
             Self::Conflict => 409,
             Self::TooLarge => 413,
             Self::RateLimited | Self::Limited => 429,
-            Self::Full | Self::Unavailable => 503,
+            Self::Full | Self::Unavailable | Self::TooSlow => 503,
         }
     }
 

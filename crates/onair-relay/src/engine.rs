@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use onair_core::{PeerId, StreamId};
+use onair_core::{ErrorCode, PeerId, StreamId};
 use onair_node::NodeLink;
 use onair_proto::v1 as pb;
 use str0m::bwe::{Bitrate, BweKind};
@@ -192,6 +192,7 @@ pub struct Engine {
     metrics: RelayMetrics,
     max_subscribers: usize,
     drop_silent_after: Duration,
+    drop_slow_after: Duration,
     commands: mpsc::Receiver<Command>,
     clients: HashMap<ClientId, Client>,
     next_id: ClientId,
@@ -230,6 +231,7 @@ impl Engine {
             metrics,
             max_subscribers: config.max_subscribers,
             drop_silent_after: config.drop_silent_after,
+            drop_slow_after: config.drop_slow_after,
             commands,
             clients: HashMap::new(),
             next_id: 1,
@@ -375,6 +377,17 @@ impl Engine {
             to: to.to_string(),
             kind: kind.into(),
             payload,
+        }));
+    }
+
+    /// Tells signaling this relay let `watcher` go (`code`: `too_slow`, `full`): the watch ends
+    /// and the watcher sees why.
+    fn let_go(&self, relay: &PeerId, watcher: &PeerId, code: ErrorCode, message: &str) {
+        self.link.send(pb::node_message::Msg::WatcherDropped(pb::WatcherDropped {
+            relay: relay.to_string(),
+            watcher: watcher.to_string(),
+            code: code.as_str().to_owned(),
+            message: message.to_owned(),
         }));
     }
 
@@ -574,6 +587,7 @@ impl Engine {
         if usize::try_from(self.metrics.subscribers.get()).unwrap_or(usize::MAX) >= self.max_subscribers {
             self.metrics.refused_full.inc();
             tracing::warn!(%relay, %watcher, max = self.max_subscribers, "relay full; subscriber refused");
+            self.let_go(relay, watcher, ErrorCode::Full, "the media server of this stream is full; try again later");
             return false;
         }
         true
@@ -695,6 +709,7 @@ impl Engine {
         if now.saturating_duration_since(self.desired_at) >= DESIRED_EVERY {
             self.desired_at = now;
             self.tell_desired(now);
+            self.let_go_starved(now);
         }
         if now.saturating_duration_since(self.queues_at) >= STATS_EVERY {
             self.queues_at = now;
@@ -763,6 +778,39 @@ impl Engine {
             deepest = deepest.max(depth);
         }
         self.metrics.subscriber_queue_max.set(i64::try_from(deepest).unwrap_or(i64::MAX));
+    }
+
+    /// Lets go of every subscriber whose bandwidth estimate has not carried even its stream's
+    /// lowest layer for `drop_slow_after` (see [`Selector::starved_for`]): it already gets the
+    /// least there is, its pictures freeze, and what it is sent only adds to its congestion.
+    /// Subscribers without an estimate (single-layer streams, recorders) are never judged so: the
+    /// relay queues nothing for them (str0m sends at once), so they cost no memory when slow.
+    fn let_go_starved(&mut self, now: Instant) {
+        let after = self.drop_slow_after;
+        let mut starved: Vec<(ClientId, PeerId, PeerId)> = Vec::new();
+        for (relay, s) in &self.streams {
+            let ranked = s.layers.ranked(now);
+            for id in s.subscribers.values() {
+                if let Some(c) = self.clients.get_mut(id)
+                    && c.connected
+                    && c.video.starved_for(&ranked, now, after)
+                {
+                    starved.push((*id, relay.clone(), c.remote.clone()));
+                }
+            }
+        }
+        for (id, relay, watcher) in starved {
+            let estimate = self.clients.get(&id).and_then(|c| c.video.estimate());
+            tracing::info!(peer = %watcher, ?estimate, ?after, "subscriber too slow for the lowest layer; let go");
+            self.metrics.slow_dropped.inc();
+            self.remove_client(id);
+            self.let_go(
+                &relay,
+                &watcher,
+                ErrorCode::TooSlow,
+                "your connection is too slow for this stream, even at its lowest quality",
+            );
+        }
     }
 
     /// Tells every subscriber's bandwidth estimator the bitrate of its stream's top layer: it

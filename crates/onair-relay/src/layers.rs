@@ -142,6 +142,8 @@ pub struct Selector {
     estimate: Option<u64>,
     /// Since when the estimate has allowed a higher layer than the target.
     higher_since: Option<Instant>,
+    /// Since when the estimate has not carried even the lowest layer.
+    starved_since: Option<Instant>,
     /// Added to the current layer's timestamps (str0m's extended RTP times: no wrapping).
     offset: i128,
     /// The last timestamp sent and when its frame arrived.
@@ -219,6 +221,19 @@ impl Selector {
         self.target = Some(target);
         // Back to the layer still being sent: nothing to wait for.
         (self.current != Some(target)).then_some(target)
+    }
+
+    /// Whether this subscriber's estimate has not carried even the lowest of `ranked` for `after`
+    /// (it is on that layer, or on its way down to it, and still cannot keep up), as seen at
+    /// `now`: the relay then lets it go. Call it regularly; an estimate that carries the lowest
+    /// layer again (or no estimate, or no layer) starts the wait over.
+    pub fn starved_for(&mut self, ranked: &Ranked, now: Instant, after: Duration) -> bool {
+        if ranked.0.is_empty() || ranked.holds(0, self.estimate) {
+            self.starved_since = None;
+            return false;
+        }
+        let since = *self.starved_since.get_or_insert(now);
+        now.saturating_duration_since(since) >= after
     }
 
     /// Whether the frame of layer `rid` (a keyframe or not, RTP time `ts`, arrived `at`) goes to
@@ -387,6 +402,29 @@ mod tests {
         s.choose(&r, t0 + Duration::from_millis(4500));
         s.set_estimate(5_000_000);
         assert_eq!(s.choose(&r, t0 + Duration::from_millis(5000)), None, "the wait started again");
+    }
+
+    #[test]
+    fn a_subscriber_starved_below_the_lowest_layer_is_let_go_after_a_while() {
+        let r = Ranked(vec![(rid("q"), 100_000), (rid("f"), 1_200_000)]);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let after = Duration::from_secs(10);
+        let mut s = Selector::new(90_000);
+        assert!(!s.starved_for(&r, at(0), after), "no estimate yet (a recorder never has one)");
+        s.set_estimate(AUDIO_BPS + 90_000);
+        assert!(!s.starved_for(&r, at(20), after), "90 % of the lowest layer holds it");
+        s.set_estimate(AUDIO_BPS + 50_000);
+        assert!(!s.starved_for(&r, at(20), after), "starved from now");
+        assert!(!s.starved_for(&r, at(29), after));
+        s.set_estimate(AUDIO_BPS + 100_000);
+        assert!(!s.starved_for(&r, at(30), after), "it recovered: the wait starts over");
+        s.set_estimate(10_000);
+        assert!(!s.starved_for(&r, at(31), after));
+        assert!(!s.starved_for(&Ranked::default(), at(35), after), "no layer (a new publisher): nothing to judge");
+        assert!(!s.starved_for(&r, at(36), after));
+        assert!(!s.starved_for(&r, at(45), after));
+        assert!(s.starved_for(&r, at(46), after), "10 s below the lowest layer");
     }
 
     #[test]

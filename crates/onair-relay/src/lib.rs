@@ -52,6 +52,10 @@ pub struct RelayConfig {
     /// A subscriber whose ICE has had no working pair for this long is dropped (its WebSocket may
     /// still be there: a network that vanished, a tab frozen in the background).
     pub drop_silent_after: std::time::Duration,
+    /// A subscriber of a simulcast stream whose bandwidth estimate stays below the lowest layer
+    /// for this long is let go (`error{too_slow}`): it gets nothing watchable, and the relay stops
+    /// spending its egress on it.
+    pub drop_slow_after: std::time::Duration,
     /// Registry gRPC URL (the relay follows the live list to drop ended streams).
     pub registry_url: String,
     /// Signaling gRPC URL.

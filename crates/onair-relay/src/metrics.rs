@@ -49,6 +49,9 @@ pub struct RelayMetrics {
     pub refused_full: Counter,
     /// Subscribers dropped after their media connection was silent for --relay-drop-silent-after.
     pub silent_dropped: Counter,
+    /// Subscribers let go: their bandwidth estimate stayed below the lowest simulcast layer for
+    /// --relay-drop-slow-after.
+    pub slow_dropped: Counter,
     /// Every subscriber's send-queue depth, observed every 2 s.
     pub subscriber_queue: QueueDepth,
     /// The deepest subscriber send queue at the last observation, packets.
@@ -101,6 +104,11 @@ impl RelayMetrics {
             "relay_silent_dropped",
             "Subscribers dropped: their media connection was silent for --relay-drop-silent-after",
             self.silent_dropped.clone(),
+        );
+        m.register(
+            "relay_slow_dropped",
+            "Subscribers let go (error too_slow): their bandwidth estimate stayed below the lowest layer for --relay-drop-slow-after",
+            self.slow_dropped.clone(),
         );
         m.register(
             "relay_subscriber_queue_packets",

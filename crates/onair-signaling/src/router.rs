@@ -6,12 +6,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use onair_auth::Upstream;
-use onair_core::{Bus, Directory, DirectoryError, NodeId, PeerId, PeerRecord, StreamId};
+use onair_core::{Bus, Directory, DirectoryError, ErrorCode, NodeId, PeerId, PeerRecord, StreamId};
 use onair_proto::v1 as pb;
 use onair_proto::v1::stream_registry_client::StreamRegistryClient;
 use prost::Message;
 
 use crate::error::RouteError;
+
+/// A relay's reason for letting a watcher go is cut to this many characters.
+const MAX_DROP_MESSAGE: usize = 300;
 
 fn parse<T: std::str::FromStr<Err = onair_core::IdError>>(field: &str, v: &str) -> Result<T, RouteError> {
     v.parse().map_err(|e| RouteError::BadRequest(format!("{field}: {e}")))
@@ -87,6 +90,17 @@ pub enum Action {
         /// Its frames, oldest first.
         frames: Vec<String>,
     },
+    /// A relay peer let one of its watchers go: the watch ends and the watcher is told why.
+    WatcherDropped {
+        /// The relay peer.
+        relay: PeerId,
+        /// The watcher.
+        watcher: PeerId,
+        /// Why: `too_slow` or `full`.
+        code: ErrorCode,
+        /// Shown to the watcher.
+        message: String,
+    },
 }
 
 impl TryFrom<pb::node_message::Msg> for Action {
@@ -114,6 +128,19 @@ impl TryFrom<pb::node_message::Msg> for Action {
             Msg::SessionRequest(r) => Self::SessionRequest(r),
             Msg::SessionReply(r) => Self::SessionReply(r),
             Msg::Forward(f) => Self::Forward { peer: parse("peer", &f.peer)?, frames: f.frames },
+            Msg::WatcherDropped(d) => {
+                let code = match ErrorCode::from_wire(&d.code) {
+                    c @ (ErrorCode::TooSlow | ErrorCode::Full) if c.as_str() == d.code => c,
+                    _ => return Err(RouteError::BadRequest("code must be too_slow or full".into())),
+                };
+                let message = d.message.chars().take(MAX_DROP_MESSAGE).collect();
+                Self::WatcherDropped {
+                    relay: parse("relay", &d.relay)?,
+                    watcher: parse("watcher", &d.watcher)?,
+                    code,
+                    message,
+                }
+            }
         })
     }
 }
@@ -279,6 +306,9 @@ impl Router {
                 tracing::debug!(%peer, from = %node, frames = frames.len(), "held frames forwarded to where the peer resumed");
                 self.deliver_to_peer(&peer, pb::delivery::Event::Forwarded(pb::Forwarded { frames })).await?;
                 Ok(())
+            }
+            Action::WatcherDropped { relay, watcher, code, message } => {
+                self.watcher_dropped(node, &relay, &watcher, code, message).await
             }
             Action::SessionReply(reply) => {
                 let to: NodeId = parse("reply_to", &reply.reply_to)?;
@@ -664,6 +694,28 @@ impl Router {
             }
             _ => RouteError::NotFound(format!("stream {stream} is not live")),
         }
+    }
+
+    /// A relay peer of `node` let `watcher` go: its watch ends (the broadcaster's count drops) and
+    /// it is told why. Only the relay of the stream the watcher watches may do this.
+    async fn watcher_dropped(
+        &self,
+        node: &NodeId,
+        relay: &PeerId,
+        watcher: &PeerId,
+        code: ErrorCode,
+        message: String,
+    ) -> Result<(), RouteError> {
+        let (rrec, wrec) = tokio::try_join!(self.dir.peer(relay), self.dir.peer(watcher))?;
+        let (Some(rrec), Some(wrec)) = (rrec, wrec) else { return Ok(()) };
+        if &rrec.node != node || rrec.relaying.is_none() || rrec.relaying != wrec.watching {
+            return Err(RouteError::Forbidden(format!("{relay} does not relay what {watcher} watches")));
+        }
+        tracing::info!(%watcher, %relay, %code, "the relay let a watcher go");
+        self.leave(watcher, &wrec).await?;
+        let event = pb::NodeEvent { peer: watcher.to_string(), code: code.as_str().to_owned(), message };
+        self.deliver(&wrec.node, watcher, pb::delivery::Event::Error(event)).await;
+        Ok(())
     }
 
     /// Removes `peer` from the stream it watches, telling the broadcaster.

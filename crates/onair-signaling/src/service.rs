@@ -54,6 +54,7 @@ fn raw_peer(msg: &pb::node_message::Msg) -> &str {
         Msg::SessionRequest(r) => &r.id,
         Msg::SessionReply(r) => &r.id,
         Msg::Forward(f) => &f.peer,
+        Msg::WatcherDropped(d) => &d.watcher,
     }
 }
 
@@ -73,6 +74,7 @@ fn describe(msg: &pb::node_message::Msg) -> (&'static str, &str) {
         Msg::SessionRequest(r) => ("session_request", &r.stream_id),
         Msg::SessionReply(_) => ("session_reply", ""),
         Msg::Forward(_) => ("forward", ""),
+        Msg::WatcherDropped(_) => ("watcher_dropped", ""),
     }
 }
 

@@ -203,6 +203,10 @@ pub struct Cli {
     #[arg(long, env = "ONAIR_RELAY_DROP_SILENT_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
     pub relay_drop_silent_after: Duration,
 
+    /// A relay subscriber of a simulcast stream whose bandwidth estimate stays below the lowest layer this long is let go (error too_slow).
+    #[arg(long, env = "ONAIR_RELAY_DROP_SLOW_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub relay_drop_slow_after: Duration,
+
     /// Most watchers one stream may have (signaling); more get `error{full}` (0: no limit).
     #[arg(long, env = "ONAIR_MAX_WATCHERS_PER_STREAM", default_value_t = 10_000)]
     pub max_watchers_per_stream: u32,

@@ -499,6 +499,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             public: cli.public_addr,
             max_subscribers: cli.relay_max_subscribers,
             drop_silent_after: cli.relay_drop_silent_after,
+            drop_slow_after: cli.relay_drop_slow_after,
             registry_url: registry_url.clone(),
             signaling_url: signaling_url.clone(),
             security: security.clone(),

@@ -69,10 +69,15 @@ async fn run_load(stack: &str, a: &str, b: &str, load: Load, pids: &[u32]) -> Va
         .unwrap_or_else(|_| panic!("load generator failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
 }
 
-fn row(stack: &str, load: Load, r: &Value) {
+/// One table row; `names` label the processes of the per-process CPU column (in `--pids` order).
+fn row(stack: &str, load: Load, r: &Value, names: &[&str]) {
     let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    let each: Vec<String> = r["cpu_us_per_msg_each"]
+        .as_array()
+        .map(|a| a.iter().zip(names).map(|(v, n)| format!("{n} {:.0}", v.as_f64().unwrap_or(f64::NAN))).collect())
+        .unwrap_or_default();
     println!(
-        "| {} | {stack} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {:.0} |",
+        "| {} | {stack} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {:.0} | {} |",
         load.label(),
         f("delivered_per_s"),
         f("p50_ms"),
@@ -80,6 +85,7 @@ fn row(stack: &str, load: Load, r: &Value) {
         f("max_ms"),
         r["lost"],
         f("cpu_us_per_msg"),
+        each.join(", "),
     );
 }
 
@@ -126,8 +132,10 @@ async fn main() {
     println!(
         "CPU: every server process that relays (Node servers + Redis; gateways + signaling + Redis), from /proc over the 10 s window.\n"
     );
-    println!("| load | stack | delivered msg/s | RTT p50 ms | p99 ms | max ms | lost | server CPU µs/msg |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| load | stack | delivered msg/s | RTT p50 ms | p99 ms | max ms | lost | server CPU µs/msg | per process |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     let lift = ["--max-sockets-per-ip", "0", "--ws-rate", "100000", "--ws-burst", "100000"];
     // VERSUS_SCENARIOS=0,2 runs only those (indices into SCENARIOS).
     let only: Option<Vec<usize>> =
@@ -138,7 +146,7 @@ async fn main() {
         }
         let sio = SocketIo::start().await;
         let r = run_load("socketio", &sio.url(0), &sio.url(1), load, &sio.pids()).await;
-        row("socket.io + redis-adapter", load, &r);
+        row("socket.io + redis-adapter", load, &r, &["node A", "node B", "redis"]);
         drop(sio);
 
         let c = Cluster::start_tuned(2, false, false, None, &lift).await;
@@ -149,6 +157,6 @@ async fn main() {
         let (a, b) =
             (format!("ws://127.0.0.1:{}/ws", c.gateways[0].http), format!("ws://127.0.0.1:{}/ws", c.gateways[1].http));
         let r = run_load("onair", &a, &b, load, &pids).await;
-        row("onair (2 gateways + signaling)", load, &r);
+        row("onair (2 gateways + signaling)", load, &r, &["gw A", "gw B", "signaling", "redis"]);
     }
 }
