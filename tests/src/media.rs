@@ -67,16 +67,15 @@ pub fn decode(path: &Path) -> (String, u64) {
     (String::from_utf8_lossy(&out.stderr).into_owned(), frames)
 }
 
-/// Writes a moving test pattern (`width`x`height`, 15 fps: three Chromiums encoding and decoding
-/// 30 fps starve two cores, 6 s) to `path` as MJPEG, for
+/// Writes a moving test pattern (`width`x`height` at `fps`, 6 s) to `path` as MJPEG, for
 /// Chromium's `--use-file-for-fake-video-capture` (it loops the file): a camera of a chosen size.
-pub fn test_pattern_mjpeg(path: &Path, width: u32, height: u32) {
+pub fn test_pattern_mjpeg(path: &Path, width: u32, height: u32, fps: u32) {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).unwrap();
     }
     let out = std::process::Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc2=size={width}x{height}:rate=15"))
+        .arg(format!("testsrc2=size={width}x{height}:rate={fps}"))
         .args(["-t", "6", "-q:v", "6"])
         .arg(path)
         .output()

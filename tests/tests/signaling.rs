@@ -70,6 +70,64 @@ async fn broadcaster_and_watcher_on_different_gateways_signal_each_other() {
     println!("unpublish → stream_off: {:?}", t1.elapsed());
 }
 
+/// Once signaling paired a watcher with a broadcaster, their signals go straight from one gateway
+/// to the other (one Redis PUBLISH each), in order, without signaling. A watcher that resumed on
+/// another gateway still gets what is sent along the old route (its old gateway hands it to
+/// signaling), and once the pairing ends signaling refuses them again.
+#[tokio::test]
+async fn a_pairs_signals_go_straight_between_gateways_until_the_pairing_ends() {
+    let c = Cluster::start(2, false).await;
+    let mut b = Ws::connect(c.gateways[0].http).await;
+    let mut w = Ws::connect(c.gateways[1].http).await;
+    let sid = id(&b.publish("direct").await);
+    w.send(json!({"type": "watch", "stream_id": sid})).await;
+    b.expect("watcher_joined").await;
+    let signaled = || async { c.signaling.metric(r#"onair_signaling_messages_total{action="signal"}"#).await };
+    let direct = |i: usize| c.gateways[i].metric("onair_gateway_signals_direct_total");
+    let before = signaled().await;
+    for i in 0..20 {
+        b.send(json!({"type": "signal", "to": w.peer_id, "kind": "candidate", "payload": {"i": i}})).await;
+    }
+    for i in 0..20 {
+        let got = w.expect("signal").await;
+        assert_eq!((&got["from"], &got["payload"]), (&json!(b.peer_id), &json!({"i": i})), "in order");
+    }
+    for i in 0..20 {
+        w.send(json!({"type": "signal", "to": b.peer_id, "kind": "candidate", "payload": {"j": i}})).await;
+    }
+    for i in 0..20 {
+        assert_eq!(b.expect("signal").await["payload"], json!({"j": i}));
+    }
+    assert_eq!(signaled().await, before, "signaling relayed none of them");
+    assert_eq!((direct(0).await, direct(1).await), (20, 20));
+
+    // The watcher moves to the broadcaster's gateway.
+    let token = w.token.clone();
+    w.drop_abruptly();
+    let (mut w2, refusal) = Ws::resume(c.gateways[0].http, &token).await;
+    assert!(refusal.is_none(), "resume refused: {refusal:?}");
+    for k in 0..3 {
+        b.send(json!({"type": "signal", "to": w2.peer_id, "kind": "candidate", "payload": {"k": k}})).await;
+    }
+    for k in 0..3 {
+        assert_eq!(w2.expect("signal").await["payload"], json!({"k": k}), "in order after the move");
+    }
+    println!(
+        "after the move: {} rerouted by the old gateway, {} direct in all",
+        c.gateways[1].metric("onair_gateway_signals_rerouted_total").await,
+        direct(0).await
+    );
+
+    // The pairing ends: neither may signal the other any more.
+    w2.send(json!({"type": "unwatch"})).await;
+    b.expect_where("watcher_left", |v| v["peer"] == w2.peer_id.as_str()).await;
+    b.send(json!({"type": "signal", "to": w2.peer_id, "kind": "candidate", "payload": {}})).await;
+    b.expect_error("forbidden").await;
+    w2.send(json!({"type": "signal", "to": b.peer_id, "kind": "candidate", "payload": {}})).await;
+    w2.expect_error("forbidden").await;
+    w2.expect_none_within("signal", Duration::from_millis(300), |_| true).await;
+}
+
 #[tokio::test]
 async fn signaling_rules_refuse_unrelated_peers() {
     let c = Cluster::start(2, false).await;

@@ -17,12 +17,13 @@ use onair_proto::v1::stream_registry_client::StreamRegistryClient;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
 use crate::ice::IceServers;
 use crate::protocol::{ErrorCode, ServerFrame, SignalKind};
 use crate::resume_token::TokenSigner;
+use crate::route::{Direct, DirectTx, RouteMetrics, Routes};
 
 pub use crate::queue::{Out, SocketTx};
 
@@ -38,6 +39,8 @@ struct Slot {
     held: Vec<Out>,
     /// A socket took this peer and signaling has not confirmed the resume yet: frames are held.
     resuming: bool,
+    /// Where the peers it may signal directly are (see `route.rs`).
+    routes: Routes,
 }
 
 /// Most frames held for one peer between sockets (as many as signaling parks for it), and most
@@ -121,6 +124,8 @@ pub struct Hub {
     next_conn: AtomicU64,
     /// Metrics.
     pub metrics: GatewayMetrics,
+    /// Direct-route metrics.
+    pub route_metrics: RouteMetrics,
     /// WHIP/WHEP requests waiting for their relay's reply.
     pub waiting: crate::whip::Waiting,
     /// The socket tasks: a draining gateway waits for their closing handshakes.
@@ -150,6 +155,8 @@ pub struct HubParts {
     pub tokens: TokenSigner,
     /// Per-socket frame rate limit: (sustained per second, burst).
     pub ws_rate: (u32, u32),
+    /// The direct sender's queue (`route.rs`).
+    pub direct: DirectTx,
 }
 
 impl Hub {
@@ -164,6 +171,7 @@ impl Hub {
             sockets: tokio_util::task::TaskTracker::new(),
             next_conn: AtomicU64::new(1),
             metrics: GatewayMetrics::default(),
+            route_metrics: RouteMetrics::default(),
             waiting: crate::whip::Waiting::default(),
         })
     }
@@ -222,13 +230,66 @@ impl Hub {
         self.cfg.link.send_traced(msg, traceparent);
     }
 
+    /// Sends a local peer's signal: straight to the recipient's node when `from` has a route to
+    /// it, else through signaling (which checks the pairing, and tells the recipient's node where
+    /// `from` is).
+    pub fn signal(&self, from: &PeerId, signal: pb::Signal) {
+        let node = match signal.to.parse::<PeerId>() {
+            Ok(to) => self.lock().get(from).and_then(|s| s.routes.get(&to).cloned()),
+            Err(_) => None,
+        };
+        let signal = match node {
+            Some(node) => match self.cfg.direct.send(Direct { node, signal }) {
+                Ok(()) => return,
+                Err(d) => d.signal,
+            },
+            None => signal,
+        };
+        self.to_signaling(pb::node_message::Msg::Signal(signal));
+    }
+
+    /// A signal whose direct route failed (its node no longer listens, or no longer holds the
+    /// recipient) goes through signaling, and the sender's route is forgotten when it is ours.
+    pub fn reroute(&self, signal: pb::Signal) {
+        self.route_metrics.rerouted.inc();
+        if let (Ok(from), Ok(to)) = (signal.from.parse::<PeerId>(), signal.to.parse::<PeerId>())
+            && let Some(slot) = self.lock().get_mut(&from)
+        {
+            slot.routes.forget(&to);
+        }
+        self.to_signaling(pb::node_message::Msg::Signal(signal));
+    }
+
+    /// `local` may signal `remote` straight at `node` (signaling paired them).
+    fn learn_route(&self, local: &PeerId, remote: PeerId, node: NodeId) {
+        if let Some(slot) = self.lock().get_mut(local) {
+            slot.routes.learn(remote, node);
+        }
+    }
+
+    /// A local peer's pairings changed (it watches, publishes, or stops): no direct routes until
+    /// signaling pairs it again.
+    pub fn forget_routes(&self, peer: &PeerId) {
+        if let Some(slot) = self.lock().get_mut(peer) {
+            slot.routes.clear();
+        }
+    }
+
     /// Binds `peer` to a new socket; returns its connection number. A new peer is announced to
     /// signaling with its resume `token`; a `resumed` one was moved here by the `Resume` call
     /// already. An older socket of the same peer on this gateway is closed (4009).
     /// `doing` is what a resumed peer broadcasts and watches (from signaling's `Resume`).
     pub fn attach(&self, peer: &PeerId, token: &str, tx: SocketTx, resumed: bool, doing: Doing) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot { tx: Some(tx), conn, token: token.to_owned(), doing, held: Vec::new(), resuming: false };
+        let slot = Slot {
+            tx: Some(tx),
+            conn,
+            token: token.to_owned(),
+            doing,
+            held: Vec::new(),
+            resuming: false,
+            routes: Routes::default(),
+        };
         let old = self.lock().insert(peer.clone(), slot);
         if let Some(Slot { tx: Some(old_tx), .. }) = old {
             old_tx.send(Out::Close(4009, "session resumed on another connection"));
@@ -251,7 +312,15 @@ impl Hub {
         let mut peers = self.lock();
         let (held, doing) =
             peers.get_mut(peer).map(|s| (std::mem::take(&mut s.held), s.doing.clone())).unwrap_or_default();
-        let slot = Slot { tx: Some(tx), conn, token: token.to_owned(), doing, held, resuming: true };
+        let slot = Slot {
+            tx: Some(tx),
+            conn,
+            token: token.to_owned(),
+            doing,
+            held,
+            resuming: true,
+            routes: Routes::default(),
+        };
         let previous = peers.insert(peer.clone(), slot);
         Claimed { conn, previous }
     }
@@ -394,19 +463,44 @@ impl Hub {
             span
         };
         let _traced = span.enter();
+        // Where the peer this event is about is: `to`'s signals to it go there straight.
+        let from_node = if d.from_node.is_empty() { None } else { d.from_node.parse::<NodeId>().ok() };
         let text = match event {
             Event::Signal(s) => {
+                if d.direct && !self.lock().contains_key(&to) {
+                    // Sent along a route to a peer no longer here (it resumed elsewhere): signaling
+                    // knows where it went.
+                    self.reroute(s);
+                    return;
+                }
+                if let (Some(node), Ok(from)) = (from_node, s.from.parse::<PeerId>()) {
+                    self.learn_route(&to, from, node);
+                }
                 let kind = match pb::SignalKind::try_from(s.kind) {
                     Ok(pb::SignalKind::Offer) => SignalKind::Offer,
                     Ok(pb::SignalKind::Answer) => SignalKind::Answer,
                     Ok(pb::SignalKind::Candidate) => SignalKind::Candidate,
                     _ => return,
                 };
-                let payload: Value = serde_json::from_str(&s.payload).unwrap_or(Value::Null);
-                ServerFrame::Signal { from: &s.from, kind, payload: &payload }.to_json()
+                // Passed on as written: checked to be JSON (`null` if not), never parsed into a tree.
+                let null = RawValue::NULL;
+                let payload: &RawValue = serde_json::from_str(&s.payload).unwrap_or(null);
+                ServerFrame::Signal { from: &s.from, kind, payload }.to_json()
             }
-            Event::WatcherJoined(p) => ServerFrame::WatcherJoined { peer: &p }.to_json(),
-            Event::WatcherLeft(p) => ServerFrame::WatcherLeft { peer: &p }.to_json(),
+            Event::WatcherJoined(p) => {
+                if let (Some(node), Ok(watcher)) = (from_node, p.parse::<PeerId>()) {
+                    self.learn_route(&to, watcher, node);
+                }
+                ServerFrame::WatcherJoined { peer: &p }.to_json()
+            }
+            Event::WatcherLeft(p) => {
+                if let Ok(watcher) = p.parse::<PeerId>()
+                    && let Some(slot) = self.lock().get_mut(&to)
+                {
+                    slot.routes.forget(&watcher);
+                }
+                ServerFrame::WatcherLeft { peer: &p }.to_json()
+            }
             Event::Viewers(v) => ServerFrame::Viewers { stream_id: &v.stream_id, count: v.count }.to_json(),
             Event::Error(e) => {
                 ServerFrame::Error { code: ErrorCode::from_wire(&e.code), message: &e.message }.to_json()
@@ -502,6 +596,10 @@ impl Hub {
                 self.with_streams(|list| list.retain(|x| x.id != s.id));
                 for slot in self.lock().values_mut() {
                     let d = &mut slot.doing;
+                    if d.broadcasting.as_ref() == Some(&s.id) || d.watching.as_ref() == Some(&s.id) {
+                        // Its pairings of that stream are over.
+                        slot.routes.clear();
+                    }
                     if d.broadcasting.as_ref() == Some(&s.id) {
                         d.broadcasting = None;
                     }

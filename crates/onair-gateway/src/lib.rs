@@ -15,6 +15,7 @@ mod protocol;
 mod queue;
 mod ratelimit;
 mod resume_token;
+mod route;
 mod socket;
 pub mod tls;
 mod whip;
@@ -201,6 +202,7 @@ pub fn serve(
     shutdown: CancellationToken,
 ) -> Result<impl Future<Output = Result<(), ServeError>> + Send + 'static, ServeError> {
     let (link, outbox) = NodeLink::new(config.node.clone());
+    let (direct, direct_rx) = route::DirectTx::new();
     let creds = config.security.credentials();
     let hub = Hub::new(HubParts {
         link,
@@ -210,8 +212,10 @@ pub fn serve(
         ice: config.ice.clone(),
         tokens: resume_token::TokenSigner::new(config.resume_secret.as_deref()),
         ws_rate: config.ws_rate,
+        direct,
     });
     hub.metrics.register(admin.metrics());
+    hub.route_metrics.register(admin.metrics());
     admin.add_check(onair_node::ready_check(&hub));
     let state = AppState {
         hub: Arc::clone(&hub),
@@ -245,6 +249,8 @@ pub fn serve(
         app = app.layer(axum::middleware::map_response(hsts));
     }
     Ok(async move {
+        let direct_stop = CancellationToken::new();
+        let direct = tokio::spawn(route::run(Arc::clone(&hub), Arc::clone(&bus), direct_rx, direct_stop.clone()));
         let links = Links::spawn(&hub, outbox, hub.cfg.signaling.clone(), bus);
         let feed =
             tokio::spawn(onair_node::registry_feed(Arc::clone(&hub), hub.cfg.registry.clone(), shutdown.clone()));
@@ -284,6 +290,9 @@ pub fn serve(
         if tokio::time::timeout(SOCKETS_CLOSE_WITHIN, hub.sockets.wait()).await.is_err() {
             tracing::warn!(left = hub.sockets.len(), "sockets still closing at shutdown; leaving them");
         }
+        // What the sockets sent along direct routes is published (or handed to signaling) first.
+        direct_stop.cancel();
+        let _ = direct.await;
         if config.end_sessions_on_shutdown {
             hub.detach_all();
         }

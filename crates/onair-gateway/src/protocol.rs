@@ -4,6 +4,7 @@ pub use onair_core::ErrorCode;
 use onair_core::{PeerId, Stream, StreamId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Signal kinds in JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,8 +117,8 @@ pub enum ServerFrame<'a> {
         from: &'a str,
         /// Offer, answer or candidate.
         kind: SignalKind,
-        /// Passed through.
-        payload: &'a Value,
+        /// Passed through as the sender wrote it (checked to be JSON, not re-encoded).
+        payload: &'a RawValue,
     },
     /// Watcher count of a stream.
     Viewers {
@@ -244,6 +245,17 @@ mod tests {
         );
         let f = parse(r#"{"type":"signal","to":"p","kind":"offer","payload":{"sdp":"v=0"},"from":"spoofed"}"#).unwrap();
         assert!(matches!(f, ClientFrame::Signal { kind: SignalKind::Offer, .. }));
+    }
+
+    #[test]
+    fn a_signal_payload_goes_out_as_it_came() {
+        let payload: &RawValue =
+            serde_json::from_str(r#"{"candidate": "candidate:1 1 udp 1 192.0.2.1 9 typ host"}"#).unwrap();
+        let j = ServerFrame::Signal { from: "p", kind: SignalKind::Candidate, payload }.to_json();
+        assert_eq!(
+            j,
+            r#"{"type":"signal","from":"p","kind":"candidate","payload":{"candidate": "candidate:1 1 udp 1 192.0.2.1 9 typ host"}}"#
+        );
     }
 
     #[test]

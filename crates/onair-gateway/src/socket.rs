@@ -64,12 +64,14 @@ impl Conn<'_> {
                 if let Err((code, message)) = self.access.publish(&title) {
                     return self.error(code, &message).into_iter().collect();
                 }
+                self.hub.forget_routes(&self.peer);
                 // Signaling creates the stream and answers with `published` (or an error frame).
                 let owner = self.access.subject().to_owned();
                 self.hub.to_signaling(Msg::Publish(pb::Publish { peer, title, owner }));
                 vec![]
             }
             ClientFrame::Unpublish => {
+                self.hub.forget_routes(&self.peer);
                 self.hub.note(&self.peer, |d| d.broadcasting = None);
                 self.hub.to_signaling(Msg::Unpublished(pb::Unpublished { peer }));
                 vec![]
@@ -78,6 +80,7 @@ impl Conn<'_> {
                 if let Err((code, message)) = self.access.watch(stream_id.as_str()) {
                     return self.error(code, &message).into_iter().collect();
                 }
+                self.hub.forget_routes(&self.peer);
                 self.hub.note(&self.peer, |d| d.watching = Some(stream_id.clone()));
                 // A watch is traced end to end (OTLP export on): this span, signaling's, and the
                 // broadcaster gateway's delivery of `watcher_joined` share one trace.
@@ -88,6 +91,7 @@ impl Conn<'_> {
                 vec![]
             }
             ClientFrame::Unwatch => {
+                self.hub.forget_routes(&self.peer);
                 self.hub.note(&self.peer, |d| d.watching = None);
                 self.hub.to_signaling(Msg::Unwatch(pb::Unwatch { peer }));
                 vec![]
@@ -101,7 +105,7 @@ impl Conn<'_> {
                 };
                 // `from` is always this socket's peer id, whatever the client wrote.
                 let s = pb::Signal { from: peer, to, kind: kind.into(), payload: payload.to_string() };
-                self.hub.to_signaling(Msg::Signal(s));
+                self.hub.signal(&self.peer, s);
                 vec![]
             }
         }

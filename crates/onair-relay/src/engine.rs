@@ -56,6 +56,9 @@ const SEND_BUFFER_AUDIO: usize = 50;
 const NACK_WINDOW: Duration = Duration::from_secs(1);
 /// str0m's default: queued resends are dropped when they pass this share of what is sent.
 const RTX_RATIO_CAP: f32 = 0.15;
+/// A subscriber whose receiver reports say it lost at least this share of its video, while its
+/// estimate does not carry the lowest layer, is too slow for the stream (see `let_go_starved`).
+const SLOW_LOSS: f32 = 0.1;
 /// How often subscribers' estimators are told the rate of the stream's top layer (what they probe for).
 const DESIRED_EVERY: Duration = Duration::from_secs(1);
 
@@ -149,6 +152,8 @@ struct Client {
     video: Selector,
     /// NACKs counted so far per media and layer (str0m's statistics are totals).
     nacks: Vec<(Mid, LayerId, u64)>,
+    /// The share of a subscriber's video packets lost, as its last receiver reports said.
+    video_loss: f32,
 }
 
 /// The video codec a stream is published in (what its subscribers are offered).
@@ -345,6 +350,7 @@ impl Engine {
             ufrag,
             video: Selector::new(VIDEO_CLOCK),
             nacks: Vec::new(),
+            video_loss: 0.0,
         };
         self.clients.insert(id, client);
         id
@@ -781,8 +787,9 @@ impl Engine {
     }
 
     /// Lets go of every subscriber whose bandwidth estimate has not carried even its stream's
-    /// lowest layer for `drop_slow_after` (see [`Selector::starved_for`]): it already gets the
-    /// least there is, its pictures freeze, and what it is sent only adds to its congestion.
+    /// lowest layer while it lost packets, for `drop_slow_after` (see [`Selector::starved_for`]):
+    /// it already gets the least there is, its pictures freeze, and what it is sent only adds to
+    /// its congestion.
     /// Subscribers without an estimate (single-layer streams, recorders) are never judged so: the
     /// relay queues nothing for them (str0m sends at once), so they cost no memory when slow.
     fn let_go_starved(&mut self, now: Instant) {
@@ -793,15 +800,15 @@ impl Engine {
             for id in s.subscribers.values() {
                 if let Some(c) = self.clients.get_mut(id)
                     && c.connected
-                    && c.video.starved_for(&ranked, now, after)
+                    && c.video.starved_for(&ranked, c.video_loss >= SLOW_LOSS, now, after)
                 {
                     starved.push((*id, relay.clone(), c.remote.clone()));
                 }
             }
         }
         for (id, relay, watcher) in starved {
-            let estimate = self.clients.get(&id).and_then(|c| c.video.estimate());
-            tracing::info!(peer = %watcher, ?estimate, ?after, "subscriber too slow for the lowest layer; let go");
+            let (estimate, loss) = self.clients.get(&id).map_or((None, 0.0), |c| (c.video.estimate(), c.video_loss));
+            tracing::info!(peer = %watcher, ?estimate, loss, ?after, "subscriber too slow for the lowest layer; let go");
             self.metrics.slow_dropped.inc();
             self.remove_client(id);
             self.let_go(
@@ -939,6 +946,11 @@ impl Engine {
             Event::MediaEgressStats(st) => {
                 let new = count_nacks(&mut c.nacks, st.mid, st.rid, st.nacks);
                 self.metrics.nacks_received.inc_by(new);
+                if let Some(loss) = st.loss
+                    && c.mids.iter().any(|(mid, kind)| *mid == st.mid && *kind == MediaKind::Video)
+                {
+                    c.video_loss = loss;
+                }
             }
             Event::MediaIngressStats(st) => {
                 let new = count_nacks(&mut c.nacks, st.mid, st.rid, st.nacks);

@@ -27,6 +27,12 @@ const UP_HEADROOM_PERCENT: u64 = 15;
 /// ... and stays on it while the estimate covers this share of it: an estimate hovers around what
 /// is sent, and a keyframe's burst dents it, so staying needs less than getting there.
 const STAY_PERCENT: u64 = 80;
+/// For this long after a subscriber's first layer choice its estimate moves it up, never down: a
+/// new connection's estimator starts from a guess, and the first keyframe's burst, arriving while
+/// the receiver is busiest (its decoder starting), often reads as congestion; its estimate then
+/// falls to what was acknowledged so far. Down at once from there, the subscriber would be sent
+/// too little for the estimate to ever climb back (it stays near what is sent) but for probes.
+const SETTLE: Duration = Duration::from_secs(3);
 /// Subscribers' estimators probe for the top layer's bitrate plus this share (in percent).
 const PROBE_HEADROOM_PERCENT: u64 = 50;
 /// Bandwidth audio and RTCP need beside the video, in bits per second.
@@ -144,6 +150,8 @@ pub struct Selector {
     higher_since: Option<Instant>,
     /// Since when the estimate has not carried even the lowest layer.
     starved_since: Option<Instant>,
+    /// The first layer choice (see [`SETTLE`]).
+    first_choice: Option<Instant>,
     /// Added to the current layer's timestamps (str0m's extended RTP times: no wrapping).
     offset: i128,
     /// The last timestamp sent and when its frame arrived.
@@ -189,9 +197,12 @@ impl Selector {
     /// target when it changed (it needs a keyframe of that layer before the switch).
     pub fn choose(&mut self, ranked: &Ranked, now: Instant) -> Option<LayerId> {
         let best = ranked.best_rank(self.estimate)?;
+        let settling = now.saturating_duration_since(*self.first_choice.get_or_insert(now)) < SETTLE;
         let rank = match self.target.and_then(|t| ranked.rank(t)) {
             // Nothing chosen yet, or the chosen layer went away: the best that fits, at once.
             None => best,
+            // A new connection's estimate is not trusted downwards yet.
+            Some(t) if settling && best <= t => t,
             // The estimate no longer holds the layer: down at once, to the best that fits.
             Some(t) if !ranked.holds(t, self.estimate) => {
                 self.higher_since = None;
@@ -223,12 +234,14 @@ impl Selector {
         (self.current != Some(target)).then_some(target)
     }
 
-    /// Whether this subscriber's estimate has not carried even the lowest of `ranked` for `after`
-    /// (it is on that layer, or on its way down to it, and still cannot keep up), as seen at
-    /// `now`: the relay then lets it go. Call it regularly; an estimate that carries the lowest
-    /// layer again (or no estimate, or no layer) starts the wait over.
-    pub fn starved_for(&mut self, ranked: &Ranked, now: Instant, after: Duration) -> bool {
-        if ranked.0.is_empty() || ranked.holds(0, self.estimate) {
+    /// Whether this subscriber's estimate has not carried even the lowest of `ranked` while it
+    /// was `losing` packets (its receiver reports say so), for `after`: it is on that layer, or on
+    /// its way down to it, and still cannot keep up, as seen at `now`; the relay then lets it go.
+    /// Both are needed: a receiver short of CPU reads packets late, and its estimate falls, but
+    /// it loses few; a link too thin for the stream loses them. Call it regularly; an estimate
+    /// that carries the lowest layer again, or no loss (or no estimate, no layer), starts over.
+    pub fn starved_for(&mut self, ranked: &Ranked, losing: bool, now: Instant, after: Duration) -> bool {
+        if !losing || ranked.0.is_empty() || ranked.holds(0, self.estimate) {
             self.starved_since = None;
             return false;
         }
@@ -378,10 +391,14 @@ mod tests {
     #[test]
     fn down_at_once_up_only_after_the_estimate_held() {
         let r = Ranked(vec![(rid("q"), 100_000), (rid("h"), 400_000), (rid("f"), 1_200_000)]);
-        let t0 = Instant::now();
+        let start = Instant::now();
         let mut s = Selector::new(90_000);
         s.set_estimate(5_000_000);
-        assert_eq!(s.choose(&r, t0), Some(rid("f")), "first choice at once");
+        assert_eq!(s.choose(&r, start), Some(rid("f")), "first choice at once");
+        s.set_estimate(300_000);
+        assert_eq!(s.choose(&r, start + Duration::from_secs(1)), None, "a new connection's dip is not trusted");
+        let t0 = start + SETTLE;
+        s.set_estimate(5_000_000);
         assert_eq!(s.choose(&r, t0), None, "unchanged");
         s.set_estimate(1_100_000);
         assert_eq!(s.choose(&r, t0), None, "an estimate a little under the layer keeps it");
@@ -411,20 +428,27 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         let after = Duration::from_secs(10);
         let mut s = Selector::new(90_000);
-        assert!(!s.starved_for(&r, at(0), after), "no estimate yet (a recorder never has one)");
+        assert!(!s.starved_for(&r, true, at(0), after), "no estimate yet (a recorder never has one)");
         s.set_estimate(AUDIO_BPS + 90_000);
-        assert!(!s.starved_for(&r, at(20), after), "90 % of the lowest layer holds it");
+        assert!(!s.starved_for(&r, true, at(20), after), "90 % of the lowest layer holds it");
         s.set_estimate(AUDIO_BPS + 50_000);
-        assert!(!s.starved_for(&r, at(20), after), "starved from now");
-        assert!(!s.starved_for(&r, at(29), after));
+        assert!(!s.starved_for(&r, true, at(20), after), "starved from now");
+        assert!(!s.starved_for(&r, true, at(29), after));
         s.set_estimate(AUDIO_BPS + 100_000);
-        assert!(!s.starved_for(&r, at(30), after), "it recovered: the wait starts over");
+        assert!(!s.starved_for(&r, true, at(30), after), "it recovered: the wait starts over");
         s.set_estimate(10_000);
-        assert!(!s.starved_for(&r, at(31), after));
-        assert!(!s.starved_for(&Ranked::default(), at(35), after), "no layer (a new publisher): nothing to judge");
-        assert!(!s.starved_for(&r, at(36), after));
-        assert!(!s.starved_for(&r, at(45), after));
-        assert!(s.starved_for(&r, at(46), after), "10 s below the lowest layer");
+        assert!(!s.starved_for(&r, true, at(31), after));
+        assert!(
+            !s.starved_for(&Ranked::default(), true, at(35), after),
+            "no layer (a new publisher): nothing to judge"
+        );
+        assert!(!s.starved_for(&r, true, at(36), after));
+        assert!(!s.starved_for(&r, false, at(40), after), "a low estimate without loss (a busy receiver) starts over");
+        assert!(!s.starved_for(&r, true, at(41), after));
+        assert!(!s.starved_for(&r, false, at(55), after), "still not losing: never let go");
+        assert!(!s.starved_for(&r, true, at(56), after));
+        assert!(!s.starved_for(&r, true, at(65), after));
+        assert!(s.starved_for(&r, true, at(66), after), "10 s below the lowest layer, losing packets");
     }
 
     #[test]
@@ -450,7 +474,7 @@ mod tests {
         assert_eq!(s.accept(rid("f"), false, 4000, at(33)), Accept::Send(4000));
         assert_eq!(s.accept(rid("q"), false, 53_000, at(33)), Accept::Skip);
         s.set_estimate(200_000);
-        assert_eq!(s.choose(&r, at(40)), Some(rid("q")));
+        assert_eq!(s.choose(&r, at(40) + SETTLE), Some(rid("q")));
         assert_eq!(s.accept(rid("f"), false, 7000, at(66)), Accept::Send(7000), "the old layer until the switch");
         assert_eq!(s.accept(rid("q"), false, 56_000, at(66)), Accept::Skip, "no keyframe yet");
         // q's keyframe 100 ms after f's last frame: 9 000 ticks later on the subscriber's timeline.
@@ -502,7 +526,7 @@ mod tests {
         s.choose(&r, t0);
         assert_eq!(s.accept(rid("f"), true, 4_000_000_000, t0), Accept::Switch(4_000_000_000));
         s.set_estimate(1);
-        s.choose(&r, t0);
+        s.choose(&r, t0 + SETTLE);
         let next = 4_000_000_000 + 900;
         assert_eq!(s.accept(rid("q"), true, 5, t0 + Duration::from_millis(10)), Accept::Switch(next));
         assert_eq!(s.accept(rid("q"), false, 3005, t0), Accept::Send(next + 3000));

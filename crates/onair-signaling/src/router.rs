@@ -242,10 +242,29 @@ impl Router {
     /// listens there (the node died, or drains and its peers are moving), the delivery is parked
     /// for the peer instead, and [`Router::resume`] hands it to the node the peer resumes on.
     async fn try_deliver(&self, node: &NodeId, to: &PeerId, event: pb::delivery::Event) -> Result<(), RouteError> {
+        self.try_deliver_from(node, to, event, "").await
+    }
+
+    /// [`Router::try_deliver`] of an event about a peer on `from_node` (a signal from it, a
+    /// `watcher_joined` naming it): the recipient's node sends its signals to that peer straight
+    /// there from then on (a direct route).
+    async fn try_deliver_from(
+        &self,
+        node: &NodeId,
+        to: &PeerId,
+        event: pb::delivery::Event,
+        from_node: &str,
+    ) -> Result<(), RouteError> {
         let parkable = !matches!(event, pb::delivery::Event::Evicted(_));
         // Inside a traced flow (see service.rs), the delivery carries the trace on.
         let traceparent = onair_ops::trace::traceparent(&tracing::Span::current());
-        let d = pb::Delivery { to: to.to_string(), event: Some(event), traceparent };
+        let d = pb::Delivery {
+            to: to.to_string(),
+            event: Some(event),
+            traceparent,
+            from_node: from_node.to_owned(),
+            direct: false,
+        };
         let payload = Bytes::from(d.encode_to_vec());
         let reached = self
             .bus
@@ -320,7 +339,7 @@ impl Router {
 
     /// Publishes one delivery for `node` itself (not one of its peers).
     async fn deliver_to_node(&self, node: &NodeId, event: pb::delivery::Event) {
-        let d = pb::Delivery { to: String::new(), event: Some(event), traceparent: String::new() };
+        let d = pb::Delivery { to: String::new(), event: Some(event), ..Default::default() };
         if let Err(e) = self.bus.publish(&node.channel(), Bytes::from(d.encode_to_vec())).await {
             tracing::warn!(error = %e, %node, "delivery failed");
         }
@@ -525,7 +544,8 @@ impl Router {
         let s = pb::Signal { from: from.to_string(), to: to.to_string(), kind: kind.into(), payload };
         // With both records cached, Redis being down shows here: the sender is told, as it would be
         // by a failed lookup, instead of its message vanishing.
-        self.try_deliver(&to_rec.node, &to, pb::delivery::Event::Signal(s)).await
+        // The recipient's node learns where the sender is: the reply goes there straight.
+        self.try_deliver_from(&to_rec.node, &to, pb::delivery::Event::Signal(s), from_rec.node.as_str()).await
     }
 
     /// Creates the peer's stream in the registry under an id chosen here, after recording the peer
@@ -676,7 +696,13 @@ impl Router {
         self.dir.set_watching(peer, Some(stream)).await?;
         tracing::debug!(%peer, %stream, count, "watcher joined");
         let source = self.source(stream, broadcaster.clone()).await?;
-        self.deliver_to_peer(&source, pb::delivery::Event::WatcherJoined(peer.to_string())).await?;
+        // The source's node learns where the watcher is: its offer goes there straight.
+        if let Some(src) = self.dir.peer(&source).await? {
+            let joined = pb::delivery::Event::WatcherJoined(peer.to_string());
+            if let Err(e) = self.try_deliver_from(&src.node, &source, joined, rec.node.as_str()).await {
+                tracing::warn!(error = %e, peer = %source, "delivery failed");
+            }
+        }
         self.viewers_changed(&broadcaster, stream, count).await
     }
 
