@@ -185,6 +185,11 @@ impl Hub {
         self.peers.lock()
     }
 
+    /// Runs `f` on `peer`'s slot under one lock; `None` when the peer is not here.
+    fn with_slot<R>(&self, peer: &PeerId, f: impl FnOnce(&mut Slot) -> R) -> Option<R> {
+        self.lock().get_mut(peer).map(f)
+    }
+
     /// Subscribes a socket to list changes.
     pub fn subscribe_list(&self) -> broadcast::Receiver<Arc<str>> {
         self.fanout.subscribe()
@@ -252,27 +257,16 @@ impl Hub {
     /// recipient) goes through signaling, and the sender's route is forgotten when it is ours.
     pub fn reroute(&self, signal: pb::Signal) {
         self.route_metrics.rerouted.inc();
-        if let (Ok(from), Ok(to)) = (signal.from.parse::<PeerId>(), signal.to.parse::<PeerId>())
-            && let Some(slot) = self.lock().get_mut(&from)
-        {
-            slot.routes.forget(&to);
+        if let (Ok(from), Ok(to)) = (signal.from.parse::<PeerId>(), signal.to.parse::<PeerId>()) {
+            self.with_slot(&from, |slot| slot.routes.forget(&to));
         }
         self.to_signaling(pb::node_message::Msg::Signal(signal));
-    }
-
-    /// `local` may signal `remote` straight at `node` (signaling paired them).
-    fn learn_route(&self, local: &PeerId, remote: PeerId, node: NodeId) {
-        if let Some(slot) = self.lock().get_mut(local) {
-            slot.routes.learn(remote, node);
-        }
     }
 
     /// A local peer's pairings changed (it watches, publishes, or stops): no direct routes until
     /// signaling pairs it again.
     pub fn forget_routes(&self, peer: &PeerId) {
-        if let Some(slot) = self.lock().get_mut(peer) {
-            slot.routes.clear();
-        }
+        self.with_slot(peer, |slot| slot.routes.clear());
     }
 
     /// Binds `peer` to a new socket; returns its connection number. A new peer is announced to
@@ -404,9 +398,7 @@ impl Hub {
     /// Records what a local peer asked signaling for (`watch`/`unwatch`/`unpublish`), so a re-assert
     /// after a directory loss carries it.
     pub fn note(&self, peer: &PeerId, change: impl FnOnce(&mut Doing)) {
-        if let Some(slot) = self.lock().get_mut(peer) {
-            change(&mut slot.doing);
-        }
+        self.with_slot(peer, |slot| change(&mut slot.doing));
     }
 
     /// Sends to a local peer; a client whose queue passes its bound (it does not read) is closed
@@ -467,14 +459,18 @@ impl Hub {
         let from_node = if d.from_node.is_empty() { None } else { d.from_node.parse::<NodeId>().ok() };
         let text = match event {
             Event::Signal(s) => {
-                if d.direct && !self.lock().contains_key(&to) {
+                // `to` may signal the sender straight at its node; one lock also tells whether `to` is here.
+                let sender = from_node.zip(s.from.parse::<PeerId>().ok());
+                let here = self.with_slot(&to, |slot| {
+                    if let Some((node, from)) = sender {
+                        slot.routes.learn(from, node);
+                    }
+                });
+                if here.is_none() && d.direct {
                     // Sent along a route to a peer no longer here (it resumed elsewhere): signaling
                     // knows where it went.
                     self.reroute(s);
                     return;
-                }
-                if let (Some(node), Ok(from)) = (from_node, s.from.parse::<PeerId>()) {
-                    self.learn_route(&to, from, node);
                 }
                 let kind = match pb::SignalKind::try_from(s.kind) {
                     Ok(pb::SignalKind::Offer) => SignalKind::Offer,
@@ -489,15 +485,13 @@ impl Hub {
             }
             Event::WatcherJoined(p) => {
                 if let (Some(node), Ok(watcher)) = (from_node, p.parse::<PeerId>()) {
-                    self.learn_route(&to, watcher, node);
+                    self.with_slot(&to, |slot| slot.routes.learn(watcher, node));
                 }
                 ServerFrame::WatcherJoined { peer: &p }.to_json()
             }
             Event::WatcherLeft(p) => {
-                if let Ok(watcher) = p.parse::<PeerId>()
-                    && let Some(slot) = self.lock().get_mut(&to)
-                {
-                    slot.routes.forget(&watcher);
+                if let Ok(watcher) = p.parse::<PeerId>() {
+                    self.with_slot(&to, |slot| slot.routes.forget(&watcher));
                 }
                 ServerFrame::WatcherLeft { peer: &p }.to_json()
             }
@@ -596,15 +590,18 @@ impl Hub {
                 self.with_streams(|list| list.retain(|x| x.id != s.id));
                 for slot in self.lock().values_mut() {
                     let d = &mut slot.doing;
-                    if d.broadcasting.as_ref() == Some(&s.id) || d.watching.as_ref() == Some(&s.id) {
-                        // Its pairings of that stream are over.
-                        slot.routes.clear();
-                    }
+                    let mut paired = false;
                     if d.broadcasting.as_ref() == Some(&s.id) {
                         d.broadcasting = None;
+                        paired = true;
                     }
                     if d.watching.as_ref() == Some(&s.id) {
                         d.watching = None;
+                        paired = true;
+                    }
+                    if paired {
+                        // Its pairings of that stream are over.
+                        slot.routes.clear();
                     }
                 }
                 self.broadcast(ServerFrame::StreamOff { stream_id: &s.id }.to_json());

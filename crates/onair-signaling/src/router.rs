@@ -233,7 +233,12 @@ impl Router {
 
     /// Publishes one delivery to `node`'s channel.
     pub async fn deliver(&self, node: &NodeId, to: &PeerId, event: pb::delivery::Event) {
-        if let Err(e) = self.try_deliver(node, to, event).await {
+        self.deliver_from(node, to, event, "").await;
+    }
+
+    /// [`Router::deliver`] of an event about a peer on `from_node` (see [`Router::try_deliver_from`]).
+    async fn deliver_from(&self, node: &NodeId, to: &PeerId, event: pb::delivery::Event, from_node: &str) {
+        if let Err(e) = self.try_deliver_from(node, to, event, from_node).await {
             tracing::warn!(error = %e, peer = %to, "delivery failed");
         }
     }
@@ -241,11 +246,7 @@ impl Router {
     /// Publishes one delivery to `node`'s channel; the bus error if it could not. When nobody
     /// listens there (the node died, or drains and its peers are moving), the delivery is parked
     /// for the peer instead, and [`Router::resume`] hands it to the node the peer resumes on.
-    async fn try_deliver(&self, node: &NodeId, to: &PeerId, event: pb::delivery::Event) -> Result<(), RouteError> {
-        self.try_deliver_from(node, to, event, "").await
-    }
-
-    /// [`Router::try_deliver`] of an event about a peer on `from_node` (a signal from it, a
+    /// `from_node` (may be empty) is the node of the peer the event is about (a signal from it, a
     /// `watcher_joined` naming it): the recipient's node sends its signals to that peer straight
     /// there from then on (a direct route).
     async fn try_deliver_from(
@@ -286,8 +287,18 @@ impl Router {
     }
 
     async fn deliver_to_peer(&self, to: &PeerId, event: pb::delivery::Event) -> Result<(), RouteError> {
+        self.deliver_to_peer_from(to, event, "").await
+    }
+
+    /// [`Router::deliver_to_peer`] of an event about a peer on `from_node`.
+    async fn deliver_to_peer_from(
+        &self,
+        to: &PeerId,
+        event: pb::delivery::Event,
+        from_node: &str,
+    ) -> Result<(), RouteError> {
         if let Some(rec) = self.dir.peer(to).await? {
-            self.deliver(&rec.node, to, event).await;
+            self.deliver_from(&rec.node, to, event, from_node).await;
         }
         Ok(())
     }
@@ -697,12 +708,8 @@ impl Router {
         tracing::debug!(%peer, %stream, count, "watcher joined");
         let source = self.source(stream, broadcaster.clone()).await?;
         // The source's node learns where the watcher is: its offer goes there straight.
-        if let Some(src) = self.dir.peer(&source).await? {
-            let joined = pb::delivery::Event::WatcherJoined(peer.to_string());
-            if let Err(e) = self.try_deliver_from(&src.node, &source, joined, rec.node.as_str()).await {
-                tracing::warn!(error = %e, peer = %source, "delivery failed");
-            }
-        }
+        let joined = pb::delivery::Event::WatcherJoined(peer.to_string());
+        self.deliver_to_peer_from(&source, joined, rec.node.as_str()).await?;
         self.viewers_changed(&broadcaster, stream, count).await
     }
 
